@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up opsbook on this machine: the OS packages the sandbox and the tests
+# use (PostgreSQL 15, OpenSSH server, zstd), then a virtualenv in .venv with
+# opsbook and its dev tools. Safe to re-run: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15 postgresql-client-15 postgresql-contrib)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v zstd >/dev/null || need+=(zstd)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing OS packages: ${need[*]}"
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
+    echo "setup: need root (or sudo) to install: ${need[*]}" >&2; exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  # Debian starts services from postinst; the sandbox runs its own instances.
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+stamp=.venv/.opsbook-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing opsbook and its dev tools into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  touch "$stamp"
+fi
+echo "setup: ready ($(.venv/bin/ansible --version | head -1), $(/usr/lib/postgresql/15/bin/postgres --version))"
