@@ -1,0 +1,596 @@
+# Copyright: opsbook contributors
+# Apache-2.0 (see pyproject.toml)
+"""opsbook operation log: one redacted JSON line per playbook run (the audit trail)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: opsbook_oplog
+type: aggregate
+short_description: Append one JSON line per playbook run to the opsbook operation log
+description:
+  - The audit trail of opsbook. At the end of every playbook run it appends exactly one JSON
+    object, on one line, to the operation log, whoever started the run (C(ansible-playbook),
+    C(opsbook run), ansible-runner, AWX).
+  - "It fills the runbooks' Operation Logs Template: Date/Time = C(started)/C(finished),
+    Operation = C(playbook) (+ C(env), C(limit), C(check_mode)), Reason = C(reason),
+    Impact = C(hosts) (per-host ok/changed/failed/...), Duration = C(duration_s),
+    Issues = C(status) and C(failures), Follow-up = C(outputs) (the run's set_stats data)."
+  - "Record fields: C(id) (env E(OPSBOOK_RUN_ID), else a UUID4), C(started), C(finished)
+    (ISO 8601, UTC), C(duration_s), C(operator) (env E(OPSBOOK_OPERATOR), else the login name),
+    C(playbook) (file stem), C(env) (variable C(opsbook_env)), C(reason) (variable
+    C(opsbook_reason), normally given with C(-e)), C(check_mode), C(limit), C(extra_var_keys)
+    (names only, never values), C(status) (successful, failed or unreachable; failed wins
+    when both happen), C(hosts), C(failures) (list of C(host), C(task), C(msg)) and C(outputs)."
+  - Secrets never reach the log. Only the names of extra vars are kept. Values under keys that
+    look secret (containing password, passwd, passphrase, secret, token, api_key, private_key,
+    credential, database_url or dsn, or starting with vault_) become C(***); passwords in
+    URLs (C(scheme://user:secret@host)) and in C(key=value) text become C(***); literal values
+    of secret-looking variables are scrubbed from messages (vaulted values included, decrypted
+    in memory only). A failure of a C(no_log) task is recorded with the censored marker only.
+  - Failure messages are redacted, then cut to 500 characters. Failures of tasks with
+    C(ignore_errors) and ignored unreachable hosts are not listed; failures later handled by
+    a C(rescue) section are listed (the run status still says successful).
+  - The line is appended with O_APPEND in a single write call, so concurrent runs sharing a
+    log do not interleave. The file is created with mode 0600, missing parent directories
+    with mode 0700.
+  - The plugin never changes the outcome of a run. Any error of its own (for example an
+    unwritable log path) is shown as a warning and the playbook result is unchanged.
+version_added: "0.1.0"
+author:
+  - opsbook maintainers
+requirements:
+  - enabled in C(ansible.cfg) (C(callbacks_enabled = opsbook_oplog)); under ansible-runner the
+    directory holding this plugin must also be in E(ANSIBLE_CALLBACK_PLUGINS), because
+    ansible-runner sets that variable and it overrides C(callback_plugins) in C(ansible.cfg).
+options:
+  path:
+    description:
+      - File the operation log is appended to (JSON lines).
+      - When not set, C(<project>/.opsbook/oplog.jsonl), where C(<project>) is the parent of the
+        playbook's directory when that directory is named C(playbooks), else the playbook's
+        directory.
+    type: path
+    env:
+      - name: OPSBOOK_OPLOG
+    ini:
+      - section: callback_opsbook_oplog
+        key: path
+notes:
+  - "Example record (one line in the file):
+    {\"id\": \"8f0c...\", \"started\": \"2025-11-19T14:30:05.120Z\",
+    \"finished\": \"2025-11-19T14:31:02.004Z\", \"duration_s\": 56.884, \"operator\": \"alice\",
+    \"playbook\": \"deploy\", \"env\": \"production\", \"reason\": \"release 1.4.2\",
+    \"check_mode\": false, \"limit\": null, \"extra_var_keys\": [\"opsbook_reason\"],
+    \"status\": \"successful\", \"hosts\": {\"web1\": {\"ok\": 12, \"changed\": 3, \"failed\": 0,
+    \"unreachable\": 0, \"skipped\": 1, \"rescued\": 0, \"ignored\": 0}}, \"failures\": [],
+    \"outputs\": {}}"
+  - C(outputs) holds the run-wide set_stats data (C(per_host=false)) at its top level, as AWX
+    shows artifacts; per-host set_stats data, if any, is under C(outputs._hosts).
+  - With several playbooks on one C(ansible-playbook) command line, one record is written per
+    playbook; its host counts cover that playbook only.
+  - A run that never reaches the end of its playbook (syntax error, interrupted with Ctrl-C,
+    killed) writes no record.
+"""
+
+import contextlib
+import functools
+import getpass
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ansible import context
+from ansible.plugins.callback import CallbackBase
+
+MASK = "***"
+MSG_LIMIT = 500
+MAX_FAILURES = 100
+MAX_DEPTH = 32
+MIN_SECRET_LEN = 4
+COUNT_FIELDS = ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored")
+SECRET_WORDS = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "private_key",
+    "credential",
+    "database_url",
+    "dsn",
+)
+CENSORED_KEY = "censored"
+CENSORED_MARKER = (
+    "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
+)
+
+_SECRET_KEY_RE = re.compile("^vault_|" + "|".join(SECRET_WORDS))
+# scheme://user:password@host -> the password runs to the last '@' of the word, so unencoded
+# '@' or '/' in a password (AWS secret keys have '/') cannot leak a tail of it.
+_URL_PASSWORD_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/?#@\"']*):([^\s\"']*)@")
+# password=secret, "token": "abc", api_key: abc (libpq keyword DSNs, JSON, YAML, CLI flags).
+_KEY_VALUE_RE = re.compile(
+    r"(?i)(\b[\w\-]*(?:" + "|".join(SECRET_WORDS) + r")[\w\-]*[\"']?\s*[=:]\s*[\"']?)"
+    r"(?!\*\*\*)([^\s\"',;&}\]]+)"
+)
+
+
+# ---------------------------------------------------------------------------
+# Redaction (pure, never raises)
+# ---------------------------------------------------------------------------
+
+
+def looks_secret(key: object) -> bool:
+    """True when a mapping key names something secret (password, token, database_url, ...)."""
+    if not isinstance(key, str):
+        return False
+    return bool(_SECRET_KEY_RE.search(key.lower().replace("-", "_")))
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Mask known secret values, URL passwords and secret key=value pairs in free text."""
+    try:
+        for secret in sorted(set(secrets), key=len, reverse=True):
+            if len(secret) >= MIN_SECRET_LEN:
+                text = text.replace(secret, MASK)
+        text = _URL_PASSWORD_RE.sub(rf"\1:{MASK}@", text)
+        return _KEY_VALUE_RE.sub(rf"\1{MASK}", text)
+    except Exception:
+        return MASK
+
+
+def redact(value: Any, secrets: Iterable[str] = (), _depth: int = 0) -> Any:
+    """Return a JSON-safe copy of value with every secret masked; never raises."""
+    try:
+        return _redact(value, frozenset(secrets), _depth)
+    except Exception:
+        return MASK
+
+
+def _redact(value: Any, secrets: frozenset[str], depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        return MASK
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact_text(str(value), secrets)
+    if isinstance(value, bytes):
+        return redact_text(value.decode("utf-8", "replace"), secrets)
+    if isinstance(value, Mapping):
+        return {
+            str(key): MASK if looks_secret(key) else _redact(item, secrets, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact(item, secrets, depth + 1) for item in value]
+    if "encrypt" in type(value).__name__.lower() or "vault" in type(value).__name__.lower():
+        return MASK  # never str() a vaulted value: that would decrypt it
+    return redact_text(str(value), secrets)
+
+
+def secret_values(variables: Mapping[str, Any]) -> set[str]:
+    """Literal secrets to scrub from messages: values of secret-looking keys, URL passwords."""
+    found: set[str] = set()
+    with contextlib.suppress(Exception):
+        _collect_secrets(variables, False, found, 0)
+    return {value for value in found if len(value) >= MIN_SECRET_LEN and "{{" not in value}
+
+
+def _collect_secrets(value: Any, secret: bool, found: set[str], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        return
+    if isinstance(value, str):
+        if secret:
+            found.add(str(value))
+        if "://" in value:
+            found.update(_url_passwords(value))
+    elif type(value).__name__ == "EncryptedString":
+        with contextlib.suppress(Exception):  # decrypted in memory only, to scrub it
+            found.add(str(value))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _collect_secrets(item, secret or looks_secret(key), found, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _collect_secrets(item, secret, found, depth + 1)
+
+
+def _url_passwords(text: str) -> set[str]:
+    passwords = set()
+    for word in text.split():
+        try:
+            password = urlsplit(word).password
+        except ValueError:
+            continue
+        if password:
+            passwords.add(password)
+    return passwords
+
+
+def truncate(text: str, limit: int = MSG_LIMIT) -> str:
+    """Cut text to at most limit characters, marking the cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - 3, 0)] + "..."
+
+
+# ---------------------------------------------------------------------------
+# Record building (pure)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunInfo:
+    """What is known about a run when its playbook starts (plus the first play's variables)."""
+
+    id: str
+    started: datetime
+    playbook: str
+    operator: str
+    check_mode: bool
+    limit: str | None
+    env: str | None = None
+    reason: str | None = None
+    extra_var_keys: list[str] = field(default_factory=list)
+    secrets: set[str] = field(default_factory=set)
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a Z suffix."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def project_dir(playbook_path: str | os.PathLike[str]) -> Path:
+    """The project a playbook belongs to: parent of `playbooks/`, else the playbook's directory."""
+    directory = Path(os.path.abspath(playbook_path)).parent
+    return directory.parent if directory.name == "playbooks" else directory
+
+
+def default_log_path(playbook_path: str | os.PathLike[str]) -> Path:
+    """<project>/.opsbook/oplog.jsonl."""
+    return project_dir(playbook_path) / ".opsbook" / "oplog.jsonl"
+
+
+def host_counts(summary: Mapping[str, int]) -> dict[str, int]:
+    """AggregateStats.summarize() output in the record's vocabulary (failures -> failed)."""
+    renamed = {"failed": summary.get("failures", 0)}
+    return {name: int(renamed.get(name, summary.get(name, 0))) for name in COUNT_FIELDS}
+
+
+def counts_delta(now: Mapping[str, int], before: Mapping[str, int] | None) -> dict[str, int]:
+    """Per-host counts of one playbook when stats accumulate over several playbooks."""
+    before = before or {}
+    return {name: now.get(name, 0) - before.get(name, 0) for name in COUNT_FIELDS}
+
+
+def run_status(hosts: Mapping[str, Mapping[str, int]]) -> str:
+    """successful | failed | unreachable (a failure outranks an unreachable host)."""
+    if any(counts.get("failed", 0) for counts in hosts.values()):
+        return "failed"
+    if any(counts.get("unreachable", 0) for counts in hosts.values()):
+        return "unreachable"
+    return "successful"
+
+
+def failure_message(result: Mapping[str, Any], no_log: bool = False) -> str:
+    """The message of a failed or unreachable result; only the censored marker under no_log."""
+    if no_log or CENSORED_KEY in result or result.get("_ansible_no_log"):
+        return CENSORED_MARKER  # the constant: nothing of a censored result is ever copied
+    message = _first_text(result, ("msg", "reason"))
+    stderr = _first_text(result, ("stderr", "module_stderr"))
+    if message and stderr and stderr not in message:
+        message = f"{message} (stderr: {stderr})"
+    message = message or stderr
+    if not message and result.get("rc") not in (None, 0):
+        message = f"rc={result.get('rc')}"
+    return _with_item_detail(message, result)
+
+
+def _first_text(result: Mapping[str, Any], keys: Iterable[str]) -> str:
+    for key in keys:
+        text = result.get(key)
+        if text:
+            return str(text).strip()
+    return ""
+
+
+def _with_item_detail(message: str, result: Mapping[str, Any]) -> str:
+    """Loops fail with 'One or more items failed': add the first failed item's message."""
+    items = result.get("results")
+    if not isinstance(items, list):
+        return message
+    for item in items:
+        if isinstance(item, Mapping) and item.get("failed"):
+            detail = failure_message(item)
+            return f"{message}: {detail}" if message and detail else message or detail
+    return message
+
+
+def failure_entry(
+    host: str,
+    task: str,
+    result: Mapping[str, Any],
+    secrets: Iterable[str] = (),
+    no_log: bool = False,
+) -> dict[str, str]:
+    """One item of the record's failures list: redacted first, then truncated."""
+    message = failure_message(result, no_log)
+    return {"host": host, "task": task, "msg": truncate(redact_text(message, secrets))}
+
+
+def outputs_from_custom(custom: Mapping[str, Any], secrets: Iterable[str] = ()) -> dict[str, Any]:
+    """set_stats data: run-wide keys at top level, per-host data under `_hosts`; redacted."""
+    outputs: dict[str, Any] = dict(custom.get("_run") or {})
+    per_host = {host: data for host, data in custom.items() if host != "_run" and data}
+    if per_host:
+        outputs["_hosts"] = per_host
+    return redact(outputs, secrets)
+
+
+def build_record(
+    run: RunInfo,
+    finished: datetime,
+    duration_s: float,
+    hosts: Mapping[str, Mapping[str, int]],
+    failures: list[dict[str, str]],
+    outputs: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The operation log record, fields in contract order."""
+    return {
+        "id": run.id,
+        "started": iso_utc(run.started),
+        "finished": iso_utc(finished),
+        "duration_s": round(max(duration_s, 0.0), 3),
+        "operator": run.operator,
+        "playbook": run.playbook,
+        "env": redact(run.env, run.secrets),
+        "reason": redact(run.reason, run.secrets),
+        "check_mode": run.check_mode,
+        "limit": run.limit,
+        "extra_var_keys": sorted(run.extra_var_keys),
+        "status": run_status(hosts),
+        "hosts": {host: dict(counts) for host, counts in sorted(hosts.items())},
+        "failures": _capped(failures),
+        "outputs": dict(outputs),
+    }
+
+
+def _capped(failures: list[dict[str, str]]) -> list[dict[str, str]]:
+    if len(failures) <= MAX_FAILURES:
+        return list(failures)
+    dropped = len(failures) - MAX_FAILURES + 1
+    note = {"host": "*", "task": "*", "msg": f"{dropped} more failures not recorded"}
+    return [*failures[: MAX_FAILURES - 1], note]
+
+
+def record_line(record: Mapping[str, Any]) -> bytes:
+    """One JSON object, one line, ASCII-safe."""
+    return (json.dumps(record, default=str, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def make_private_dirs(directory: Path) -> None:
+    """mkdir -p where every directory created (not only the last) gets mode 0700."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # a concurrent run made it
+        os.chmod(new, 0o700)  # exactly 0700, whatever the umask
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append with O_APPEND in one write(): concurrent runs never interleave lines."""
+    make_private_dirs(path.parent)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        written = os.write(fd, line)
+        if written != len(line):
+            raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# Environment of the run
+# ---------------------------------------------------------------------------
+
+
+def operator_name() -> str:
+    """OPSBOOK_OPERATOR, else the login name."""
+    name = os.environ.get("OPSBOOK_OPERATOR")
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def run_id() -> str:
+    """OPSBOOK_RUN_ID, else a fresh UUID4."""
+    return os.environ.get("OPSBOOK_RUN_ID") or str(uuid.uuid4())
+
+
+def cli_args() -> Mapping[str, Any]:
+    """ansible's parsed command line (empty when not started from a CLI)."""
+    return context.CLIARGS or {}
+
+
+# ---------------------------------------------------------------------------
+# The callback
+# ---------------------------------------------------------------------------
+
+
+def _guarded(method: Callable[..., None]) -> Callable[..., None]:
+    """Turn any exception of a callback method into a warning: the log never breaks a run."""
+
+    @functools.wraps(method)
+    def wrapper(self: CallbackModule, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception as exc:
+            self._warn(method.__name__, exc)
+
+    return wrapper
+
+
+class CallbackModule(CallbackBase):
+    """Append one JSON line per playbook run to the opsbook operation log."""
+
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "opsbook_oplog"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._run: RunInfo | None = None
+        self._playbook_path: str | None = None
+        self._clock = 0.0
+        self._plays_seen: set[object] = set()
+        self._failures: list[dict[str, str]] = []
+        self._baseline: dict[str, dict[str, int]] = {}
+
+    def _warn(self, event: str, exc: Exception) -> None:
+        effect = "not written" if event == "v2_playbook_on_stats" else "incomplete"
+        secrets = self._run.secrets if self._run else ()
+        detail = redact_text(f"{event}: {type(exc).__name__}: {exc}", secrets)
+        self._display.warning(f"opsbook_oplog: operation log {effect}: {detail}")
+
+    # -- events -------------------------------------------------------------
+
+    @_guarded
+    def v2_playbook_on_start(self, playbook: Any) -> None:
+        self._playbook_path = str(getattr(playbook, "_file_name", "") or "playbook")
+        args = cli_args()
+        self._run = RunInfo(
+            id=run_id(),
+            started=datetime.now(UTC),
+            playbook=Path(self._playbook_path).stem,
+            operator=operator_name(),
+            check_mode=bool(args.get("check", False)),
+            limit=_plain_limit(args.get("subset")),
+        )
+        self._clock = time.monotonic()
+        self._plays_seen = set()
+        self._failures = []
+
+    @_guarded
+    def v2_playbook_on_play_start(self, play: Any) -> None:
+        play_id = getattr(play, "_uuid", None) or id(play)
+        if self._run is None or play_id in self._plays_seen:
+            return  # serial plays start once per batch: read their variables once
+        self._plays_seen.add(play_id)
+        manager = getattr(play, "_variable_manager", None)
+        if manager is None:
+            return
+        extra_vars = dict(manager.extra_vars or {})
+        variables = _play_variables(play, manager)
+        run = self._run
+        run.extra_var_keys = [str(key) for key in extra_vars]
+        run.secrets |= secret_values(extra_vars) | secret_values(variables)
+        run.env = run.env or _text_var(variables, "opsbook_env", manager)
+        run.reason = run.reason or _text_var(variables, "opsbook_reason", manager)
+
+    @_guarded
+    def v2_runner_on_failed(self, result: Any, ignore_errors: bool = False) -> None:
+        if not ignore_errors:
+            self._add_failure(result)
+
+    @_guarded
+    def v2_runner_on_unreachable(self, result: Any) -> None:
+        if not getattr(result.task, "ignore_unreachable", False):
+            self._add_failure(result)
+
+    @_guarded
+    def v2_playbook_on_stats(self, stats: Any) -> None:
+        if self._run is None:
+            return
+        hosts = self._host_counts(stats)
+        outputs = outputs_from_custom(getattr(stats, "custom", {}) or {}, self._run.secrets)
+        record = build_record(
+            self._run,
+            datetime.now(UTC),
+            time.monotonic() - self._clock,
+            hosts,
+            self._failures,
+            outputs,
+        )
+        append_line(self._log_path(), record_line(record))
+
+    # -- helpers ------------------------------------------------------------
+
+    def _add_failure(self, result: Any) -> None:
+        secrets = self._run.secrets if self._run else set()
+        no_log = getattr(result.task, "no_log", None) is True
+        host = result.host.get_name()
+        entry = failure_entry(host, result.task_name, result.result, secrets, no_log)
+        self._failures.append(entry)
+
+    def _host_counts(self, stats: Any) -> dict[str, dict[str, int]]:
+        hosts: dict[str, dict[str, int]] = {}
+        for host in stats.processed:
+            totals = host_counts(stats.summarize(host))
+            hosts[host] = counts_delta(totals, self._baseline.get(host))
+            self._baseline[host] = totals
+        return {host: counts for host, counts in hosts.items() if any(counts.values())}
+
+    def _log_path(self) -> Path:
+        configured = self.get_option("path") if self.has_option("path") else None
+        if configured:
+            return Path(configured)
+        return default_log_path(self._playbook_path or "playbook.yml")
+
+
+def _plain_limit(subset: Any) -> str | None:
+    if not subset:
+        return None
+    if isinstance(subset, list | tuple):
+        return ",".join(str(item) for item in subset)
+    return str(subset)
+
+
+def _play_variables(play: Any, manager: Any) -> Mapping[str, Any]:
+    """Variables of the play for its first host (inventory, group_vars, play vars, extra vars)."""
+    host = None
+    inventory = getattr(manager, "_inventory", None)
+    if inventory is not None:
+        hosts = inventory.get_hosts(play.hosts)
+        host = hosts[0] if hosts else None
+    return manager.get_vars(play=play, host=host, include_hostvars=False)
+
+
+def _text_var(variables: Mapping[str, Any], name: str, manager: Any) -> str | None:
+    """A variable as text, templated when it is a template; None when unset or empty."""
+    value = variables.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and "{{" in value:
+        value = _template(value, variables, manager)
+    return str(value) if isinstance(value, str | int | float | bool) else None
+
+
+def _template(value: str, variables: Mapping[str, Any], manager: Any) -> Any | None:
+    from ansible.template import Templar
+
+    try:
+        templar = Templar(loader=getattr(manager, "_loader", None), variables=variables)
+        return templar.template(value)
+    except Exception:
+        return None  # an unresolvable template is not recorded as if it were the value

@@ -1,0 +1,461 @@
+"""Unit tests of the operation log callback: redaction, record building, appending."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing
+import stat
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+PLUGIN_PATH = Path(__file__).resolve().parents[2] / "callback_plugins" / "opsbook_oplog.py"
+CONTRACT_FIELDS = [
+    "id", "started", "finished", "duration_s", "operator", "playbook", "env", "reason",
+    "check_mode", "limit", "extra_var_keys", "status", "hosts", "failures", "outputs",
+]  # fmt: skip
+
+
+def _load_plugin() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("opsbook_oplog_under_test", PLUGIN_PATH)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+oplog = _load_plugin()
+
+
+# -- redaction ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("postgresql://u:hunter2@h/db", "postgresql://u:***@h/db"),
+        ("postgres://app:s3cr3t@db.example.com:5432/app?sslmode=require",
+         "postgres://app:***@db.example.com:5432/app?sslmode=require"),
+        ("connect to mysql://root:p@ss@h:3306/x failed",
+         "connect to mysql://root:***@h:3306/x failed"),
+        ('{"url": "postgresql://u:pw@h/db", "mail": "a@b"}',
+         '{"url": "postgresql://u:***@h/db", "mail": "a@b"}'),
+        ("s3://AKIA:secret/key@bucket/prefix", "s3://AKIA:***@bucket/prefix"),
+        ("redis://:onlypw@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("https://example.com/health", "https://example.com/health"),
+        ("ssh://deploy@host:22", "ssh://deploy@host:22"),
+        ("host=db password=hunter2 dbname=app", "host=db password=*** dbname=app"),
+        ('{"api_token": "abc123", "user": "x"}', '{"api_token": "***", "user": "x"}'),
+        ("--db-password=hunter2 --verbose", "--db-password=*** --verbose"),
+        ("password authentication failed for user \"app\"",
+         "password authentication failed for user \"app\""),
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_redact_text_masks_passwords(text: str, expected: str) -> None:
+    assert oplog.redact_text(text) == expected
+
+
+def test_redact_text_scrubs_known_secret_values() -> None:
+    text = "login as admin with hunter2 failed; retry hunter2"
+    assert oplog.redact_text(text, {"hunter2"}) == "login as admin with *** failed; retry ***"
+
+
+def test_redact_text_ignores_too_short_secrets() -> None:
+    assert oplog.redact_text("a b c", {"a"}) == "a b c"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["password", "DB_PASSWORD", "vault_db_passwd", "ssh_passphrase", "client-secret", "api_token",
+     "api_key", "apikey", "private_key", "aws_credentials", "database_url", "sentry_dsn",
+     "vault_stripe_key"],
+)  # fmt: skip
+def test_looks_secret(key: str) -> None:
+    assert oplog.looks_secret(key)
+
+
+@pytest.mark.parametrize(
+    "key", ["user", "host", "opsbook_env", "app_base_url", "verdict", "use_vault_", 3, None]
+)
+def test_looks_secret_no(key: Any) -> None:
+    assert not oplog.looks_secret(key)
+
+
+def test_redact_masks_secret_keys_recursively() -> None:
+    data = {
+        "database": {"dsn": "postgresql://u:p@h/db", "ok": True, "latency_ms": 3.5},
+        "apps": [{"host": "web1", "token": "abc"}, {"host": "web2", "credentials": {"a": 1}}],
+        "Database_URL": "postgresql://u:p@h/db",
+        "note": "see postgresql://u:hunter2@h/db",
+        "count": 2,
+        "nothing": None,
+    }
+    assert oplog.redact(data) == {
+        "database": {"dsn": "***", "ok": True, "latency_ms": 3.5},
+        "apps": [{"host": "web1", "token": "***"}, {"host": "web2", "credentials": "***"}],
+        "Database_URL": "***",
+        "note": "see postgresql://u:***@h/db",
+        "count": 2,
+        "nothing": None,
+    }
+
+
+def test_redact_returns_json_safe_copy() -> None:
+    original = {"items": ("a", "b"), "raw": b"bytes", "when": datetime(2025, 1, 2, tzinfo=UTC)}
+    result = oplog.redact(original)
+    assert result == {"items": ["a", "b"], "raw": "bytes", "when": "2025-01-02 00:00:00+00:00"}
+    json.dumps(result)
+    assert original["items"] == ("a", "b")
+
+
+def test_redact_never_decrypts_vaulted_values() -> None:
+    class EncryptedString:
+        def __str__(self) -> str:
+            raise AssertionError("decrypted")
+
+    assert oplog.redact({"x": EncryptedString()}) == {"x": "***"}
+
+
+def test_redact_never_raises() -> None:
+    class Exploding:
+        def __str__(self) -> str:
+            raise RuntimeError("boom")
+
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    assert oplog.redact(Exploding()) == "***"
+    assert json.dumps(oplog.redact(loop))  # cut at MAX_DEPTH, no RecursionError
+    assert oplog.redact_text(None) == "***"  # type: ignore[arg-type]
+
+
+def test_secret_values_collects_secret_keys_and_url_passwords() -> None:
+    variables = {
+        "database_url": "postgresql://u:hunter2@h/db",
+        "vault_db_password": "s3cr3tpw",
+        "nested": {"api_token": ["tok-12345"], "plain": "not secret"},
+        "backup_storage_url": "s3://key:urlpass@bucket/x",
+        "templated_password": "{{ vault_other }}",
+        "short_token": "ab",
+        "opsbook_env": "staging",
+    }
+    assert oplog.secret_values(variables) == {
+        "postgresql://u:hunter2@h/db", "hunter2", "s3cr3tpw", "tok-12345", "urlpass",
+    }  # fmt: skip
+
+
+def test_secret_values_include_vaulted_values() -> None:
+    class EncryptedString:  # ansible.parsing.vault.EncryptedString decrypts on str()
+        def __str__(self) -> str:
+            return "decrypted-pw"
+
+    class Undecryptable:
+        def __str__(self) -> str:
+            raise RuntimeError("no vault secret")
+
+    Undecryptable.__name__ = "EncryptedString"
+    variables = {"db": {"pw": EncryptedString()}, "other": Undecryptable()}
+    assert oplog.secret_values(variables) == {"decrypted-pw"}
+
+
+def test_truncate() -> None:
+    assert oplog.truncate("abc", 5) == "abc"
+    cut = oplog.truncate("x" * 1000)
+    assert len(cut) == 500
+    assert cut.endswith("...")
+
+
+# -- failures -----------------------------------------------------------------
+
+
+def test_failure_message_prefers_msg_and_adds_stderr() -> None:
+    result = {"msg": "non-zero return code", "stderr": "psql: error: connection refused", "rc": 2}
+    assert oplog.failure_message(result) == (
+        "non-zero return code (stderr: psql: error: connection refused)"
+    )
+    assert oplog.failure_message({"msg": "", "stderr": "", "rc": 3}) == "rc=3"
+    assert oplog.failure_message({"msg": "Failed to connect"}) == "Failed to connect"
+
+
+def test_failure_message_of_a_loop_names_the_failed_item() -> None:
+    result = {
+        "msg": "One or more items failed",
+        "results": [{"failed": False, "msg": "fine"}, {"failed": True, "msg": "disk full"}],
+    }
+    assert oplog.failure_message(result) == "One or more items failed: disk full"
+
+
+def test_failure_message_is_only_the_censored_marker() -> None:
+    censored = {"censored": "the output has been hidden ...", "changed": False}
+    assert oplog.failure_message(censored) == oplog.CENSORED_MARKER
+    assert oplog.failure_message({"msg": "token hunter2"}, no_log=True) == oplog.CENSORED_MARKER
+    leaky = {"censored": "hunter2", "msg": "hunter2"}  # a module's own key: never copied
+    assert "hunter2" not in oplog.failure_message(leaky)
+
+
+def test_failure_entry_redacts_before_truncating() -> None:
+    result = {"msg": "x" * 480 + " postgresql://u:hunter2secret@h/db"}
+    entry = oplog.failure_entry("web1", "deploy | Switch", result)
+    assert entry["host"] == "web1"
+    assert entry["task"] == "deploy | Switch"
+    assert len(entry["msg"]) <= oplog.MSG_LIMIT
+    assert "hunt" not in entry["msg"]
+
+
+def test_failure_entry_scrubs_known_secrets() -> None:
+    entry = oplog.failure_entry("h", "t", {"msg": "bad login s3cr3tpw"}, {"s3cr3tpw"})
+    assert entry["msg"] == "bad login ***"
+
+
+# -- record -------------------------------------------------------------------
+
+
+def _run(**overrides: Any) -> Any:
+    values: dict[str, Any] = {
+        "id": "run-1",
+        "started": datetime(2025, 11, 19, 14, 30, 0, 120000, tzinfo=UTC),
+        "playbook": "deploy",
+        "operator": "alice",
+        "check_mode": False,
+        "limit": None,
+        "env": "staging",
+        "reason": "release 1.4.2",
+        "extra_var_keys": ["opsbook_reason", "database_url"],
+    }
+    values.update(overrides)
+    return oplog.RunInfo(**values)
+
+
+def _counts(**overrides: int) -> dict[str, int]:
+    return {name: overrides.get(name, 0) for name in oplog.COUNT_FIELDS}
+
+
+def test_build_record_has_the_contract_fields_in_order() -> None:
+    finished = datetime(2025, 11, 19, 14, 31, 2, 4000, tzinfo=UTC)
+    hosts = {"web2": _counts(ok=3), "web1": _counts(ok=4, changed=1)}
+    record = oplog.build_record(_run(), finished, 61.88449, hosts, [], {"health_check": {}})
+    assert list(record) == CONTRACT_FIELDS
+    assert record["started"] == "2025-11-19T14:30:00.120Z"
+    assert record["finished"] == "2025-11-19T14:31:02.004Z"
+    assert record["duration_s"] == 61.884
+    assert record["status"] == "successful"
+    assert list(record["hosts"]) == ["web1", "web2"]
+    assert record["extra_var_keys"] == ["database_url", "opsbook_reason"]
+    assert json.loads(oplog.record_line(record)) == record
+
+
+def test_build_record_redacts_env_and_reason() -> None:
+    run = _run(reason="rotate postgresql://u:hunter2@h/db", secrets={"s3cr3tpw"}, env="s3cr3tpw")
+    record = oplog.build_record(run, datetime.now(UTC), 1.0, {}, [], {})
+    assert record["reason"] == "rotate postgresql://u:***@h/db"
+    assert record["env"] == "***"
+
+
+def test_build_record_caps_failures() -> None:
+    failures = [{"host": f"h{i}", "task": "t", "msg": "m"} for i in range(250)]
+    record = oplog.build_record(_run(), datetime.now(UTC), 1.0, {}, failures, {})
+    assert len(record["failures"]) == oplog.MAX_FAILURES
+    assert record["failures"][-1]["msg"] == "151 more failures not recorded"
+
+
+@pytest.mark.parametrize(
+    ("hosts", "status"),
+    [
+        ({}, "successful"),
+        ({"a": _counts(ok=1, ignored=1, rescued=1)}, "successful"),
+        ({"a": _counts(ok=1), "b": _counts(failed=1)}, "failed"),
+        ({"a": _counts(unreachable=1)}, "unreachable"),
+        ({"a": _counts(unreachable=1), "b": _counts(failed=1)}, "failed"),
+    ],
+)
+def test_run_status(hosts: dict[str, dict[str, int]], status: str) -> None:
+    assert oplog.run_status(hosts) == status
+
+
+def test_host_counts_and_delta() -> None:
+    summary = {"ok": 5, "failures": 1, "unreachable": 0, "changed": 2, "skipped": 1,
+               "rescued": 0, "ignored": 0}  # fmt: skip
+    counts = oplog.host_counts(summary)
+    assert counts == _counts(ok=5, failed=1, changed=2, skipped=1)
+    before = _counts(ok=2, changed=2)
+    assert oplog.counts_delta(counts, before) == _counts(ok=3, failed=1, skipped=1)
+    assert oplog.counts_delta(counts, None) == counts
+
+
+def test_outputs_from_custom() -> None:
+    custom = {
+        "_run": {"health_check": {"verdict": "ok", "database": {"dsn": "postgresql://u:p@h/d"}}},
+        "web1": {"release": "1.4.2"},
+        "web2": {},
+    }
+    assert oplog.outputs_from_custom(custom) == {
+        "health_check": {"verdict": "ok", "database": {"dsn": "***"}},
+        "_hosts": {"web1": {"release": "1.4.2"}},
+    }
+    assert oplog.outputs_from_custom({}) == {}
+
+
+@pytest.mark.parametrize(
+    ("playbook", "project"),
+    [("/srv/opsbook/playbooks/deploy.yml", "/srv/opsbook"), ("/srv/adhoc/x.yml", "/srv/adhoc")],
+)
+def test_default_log_path(playbook: str, project: str) -> None:
+    assert oplog.project_dir(playbook) == Path(project)
+    assert oplog.default_log_path(playbook) == Path(project) / ".opsbook" / "oplog.jsonl"
+
+
+def test_operator_and_run_id_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSBOOK_OPERATOR", "bot:deploys")
+    monkeypatch.setenv("OPSBOOK_RUN_ID", "ident-7")
+    assert oplog.operator_name() == "bot:deploys"
+    assert oplog.run_id() == "ident-7"
+    monkeypatch.delenv("OPSBOOK_OPERATOR")
+    monkeypatch.delenv("OPSBOOK_RUN_ID")
+    assert oplog.operator_name()
+    assert len(oplog.run_id()) == 36
+    assert oplog.run_id() != oplog.run_id()
+
+
+# -- appending ----------------------------------------------------------------
+
+
+def test_append_line_creates_private_file_and_dirs(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "oplog.jsonl"
+    oplog.append_line(path, b'{"n": 1}\n')
+    oplog.append_line(path, b'{"n": 2}\n')
+    assert path.read_text().splitlines() == ['{"n": 1}', '{"n": 2}']
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+
+
+def _append_many(args: tuple[str, int]) -> None:
+    path, worker = args
+    for n in range(50):
+        record = {"worker": worker, "n": n, "pad": "x" * 20000}
+        oplog.append_line(Path(path), oplog.record_line(record))
+
+
+def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
+    path = tmp_path / "oplog.jsonl"
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.map(_append_many, [(str(path), worker) for worker in range(4)])
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 200
+    seen = {(record["worker"], record["n"]) for record in map(json.loads, lines)}
+    assert len(seen) == 200
+
+
+# -- the callback object --------------------------------------------------------
+
+
+class _Display:
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.warnings.append(msg)
+
+
+def _callback() -> tuple[Any, _Display]:
+    callback = oplog.CallbackModule()
+    display = _Display()
+    callback._display = display
+    return callback, display
+
+
+def _failed_result(host: str, task: str, result: dict[str, Any], no_log: bool = False) -> Any:
+    return SimpleNamespace(
+        host=SimpleNamespace(get_name=lambda: host),
+        task=SimpleNamespace(no_log=no_log, ignore_unreachable=False),
+        task_name=task,
+        result=result,
+    )
+
+
+def test_callback_writes_one_record_per_playbook(tmp_path: Path) -> None:
+    from ansible.executor.stats import AggregateStats
+
+    callback, display = _callback()
+    playbook_dir = tmp_path / "playbooks"
+    playbook = SimpleNamespace(_file_name=str(playbook_dir / "backup.yml"))
+    stats = AggregateStats()
+    callback.v2_playbook_on_start(playbook)
+    stats.increment("ok", "db1")
+    stats.increment("failures", "db1")
+    callback.v2_runner_on_failed(_failed_result("db1", "backup | Dump", {"msg": "disk full"}))
+    callback.v2_runner_on_failed(_failed_result("db1", "ignored", {"msg": "x"}), ignore_errors=True)
+    callback.v2_runner_on_failed(_failed_result("db1", "quiet", {"msg": "pw"}, no_log=True))
+    stats.set_custom_stats("backup", {"id": "b-1"})
+    callback.v2_playbook_on_stats(stats)
+    callback.v2_playbook_on_start(SimpleNamespace(_file_name=str(playbook_dir / "restore.yml")))
+    stats.increment("ok", "db1")
+    callback.v2_playbook_on_stats(stats)
+
+    lines = (tmp_path / ".opsbook" / "oplog.jsonl").read_text().splitlines()
+    first, second = (json.loads(line) for line in lines)
+    assert display.warnings == []
+    assert first["playbook"] == "backup"
+    assert first["status"] == "failed"
+    assert first["hosts"]["db1"] == _counts(ok=1, failed=1)
+    assert first["failures"] == [
+        {"host": "db1", "task": "backup | Dump", "msg": "disk full"},
+        {"host": "db1", "task": "quiet", "msg": oplog.CENSORED_MARKER},
+    ]
+    assert first["outputs"] == {"backup": {"id": "b-1"}}
+    assert second["playbook"] == "restore"
+    assert second["status"] == "successful"
+    assert second["hosts"] == {"db1": _counts(ok=1)}
+    assert second["failures"] == []
+
+
+def test_callback_counts_only_its_playbook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ansible.executor.stats import AggregateStats
+
+    log = tmp_path / "oplog.jsonl"
+    callback, _ = _callback()
+    monkeypatch.setattr(callback, "_log_path", lambda: log)
+    stats = AggregateStats()
+    for name in ("one.yml", "two.yml"):
+        callback.v2_playbook_on_start(SimpleNamespace(_file_name=name))
+        stats.increment("ok", "web1")
+        callback.v2_playbook_on_stats(stats)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["playbook"] for r in records] == ["one", "two"]
+    assert [r["hosts"]["web1"]["ok"] for r in records] == [1, 1]
+
+
+def test_callback_errors_become_warnings(tmp_path: Path) -> None:
+    callback, display = _callback()
+    callback.v2_playbook_on_start(SimpleNamespace(_file_name=str(tmp_path / "x.yml")))
+    callback.v2_playbook_on_stats(object())  # not a stats object: must not raise
+    callback.v2_runner_on_failed(object())
+    assert display.warnings[0].startswith("opsbook_oplog: operation log not written: ")
+    assert display.warnings[1].startswith("opsbook_oplog: operation log incomplete: ")
+    assert len(display.warnings) == 2
+
+
+def test_callback_warns_on_unwritable_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ansible.executor.stats import AggregateStats
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    callback, display = _callback()
+    monkeypatch.setattr(callback, "_log_path", lambda: blocker / "oplog.jsonl")
+    callback.v2_playbook_on_start(SimpleNamespace(_file_name="x.yml"))
+    callback.v2_playbook_on_stats(AggregateStats())
+    assert len(display.warnings) == 1
+    assert "operation log not written" in display.warnings[0]
+    assert str(blocker) in display.warnings[0]
+
+
+def test_callback_metadata() -> None:
+    assert oplog.CallbackModule.CALLBACK_TYPE == "aggregate"
+    assert oplog.CallbackModule.CALLBACK_NAME == "opsbook_oplog"
+    assert oplog.CallbackModule.CALLBACK_NEEDS_ENABLED is True
