@@ -37,9 +37,11 @@ from opsbook.lab import (
     PostgresCluster,
     SshKeyPair,
     load_app_schema,
+    make_lab_dir,
+    port_is_open,
+    sweep,
     write_known_hosts,
 )
-from opsbook.lab._proc import make_lab_dir, port_is_open, sweep
 
 __all__ = ["Sandbox", "SandboxConfig", "main"]
 
