@@ -1,0 +1,222 @@
+# Copyright: opsbook contributors
+# Apache-2.0
+"""Shared PostgreSQL connection handling for opsbook modules.
+
+Every opsbook module that talks to Postgres uses the same three connection
+options (see ``pg_connection_argument_spec``) and the same ``connect`` helper,
+so that:
+
+* the DSN is a ``no_log`` parameter everywhere, and the password it carries is
+  registered with ``AnsibleModule.no_log_values`` so Ansible masks it in any
+  output, even in an error message psycopg builds;
+* every error message we build ourselves goes through ``scrub_secrets`` and
+  never contains the password;
+* connections identify themselves (``application_name``, default ``opsbook``)
+  in ``pg_stat_activity``;
+* connections are always closed, including on error (``pg_session``).
+
+Modules import it as ``ansible.module_utils.opsbook_pg`` (ansible.cfg sets
+``module_utils = module_utils``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+try:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    HAS_PSYCOPG = True
+    PSYCOPG_IMPORT_ERROR: str | None = None
+except ImportError:  # pragma: no cover - exercised only where psycopg is missing
+    psycopg = None  # type: ignore[assignment]
+    conninfo_to_dict = None  # type: ignore[assignment]
+    HAS_PSYCOPG = False
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+
+REDACTED = "********"
+DEFAULT_APPLICATION_NAME = "opsbook"
+DEFAULT_CONNECT_TIMEOUT = 10
+
+# postgresql://user:password@host/db  (also postgres://)
+_URI_USERINFO_RE = re.compile(r"(?P<prefix>postgres(?:ql)?://[^:/?#@\s]*:)(?P<pw>[^@\s/?#]*)(?=@)")
+# ...?password=secret&...  in a URI query string
+_URI_QUERY_RE = re.compile(r"(?P<prefix>[?&]password=)(?P<pw>[^&#\s]*)", re.IGNORECASE)
+# password=secret  or  password='se cret'  in a key/value conninfo string
+_KV_RE = re.compile(
+    r"(?P<prefix>(?:^|\s)password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^\s']\S*)",
+    re.IGNORECASE,
+)
+
+
+def pg_connection_argument_spec() -> dict[str, dict[str, Any]]:
+    """Argument spec of the connection options shared by every opsbook Postgres module."""
+    return {
+        "dsn": {"type": "str", "required": True, "no_log": True},
+        "connect_timeout": {"type": "int", "default": DEFAULT_CONNECT_TIMEOUT},
+        "application_name": {"type": "str", "default": DEFAULT_APPLICATION_NAME},
+    }
+
+
+def validate_connection_params(params: dict[str, Any]) -> list[str]:
+    """Return input errors of the shared connection options (empty list when valid)."""
+    errors = []
+    if not (params.get("dsn") or "").strip():
+        errors.append("dsn must not be empty")
+    timeout = params.get("connect_timeout")
+    if timeout is not None and timeout < 1:
+        errors.append(f"connect_timeout must be >= 1 second, got {timeout}")
+    return errors
+
+
+def redact_dsn(dsn: str) -> str:
+    """Return the DSN with its password replaced by ``********``.
+
+    Handles URIs (``postgresql://user:pw@host/db``, ``?password=pw``) and key/value
+    conninfo strings (``host=h password=pw`` and ``password='p w'``).
+    """
+    if not dsn:
+        return dsn
+    out = _URI_USERINFO_RE.sub(lambda m: m.group("prefix") + REDACTED, dsn)
+    out = _URI_QUERY_RE.sub(lambda m: m.group("prefix") + REDACTED, out)
+    return _KV_RE.sub(lambda m: m.group("prefix") + REDACTED, out)
+
+
+def dsn_passwords(dsn: str) -> list[str]:
+    """Every password-looking value in the DSN, as written and as libpq decodes it."""
+    found: list[str] = []
+    for regex in (_URI_USERINFO_RE, _URI_QUERY_RE, _KV_RE):
+        for match in regex.finditer(dsn or ""):
+            value = match.group("pw")
+            if value:
+                found.append(value)
+                if len(value) > 1 and value[0] == value[-1] == "'":
+                    found.append(value[1:-1].replace("\\'", "'").replace("\\\\", "\\"))
+    if HAS_PSYCOPG and dsn:
+        try:
+            decoded = conninfo_to_dict(dsn).get("password")
+        except Exception:  # malformed DSN: the regexes above are all we have
+            decoded = None
+        if decoded:
+            found.append(str(decoded))
+    # longest first, so that scrubbing never leaves the tail of a longer secret
+    return sorted({v for v in found if v}, key=len, reverse=True)
+
+
+def scrub_secrets(text: str, secrets: list[str] | tuple[str, ...]) -> str:
+    """Replace every occurrence of each secret in ``text`` by ``********``."""
+    out = str(text)
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        out = out.replace(secret, REDACTED)
+    return out
+
+
+def safe_error(exc: BaseException, dsn: str) -> str:
+    """A one-line description of ``exc`` that never contains the DSN or its password."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    text = "; ".join(line for line in lines if line) or exc.__class__.__name__
+    secrets = [dsn, *dsn_passwords(dsn)] if dsn else []
+    return redact_dsn(scrub_secrets(text, secrets))
+
+
+class PgConnectError(Exception):
+    """Connecting failed; ``str()`` is already free of the password."""
+
+
+def connect(
+    dsn: str,
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
+    application_name: str = DEFAULT_APPLICATION_NAME,
+    read_only: bool = False,
+    autocommit: bool = False,
+) -> Any:
+    """Open a psycopg 3 connection, raising ``PgConnectError`` with a password-free message.
+
+    ``read_only`` makes every transaction psycopg starts ``READ ONLY`` (works on
+    managed databases and behind PgBouncer: no startup options are sent).
+    """
+    if not HAS_PSYCOPG:
+        raise PgConnectError("psycopg (psycopg 3) is not installed for this Python interpreter")
+    try:
+        conn = psycopg.connect(
+            dsn,
+            connect_timeout=connect_timeout,
+            application_name=application_name,
+            autocommit=autocommit,
+        )
+    except Exception as exc:  # psycopg.Error, and ProgrammingError for a malformed DSN
+        raise PgConnectError(safe_error(exc, dsn)) from None
+    if read_only:
+        conn.read_only = True
+    return conn
+
+
+def connect_with_retries(
+    dsn: str,
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
+    application_name: str = DEFAULT_APPLICATION_NAME,
+    read_only: bool = False,
+    retries: int = 0,
+    retry_delay_s: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[Any, int]:
+    """``connect`` with up to ``retries`` more attempts; returns (connection, attempts)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return connect(dsn, connect_timeout, application_name, read_only=read_only), attempt
+        except PgConnectError:
+            if attempt > retries:
+                raise
+            sleep(retry_delay_s)
+
+
+def close_quietly(conn: Any) -> None:
+    """Roll back whatever is open and close the connection; never raises."""
+    if conn is None:
+        return
+    try:
+        if not conn.closed and not conn.autocommit:
+            conn.rollback()
+    except Exception:
+        pass
+    with suppress(Exception):
+        conn.close()
+
+
+def register_dsn_secrets(module: Any, dsn: str) -> None:
+    """Tell Ansible to mask the DSN's password anywhere in this module's output."""
+    for secret in dsn_passwords(dsn):
+        module.no_log_values.add(secret)
+
+
+@contextmanager
+def pg_session(
+    module: Any, read_only: bool = True, retries: int = 0, retry_delay_s: float = 1.0
+) -> Iterator[tuple[Any, int]]:
+    """Connect with the module's shared connection options; always close.
+
+    Yields ``(connection, attempts)``. Raises ``PgConnectError`` (password-free)
+    when the connection cannot be made.
+    """
+    params = module.params
+    register_dsn_secrets(module, params["dsn"])
+    conn, attempts = connect_with_retries(
+        params["dsn"],
+        connect_timeout=params["connect_timeout"],
+        application_name=params["application_name"],
+        read_only=read_only,
+        retries=retries,
+        retry_delay_s=retry_delay_s,
+    )
+    try:
+        yield conn, attempts
+    finally:
+        close_quietly(conn)
