@@ -36,6 +36,9 @@ _STILL_RUNNING_EVERY_S = 60.0
 SUMMARY_COLUMNS = ("ok", "changed", "failed", "unreachable", "skipped")
 
 
+_DEBUG_ACTIONS = frozenset({"debug", "ansible.builtin.debug", "ansible.legacy.debug"})
+
+
 def _identity(text: str) -> str:
     return text
 
@@ -103,6 +106,14 @@ class Progress:
         res = data.get("res") or {}
         changed = isinstance(res, Mapping) and res.get("changed")
         self._host_result("changed" if changed else "ok", data)
+        if data.get("task_action") in _DEBUG_ACTIONS and isinstance(res, Mapping):
+            self._show_message(res.get("msg"))
+
+    def _show_message(self, msg: Any) -> None:
+        """What a debug task prints (a runbook's report), line by line, indented."""
+        lines = msg if isinstance(msg, list) else str(msg or "").splitlines()
+        for line in lines:
+            self._line("      " + self._text(str(line)))
 
     def _on_runner_on_failed(self, data: Mapping[str, Any], _event: Any) -> None:
         status = "ignored" if data.get("ignore_errors") else "failed"
@@ -227,14 +238,30 @@ def render_table(stats: Mapping[str, Mapping[str, int]]) -> str:
     return "\n".join([fmt(header), rule, *(fmt(row) for row in rows)])
 
 
+class _OutputsDumper(yaml.SafeDumper):
+    """YAML for people: multi-line strings as literal blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_OutputsDumper.add_representer(str, _str_representer)
+
+
 def render_summary(result: RunResult, redact: Redact | None = None) -> str:
     """Summary table, outputs, failures and the verdict line of a run."""
     redact = redact or _identity
     parts = [""]
     parts.append(render_table(result.stats) if result.stats else "(no host result)")
     if result.outputs:
-        dumped = yaml.safe_dump(
-            result.outputs, default_flow_style=False, sort_keys=False, allow_unicode=True
+        dumped = yaml.dump(
+            result.outputs,
+            Dumper=_OutputsDumper,
+            default_flow_style=False,
+            sort_keys=False,
+            allow_unicode=True,
         )
         parts += ["", "Outputs:", *("  " + line for line in redact(dumped).rstrip().splitlines())]
     if result.failures:

@@ -370,3 +370,43 @@ def test_render_summary() -> None:
         _result(stats={}, status="timeout", rc=4, outputs={}, failures=[], check=True)
     )
     assert "(no host result)" in stopped and "Result: timeout (check mode) (exit 4)" in stopped
+
+
+def test_progress_shows_what_a_debug_task_reports_redacted() -> None:
+    out = io.StringIO()
+    progress = Progress(out, tty=False, redact=lambda t: t.replace("s3cr3t-value", "********"))
+    progress({"event": "playbook_on_task_start", "event_data": {"task": "Show the verdict"}})
+    progress(
+        {
+            "event": "runner_on_ok",
+            "event_data": {
+                "host": "localhost",
+                "task_action": "ansible.builtin.debug",
+                "res": {"msg": ["Verdict: OK", "db postgresql://u:s3cr3t-value@h/db"]},
+            },
+        }
+    )
+    progress(
+        {
+            "event": "runner_on_ok",
+            "event_data": {"host": "web1", "task_action": "ansible.builtin.command",
+                           "res": {"msg": "not shown"}},
+        }
+    )
+    assert out.getvalue().splitlines() == [
+        "TASK Show the verdict",
+        "  ok          localhost",
+        "      Verdict: OK",
+        "      db postgresql://u:********@h/db",
+        "  ok          web1",
+    ]
+
+
+def test_summary_renders_multiline_outputs_as_blocks() -> None:
+    result = RunResult(
+        runbook="health_check", env="local", ident="x", status="successful", rc=0,
+        stats={"h": {"ok": 1}}, duration_s=1.0, outputs={"r": {"summary": "line 1\nline 2"}},
+        artifacts_dir=Path("/tmp"),
+    )
+    text = render_summary(result)
+    assert "summary: |-\n      line 1\n      line 2" in text
