@@ -7,7 +7,7 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff"
-ruff check src tests library module_utils filter_plugins callback_plugins bench
+ruff check .
 echo "== ansible-lint (production profile)"
 ansible-lint --offline -q
 echo "== ansible-doc renders every module"
