@@ -1,0 +1,1382 @@
+# Copyright: opsbook contributors
+# Apache-2.0
+"""Backup storage for opsbook modules: one interface over ``s3://`` and ``file://``.
+
+``open_storage(url, ...)`` returns a :class:`Storage` whose keys are relative to
+the URL's prefix and ``/``-separated:
+
+* ``s3://bucket/prefix`` on any S3-compatible endpoint through boto3. Writers
+  stream: data is cut into parts of ``part_size`` bytes that a small thread
+  pool uploads concurrently (multipart upload, no local temporary file); at
+  most ``concurrency`` parts are in flight and one is being filled, so a
+  writer holds at most ``part_size * (concurrency + 1)`` bytes whatever the
+  object's size (``write()`` blocks while every upload slot is busy). An
+  object smaller than one part goes up with a single PutObject. On any
+  failure the multipart upload is aborted and :class:`StorageError` raised.
+  Credentials come from the usual boto3 sources and are never logged;
+  botocore's ``standard`` retry mode handles transient errors.
+* ``file:///abs/path``: a writer writes ``<key>.tmp-<random>`` in the
+  destination directory, fsyncs it, renames it into place and fsyncs the
+  directory, so a reader sees the whole object or nothing.
+
+Usage::
+
+    storage = open_storage("s3://backups/prod", endpoint_url=None, sse="AES256")
+    with storage.open_writer("db-20240101T000000Z-ab12/data.pgdump.zst") as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+        info = writer.commit()        # {"key", "bytes", "etag", "parts", "sse"}
+    # an exception inside the block aborts the upload and propagates unchanged
+
+Notes:
+
+* An S3 object has at most 10,000 parts: ``part_size_for(expected_bytes)``
+  picks a part size for a large stream (16 MiB parts reach 156 GiB).
+* Like boto3's own transfers, multipart uploads carry CRC32 part checksums when
+  botocore computes request checksums (its default); set
+  ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required`` for an S3-compatible
+  server that rejects them.
+* A writer killed outright (SIGKILL, power loss) cannot clean up: its temporary
+  file or incomplete multipart upload is never listed and is removed by
+  ``cleanup_incomplete(older_than)`` (or an S3 lifecycle rule).
+
+Modules import it as ``ansible.module_utils.opsbook_storage`` (ansible.cfg sets
+``module_utils = module_utils``); it needs only the standard library, plus
+boto3 for ``s3://`` URLs (``HAS_BOTO3``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import secrets
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn
+from urllib.parse import unquote, urlsplit
+
+try:
+    import boto3
+    import urllib3.exceptions
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        FlexibleChecksumError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+    )
+
+    HAS_BOTO3 = True
+    BOTO3_IMPORT_ERROR: str | None = None
+    _STREAM_ERRORS: tuple[type[BaseException], ...] = (
+        BotoCoreError,
+        urllib3.exceptions.HTTPError,
+        OSError,
+    )
+except ImportError:  # pragma: no cover - exercised only where boto3 is missing
+    boto3 = None  # type: ignore[assignment]
+    HAS_BOTO3 = False
+    BOTO3_IMPORT_ERROR = traceback.format_exc()
+    _STREAM_ERRORS = (OSError,)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+DEFAULT_PART_SIZE = 16 * MiB
+DEFAULT_CONCURRENCY = 4
+# S3 limits: every part but the last is 5 MiB .. 5 GiB; at most 10,000 parts.
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * GiB
+MAX_PARTS = 10_000
+MAX_CONCURRENCY = 64
+# botocore's retries.max_attempts counts retries: 2 means 3 attempts in all, the AWS SDKs'
+# standard default; with standard backoff a dead endpoint fails within about 3 seconds.
+DEFAULT_MAX_ATTEMPTS = 2
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 60.0
+SSE_ALGORITHMS = ("AES256", "aws:kms")
+PROBE_PREFIX = ".opsbook-probe-"
+# "<key>.tmp-<16 hex>": a file writer's work in progress, never listed.
+_TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{16}$")
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+_DELETE_BATCH = 1000
+_READ_RESUMES = 3
+
+__all__ = [
+    "BOTO3_IMPORT_ERROR",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_PART_SIZE",
+    "HAS_BOTO3",
+    "FileStorage",
+    "FileWriter",
+    "NotFoundError",
+    "ObjectInfo",
+    "PartBuffer",
+    "S3Reader",
+    "S3Storage",
+    "S3Writer",
+    "Storage",
+    "StorageError",
+    "StorageURL",
+    "StorageURLError",
+    "Writer",
+    "describe_s3_error",
+    "join_key",
+    "make_s3_client",
+    "max_buffered_bytes",
+    "normalize_key",
+    "open_storage",
+    "parse_storage_url",
+    "part_size_for",
+]
+
+
+# ===================================================================== errors
+
+
+class StorageError(Exception):
+    """A storage operation failed. The message names the object and the cause, never secrets.
+
+    ``kind`` classifies the cause when known: ``not_found``, ``bucket_missing``,
+    ``access_denied``, ``credentials``, ``unreachable``, ``timeout``, ``invalid``.
+    """
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class NotFoundError(StorageError):
+    """The object does not exist."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="not_found")
+
+
+class StorageURLError(StorageError, ValueError):
+    """A storage URL (or key) is malformed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="invalid")
+
+
+# ================================================================ pure parts
+
+
+@dataclass(frozen=True)
+class StorageURL:
+    """A parsed storage URL: ``s3://bucket/prefix`` or ``file:///abs/path``."""
+
+    scheme: str  # "s3" | "file"
+    bucket: str = ""  # s3 only
+    prefix: str = ""  # s3 only: no leading or trailing "/"
+    path: str = ""  # file only: absolute, normalised
+
+    @property
+    def url(self) -> str:
+        """The canonical form of the URL."""
+        if self.scheme == "file":
+            return f"file://{self.path}"
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its key (relative to the storage prefix), size and mtime (UTC)."""
+
+    key: str
+    bytes: int
+    modified: datetime
+
+
+def parse_storage_url(url: str) -> StorageURL:
+    """Parse ``s3://bucket/prefix`` or ``file:///abs/path``; raise StorageURLError when bad."""
+    if not isinstance(url, str) or not url.strip():
+        raise StorageURLError("storage URL is empty (expected s3://bucket/prefix or file:///path)")
+    url = url.strip()
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if parts.query or parts.fragment:
+        raise StorageURLError(f"storage URL {url!r} must not have a query string or fragment")
+    if scheme == "s3":
+        return _parse_s3_url(url, parts.netloc, parts.path)
+    if scheme == "file":
+        return _parse_file_url(url, parts.netloc, parts.path)
+    shown = f"{scheme}://" if scheme else "no scheme"
+    raise StorageURLError(
+        f"unsupported storage URL {url!r} ({shown}): use s3://bucket/prefix or file:///abs/path"
+    )
+
+
+def _parse_s3_url(url: str, netloc: str, path: str) -> StorageURL:
+    if "@" in netloc:
+        raise StorageURLError(
+            "s3:// URLs must not carry credentials; use the usual AWS credential sources"
+        )
+    if not netloc:
+        raise StorageURLError(f"storage URL {url!r} has no bucket (expected s3://bucket/prefix)")
+    if not _BUCKET_RE.match(netloc):
+        raise StorageURLError(f"storage URL {url!r}: {netloc!r} is not a valid bucket name")
+    segments = [s for s in unquote(path).split("/") if s]
+    if any(s in (".", "..") for s in segments):
+        raise StorageURLError(f"storage URL {url!r}: '.' and '..' are not allowed in the prefix")
+    return StorageURL("s3", bucket=netloc, prefix="/".join(segments))
+
+
+def _parse_file_url(url: str, netloc: str, path: str) -> StorageURL:
+    if netloc not in ("", "localhost"):
+        raise StorageURLError(
+            f"storage URL {url!r} is not an absolute file URL: {netloc!r} would be a host name; "
+            "write file:///abs/path (three slashes)"
+        )
+    decoded = unquote(path)
+    if not decoded.startswith("/"):
+        raise StorageURLError(
+            f"storage URL {url!r} has a relative path; write file:///abs/path (an absolute path)"
+        )
+    if "\0" in decoded:
+        raise StorageURLError(f"storage URL {url!r} contains a NUL byte")
+    return StorageURL("file", path=os.path.normpath(decoded))
+
+
+def normalize_key(key: str, allow_empty: bool = False, what: str = "key") -> str:
+    """Check a relative '/'-separated key and return it (a prefix may end with '/')."""
+    if not isinstance(key, str):
+        raise StorageURLError(f"storage {what} must be a string, got {type(key).__name__}")
+    if not key:
+        if allow_empty:
+            return ""
+        raise StorageURLError(f"storage {what} must not be empty")
+    if key.startswith("/") or "\0" in key:
+        raise StorageURLError(f"storage {what} {key!r} must be relative ('a/b', no leading '/')")
+    segments = key.split("/")
+    if allow_empty and segments[-1] == "":
+        segments = segments[:-1]  # "dir/" as a prefix
+    if any(s in ("", ".", "..") for s in segments):
+        raise StorageURLError(f"storage {what} {key!r} has an empty, '.' or '..' segment")
+    return key
+
+
+def join_key(prefix: str, key: str) -> str:
+    """The full object key of key under prefix (either may be empty)."""
+    if not prefix:
+        return key
+    return f"{prefix}/{key}"
+
+
+def max_buffered_bytes(part_size: int, concurrency: int) -> int:
+    """Upper bound of the bytes an S3 writer holds: parts in flight plus the one being filled."""
+    return part_size * (concurrency + 1)
+
+
+def part_size_for(expected_bytes: int, part_size: int = DEFAULT_PART_SIZE) -> int:
+    """The smallest part size >= part_size (whole MiB) that fits expected_bytes in 10,000 parts.
+
+    With a 10% margin, since the final size of a stream is only estimated.
+    """
+    needed = -(-int(expected_bytes * 1.1) // MAX_PARTS)
+    size = max(part_size, MIN_PART_SIZE, needed)
+    return min(-(-size // MiB) * MiB, MAX_PART_SIZE)
+
+
+def _human(n: int) -> str:
+    if n >= GiB and n % GiB == 0:
+        return f"{n // GiB} GiB"
+    if n >= MiB and n % MiB == 0:
+        return f"{n // MiB} MiB"
+    return f"{n} bytes"
+
+
+def _scrub_endpoint(endpoint: str | None) -> str:
+    """An endpoint URL without any user:password@ part."""
+    if not endpoint:
+        return "the default AWS endpoint"
+    parts = urlsplit(endpoint)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return parts._replace(netloc=netloc).geturl()
+    return endpoint
+
+
+class PartBuffer:
+    """Cuts a stream of writes into parts of exactly part_size bytes (the last may be shorter).
+
+    A full part is handed over (``flush`` callback) only when more data arrives,
+    so the final part is never empty and an object of exactly part_size bytes
+    stays a single part. Chunks are kept as written (bytes are not copied; other
+    buffers are copied once, as the caller may reuse them) and joined by take().
+    """
+
+    def __init__(self, part_size: int) -> None:
+        if part_size < 1:
+            raise ValueError("part_size must be >= 1")
+        self.part_size = part_size
+        self._chunks: list[bytes] = []
+        self.size = 0
+
+    @property
+    def full(self) -> bool:
+        """True when a whole part is buffered."""
+        return self.size >= self.part_size
+
+    def feed(self, data: bytes | bytearray | memoryview, flush: Callable[[], None]) -> int:
+        """Buffer data, calling flush() (which must take()) each time a full part must move on."""
+        view = memoryview(data).cast("B")
+        total = view.nbytes
+        whole_bytes = type(data) is bytes
+        while view.nbytes:
+            if self.full:
+                flush()
+                if self.full:
+                    raise RuntimeError("PartBuffer flush callback did not take() the part")
+            room = self.part_size - self.size
+            piece = view[:room]
+            if whole_bytes and piece.nbytes == total:
+                self._chunks.append(data)  # type: ignore[arg-type]  # no copy
+            else:
+                self._chunks.append(piece.tobytes())
+            self.size += piece.nbytes
+            view = view[room:]
+        return total
+
+    def take(self) -> bytes:
+        """Return the buffered bytes (at most one part) and empty the buffer."""
+        chunks, self._chunks, self.size = self._chunks, [], 0
+        if len(chunks) == 1:
+            return chunks[0]
+        data = b"".join(chunks)
+        chunks.clear()
+        return data
+
+    def clear(self) -> None:
+        """Drop whatever is buffered."""
+        self._chunks, self.size = [], 0
+
+
+# ================================================================ interfaces
+
+
+class Writer:
+    """Streams one object into storage; nothing is visible under the key before commit().
+
+    ``write(b)`` appends; ``commit()`` publishes the object and returns
+    ``{"key", "bytes", ...}``; ``abort()`` discards everything written (it is a
+    no-op after commit() or a failure). As a context manager it aborts when the
+    block raises and commits when it ends normally without commit().
+    """
+
+    key: str
+    bytes_written: int = 0
+    result: dict[str, Any] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append data; return the number of bytes taken."""
+        raise NotImplementedError
+
+    def commit(self) -> dict[str, Any]:
+        """Publish the object under its key."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Discard the upload; raise StorageError only when the discard itself failed."""
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        """True once committed, aborted or failed."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            if not self.closed:
+                self.commit()
+            return
+        try:
+            self.abort()
+        except StorageError as cleanup:
+            if not isinstance(exc, Exception):
+                return  # KeyboardInterrupt and friends go on unchanged
+            raise StorageError(f"{cleanup} (after: {type(exc).__name__}: {exc})") from exc
+
+
+class Storage:
+    """Objects under one storage URL; see the module docstring."""
+
+    url: str
+
+    def describe(self) -> str:
+        """A one-line description (no secrets)."""
+        raise NotImplementedError
+
+    def open_writer(self, key: str) -> Writer:
+        """A Writer that streams a new object to key."""
+        raise NotImplementedError
+
+    def open_reader(self, key: str) -> BinaryIO:
+        """A streaming file-like object (read(n), close()); NotFoundError when missing."""
+        raise NotImplementedError
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        """{"key", "bytes", "sse", "modified", ...} of key, or None when it does not exist."""
+        raise NotImplementedError
+
+    def put_bytes(self, key: str, data: bytes) -> dict[str, Any]:
+        """Store a small object atomically."""
+        writer = self.open_writer(key)
+        with writer:
+            writer.write(data)
+            return writer.commit()
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read a small object whole; NotFoundError when missing."""
+        with self.open_reader(key) as reader:
+            return reader.read()
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Objects whose key starts with prefix, sorted by key."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        """Delete key (no error when it does not exist)."""
+        raise NotImplementedError
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with prefix (not empty); return the count."""
+        raise NotImplementedError
+
+    def check_writable(self) -> dict[str, Any]:
+        """Write and delete a probe object; raise StorageError saying why that failed."""
+        raise NotImplementedError
+
+    def cleanup_incomplete(self, older_than: float = 86400.0) -> int:
+        """Remove leftovers of writers that died (crash, kill) older than older_than seconds."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+
+def open_storage(
+    url: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    sse: str | None = None,
+    kms_key_id: str | None = None,
+    part_size: int = DEFAULT_PART_SIZE,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    addressing_style: str | None = None,
+) -> Storage:
+    """Open the storage at url (``s3://bucket/prefix`` or ``file:///abs/path``).
+
+    endpoint_url, region, sse ('AES256' | 'aws:kms' | None), kms_key_id,
+    part_size, concurrency and the retry/timeout settings apply to s3:// only;
+    server-side encryption asked of a file:// URL is an error.
+    """
+    parsed = parse_storage_url(url)
+    _check_sse(sse, kms_key_id)
+    if parsed.scheme == "file":
+        if sse:
+            raise StorageURLError(
+                f"server-side encryption ({sse}) is only available for s3:// storage, "
+                f"not {parsed.url}"
+            )
+        return FileStorage(parsed)
+    _check_transfer_settings(part_size, concurrency, max_attempts)
+    client = make_s3_client(
+        endpoint_url,
+        region,
+        concurrency=concurrency,
+        max_attempts=max_attempts,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        addressing_style=addressing_style,
+    )
+    return S3Storage(
+        parsed,
+        client,
+        sse=sse,
+        kms_key_id=kms_key_id,
+        part_size=part_size,
+        concurrency=concurrency,
+    )
+
+
+def _check_sse(sse: str | None, kms_key_id: str | None) -> None:
+    if sse not in (None, *SSE_ALGORITHMS):
+        raise StorageURLError(f"sse must be one of AES256, aws:kms or none, got {sse!r}")
+    if kms_key_id and sse != "aws:kms":
+        raise StorageURLError("kms_key_id is only meaningful with sse='aws:kms'")
+
+
+def _check_transfer_settings(part_size: int, concurrency: int, max_attempts: int) -> None:
+    if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+        raise StorageURLError(
+            f"part_size must be between {_human(MIN_PART_SIZE)} and {_human(MAX_PART_SIZE)} "
+            f"(S3 limits), got {part_size}"
+        )
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise StorageURLError(
+            f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}"
+        )
+    if max_attempts < 0:
+        raise StorageURLError(f"max_attempts (retries) must be >= 0, got {max_attempts}")
+
+
+# ====================================================================== file
+
+
+class FileStorage(Storage):
+    """Objects as files under an absolute directory; writes are atomic (temp, fsync, rename)."""
+
+    def __init__(self, parsed: StorageURL) -> None:
+        self.root = Path(parsed.path)
+        self.url = parsed.url
+
+    def describe(self) -> str:
+        return self.url
+
+    def path_of(self, key: str) -> Path:
+        """The file that holds key."""
+        return self.root / normalize_key(key)
+
+    def open_writer(self, key: str) -> Writer:
+        return FileWriter(self, normalize_key(key))
+
+    def open_reader(self, key: str) -> BinaryIO:
+        path = self.path_of(key)
+        try:
+            return path.open("rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"{self._where(key)} does not exist") from None
+        except OSError as exc:
+            raise StorageError(f"cannot open {self._where(key)}: {exc.strerror}") from exc
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        path = self.path_of(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot stat {self._where(key)}: {exc.strerror}") from exc
+        if not path.is_file():
+            return None
+        return {"key": key, "bytes": st.st_size, "sse": None, "modified": _mtime(st.st_mtime)}
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        normalize_key(prefix, allow_empty=True, what="prefix")
+        return [
+            ObjectInfo(key, st.st_size, _mtime(st.st_mtime))
+            for key, st in self._walk(prefix)
+            if not _TEMP_RE.search(key)
+        ]
+
+    def delete(self, key: str) -> None:
+        path = self.path_of(key)
+        try:
+            path.unlink(missing_ok=True)
+        except IsADirectoryError:
+            raise StorageError(f"{self._where(key)} is a directory, not an object") from None
+        except OSError as exc:
+            raise StorageError(f"cannot delete {self._where(key)}: {exc.strerror}") from exc
+        self._prune_empty_dirs(path.parent)
+
+    def delete_prefix(self, prefix: str) -> int:
+        _refuse_empty_prefix(prefix, self.url)
+        normalize_key(prefix, allow_empty=True, what="prefix")
+        count = 0
+        for key, _st in list(self._walk(prefix)):
+            path = self.root / key
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot delete {self._where(key)}: {exc.strerror}") from exc
+            self._prune_empty_dirs(path.parent)
+            count += 0 if _TEMP_RE.search(key) else 1
+        return count
+
+    def check_writable(self) -> dict[str, Any]:
+        started = time.monotonic()
+        key = f"{PROBE_PREFIX}{secrets.token_hex(6)}"
+        try:
+            _makedirs_private(self.root)
+            if not self.root.is_dir():
+                raise StorageError(f"{self.url} is not writable: {self.root} is not a directory")
+            self.put_bytes(key, b"opsbook write probe\n")
+            self.delete(key)
+        except StorageError as exc:
+            raise StorageError(
+                f"{self.url} is not writable: {_strip_where(exc, self)}", exc.kind
+            ) from exc
+        except OSError as exc:
+            raise StorageError(f"{self.url} is not writable: {_os_reason(exc)}") from exc
+        return {"url": self.url, "probe_key": key, "seconds": round(time.monotonic() - started, 3)}
+
+    def cleanup_incomplete(self, older_than: float = 86400.0) -> int:
+        cutoff = time.time() - older_than
+        count = 0
+        for key, st in list(self._walk("")):
+            if _TEMP_RE.search(key) and st.st_mtime < cutoff:
+                (self.root / key).unlink(missing_ok=True)
+                count += 1
+        return count
+
+    # ------------------------------------------------------------ internals
+
+    def _where(self, key: str) -> str:
+        return f"{self.url}/{key}"
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+        """(key, stat) of every regular file whose key starts with prefix, sorted by key."""
+        base_dir = prefix.rpartition("/")[0]
+        start = self.root / base_dir if base_dir else self.root
+        if not start.is_dir():
+            return
+        found = []
+        for dirpath, _dirs, files in os.walk(start):
+            for name in files:
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    try:
+                        st = full.lstat()
+                    except FileNotFoundError:
+                        continue  # removed while we walked
+                    if os.path.isfile(full) and not full.is_symlink():
+                        found.append((key, st))
+        yield from sorted(found, key=lambda item: item[0])
+
+    def _prune_empty_dirs(self, directory: Path) -> None:
+        """Remove directory and its parents while they are empty (never the root)."""
+        root = self.root.resolve()
+        current = directory
+        while current.resolve() != root and root in current.resolve().parents:
+            try:
+                current.rmdir()
+            except OSError:
+                return
+            current = current.parent
+
+
+class FileWriter(Writer):
+    """Writes <key>.tmp-<rand> beside the destination; commit() fsyncs and renames it."""
+
+    def __init__(self, storage: FileStorage, key: str) -> None:
+        self.key = key
+        self.bytes_written = 0
+        self.result = None
+        self._where = f"{storage.url}/{key}"
+        self.path = storage.root / key
+        self._state = "open"
+        try:
+            _makedirs_private(self.path.parent)
+            self.temp_path = self.path.with_name(f"{self.path.name}.tmp-{secrets.token_hex(8)}")
+            fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            self._state = "failed"
+            raise StorageError(f"cannot create {self._where}: {_os_reason(exc)}") from exc
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+
+    @property
+    def closed(self) -> bool:
+        return self._state != "open"
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._check_open()
+        assert self._file is not None
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self._fail(f"writing failed after {self.bytes_written} bytes", exc)
+        n = memoryview(data).nbytes
+        self.bytes_written += n
+        return n
+
+    def commit(self) -> dict[str, Any]:
+        self._check_open()
+        assert self._file is not None
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            os.replace(self.temp_path, self.path)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            self._fail("commit failed", exc)
+        self._state = "committed"
+        self.result = {"key": self.key, "bytes": self.bytes_written}
+        return self.result
+
+    def abort(self) -> None:
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self._discard()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise StorageError(f"{self._where}: writer is already {self._state}")
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        try:
+            self.temp_path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"{self._where}: cannot remove the temporary file {self.temp_path}: {exc.strerror}"
+            ) from exc
+
+    def _fail(self, what: str, exc: OSError) -> NoReturn:
+        self._state = "failed"
+        note = ""
+        try:
+            self._discard()
+        except StorageError as cleanup:
+            note = f"; {cleanup}"
+        raise StorageError(f"{self._where}: {what}: {_os_reason(exc)}{note}") from exc
+
+
+def _makedirs_private(directory: Path) -> None:
+    """Create directory and its missing parents with mode 0700 (existing ones are untouched)."""
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory so that a rename or mkdir in it survives a crash."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mtime(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=UTC)
+
+
+def _os_reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return f"{reason} ({exc.filename})" if exc.filename else reason
+
+
+def _strip_where(exc: StorageError, storage: Storage) -> str:
+    """The message of exc without a leading '<url>/<key>: ' (the caller names the storage)."""
+    message = str(exc)
+    head, sep, rest = message.partition(": ")
+    return rest if sep and head.startswith(storage.url) else message
+
+
+def _refuse_empty_prefix(prefix: str, url: str) -> None:
+    if not prefix or prefix == "/":
+        raise StorageURLError(f"refusing to delete everything under {url}: give a non-empty prefix")
+
+
+# ======================================================================== s3
+
+
+def make_s3_client(
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    addressing_style: str | None = None,
+) -> Any:
+    """A boto3 S3 client: standard retries, short connect timeout, credentials from boto3's chain.
+
+    With a custom endpoint the addressing style defaults to path-style, which
+    every S3-compatible server understands.
+    """
+    if not HAS_BOTO3:
+        raise StorageError(
+            "s3:// storage needs the Python library boto3 (pip install boto3) on the host "
+            "running the module",
+            kind="invalid",
+        )
+    style = addressing_style or ("path" if endpoint_url else "auto")
+    config = BotoConfig(
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=max(10, concurrency + 2),
+        s3={"addressing_style": style},
+        user_agent_extra="opsbook",
+    )
+    session = boto3.session.Session()
+    return session.client(
+        "s3", endpoint_url=endpoint_url or None, region_name=region, config=config
+    )
+
+
+def describe_s3_error(exc: BaseException, endpoint: str, bucket: str) -> tuple[str, str | None]:
+    """(reason, kind) of a boto3/botocore error, in words an operator can act on."""
+    if HAS_BOTO3 and isinstance(exc, ClientError):
+        return _describe_client_error(exc, bucket)
+    if not HAS_BOTO3:
+        return f"{type(exc).__name__}: {exc}", None
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return (
+            "no usable AWS credentials found (environment, shared config/credentials file, "
+            "or instance/task role)",
+            "credentials",
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return f"the S3 endpoint {endpoint} is unreachable ({_connect_cause(exc)})", "unreachable"
+    if isinstance(exc, ConnectTimeoutError):
+        return f"connecting to the S3 endpoint {endpoint} timed out", "unreachable"
+    if isinstance(exc, ReadTimeoutError):
+        return f"the S3 endpoint {endpoint} did not answer in time (read timeout)", "timeout"
+    if isinstance(exc, ConnectionClosedError):
+        return f"the S3 endpoint {endpoint} closed the connection before answering", "unreachable"
+    if isinstance(exc, BotoCoreError):
+        return f"{exc} (endpoint {endpoint})", None
+    if isinstance(exc, OSError):
+        return _os_reason(exc), None
+    return f"{type(exc).__name__}: {exc}", None
+
+
+def _connect_cause(exc: Any) -> str:
+    """Why a connection failed ("... [Errno 111] Connection refused"), without object URLs."""
+    cause = str(getattr(exc, "kwargs", {}).get("error") or "")
+    _head, sep, tail = cause.partition("): ")  # drop "AWSHTTPConnection(host=..., port=...): "
+    return (tail if sep else cause) or "could not connect"
+
+
+def _describe_client_error(exc: Any, bucket: str) -> tuple[str, str | None]:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", "Unknown"))
+    message = error.get("Message") or ""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    detail = f"{code}: {message}" if message else code
+    if code == "NoSuchBucket":
+        return f"bucket {bucket!r} does not exist ({code})", "bucket_missing"
+    if code in ("NoSuchKey", "NoSuchUpload") or (status == 404 and code in ("404", "NotFound")):
+        return f"not found ({detail})", "not_found"
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+        return f"the AWS credentials were rejected ({detail})", "credentials"
+    if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
+        return f"access denied ({detail})", "access_denied"
+    suffix = f", HTTP {status}" if status else ""
+    return f"{detail}{suffix}", None
+
+
+class S3Storage(Storage):
+    """Objects under s3://bucket/prefix through one (thread-safe) boto3 client."""
+
+    list_page_size = 1000  # keys per ListObjectsV2 page (S3's maximum)
+
+    def __init__(
+        self,
+        parsed: StorageURL,
+        client: Any,
+        sse: str | None = None,
+        kms_key_id: str | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        _check_sse(sse, kms_key_id)
+        self.client = client
+        self.bucket = parsed.bucket
+        self.prefix = parsed.prefix
+        self.url = parsed.url
+        self.sse = sse
+        self.kms_key_id = kms_key_id
+        self.part_size = part_size
+        self.concurrency = concurrency
+        self.endpoint = _scrub_endpoint(
+            getattr(getattr(client, "meta", None), "endpoint_url", None)
+        )
+
+    def describe(self) -> str:
+        sse = self.sse + (" (key set)" if self.kms_key_id else "") if self.sse else "none"
+        return (
+            f"{self.url} at {self.endpoint} (sse {sse}, part size {_human(self.part_size)}, "
+            f"{self.concurrency} concurrent parts)"
+        )
+
+    def full_key(self, key: str) -> str:
+        """The bucket key of key."""
+        return join_key(self.prefix, normalize_key(key))
+
+    def sse_args(self) -> dict[str, str]:
+        """Server-side encryption arguments for PutObject / CreateMultipartUpload."""
+        args: dict[str, str] = {}
+        if self.sse:
+            args["ServerSideEncryption"] = self.sse
+        if self.kms_key_id:
+            args["SSEKMSKeyId"] = self.kms_key_id
+        return args
+
+    def checksum_algorithm(self) -> str | None:
+        """'CRC32' when botocore adds request checksums by default (it then must on every part)."""
+        config = getattr(getattr(self.client, "meta", None), "config", None)
+        when = getattr(config, "request_checksum_calculation", None)
+        return "CRC32" if when == "when_supported" else None
+
+    def error(self, key: str | None, what: str, exc: BaseException) -> StorageError:
+        """A StorageError naming s3://bucket/key, what was being done and why it failed."""
+        reason, kind = describe_s3_error(exc, self.endpoint, self.bucket)
+        where = f"s3://{self.bucket}/{self.full_key(key)}" if key else self.url
+        if kind == "not_found":
+            return NotFoundError(f"{where}: {what}: {reason}")
+        return StorageError(f"{where}: {what}: {reason}", kind)
+
+    def open_writer(self, key: str) -> Writer:
+        return S3Writer(self, normalize_key(key))
+
+    def open_reader(self, key: str) -> BinaryIO:
+        return S3Reader(self, normalize_key(key))  # type: ignore[return-value]
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                return None
+            raise self.error(key, "head failed", exc) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise self.error(key, "head failed", exc) from exc
+        return {
+            "key": key,
+            "bytes": resp["ContentLength"],
+            "sse": resp.get("ServerSideEncryption"),
+            "kms_key_id": resp.get("SSEKMSKeyId"),
+            "etag": resp.get("ETag", "").strip('"'),
+            "modified": resp.get("LastModified"),
+        }
+
+    def put_bytes(self, key: str, data: bytes) -> dict[str, Any]:
+        full = self.full_key(key)
+        try:
+            resp = self.client.put_object(
+                Bucket=self.bucket, Key=full, Body=bytes(data), **self.sse_args()
+            )
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise self.error(key, "PutObject failed", exc) from exc
+        return _put_result(key, len(data), resp)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))
+            return resp["Body"].read()
+        except (ClientError, *_STREAM_ERRORS) as exc:
+            raise self.error(key, "GetObject failed", exc) from exc
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        normalize_key(prefix, allow_empty=True, what="prefix")
+        base = f"{self.prefix}/" if self.prefix else ""
+        return [
+            ObjectInfo(item["Key"][len(base) :], item["Size"], item["LastModified"])
+            for item in self._iter_objects(base + prefix)
+            if item["Key"] != base
+        ]
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.full_key(key))
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise self.error(key, "DeleteObject failed", exc) from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        _refuse_empty_prefix(prefix, self.url)
+        normalize_key(prefix, allow_empty=True, what="prefix")
+        base = f"{self.prefix}/" if self.prefix else ""
+        keys = [item["Key"] for item in self._iter_objects(base + prefix)]
+        for start in range(0, len(keys), _DELETE_BATCH):
+            self._delete_batch(keys[start : start + _DELETE_BATCH])
+        return len(keys)
+
+    def check_writable(self) -> dict[str, Any]:
+        started = time.monotonic()
+        key = f"{PROBE_PREFIX}{secrets.token_hex(6)}"
+        full = self.full_key(key)
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=full, Body=b"opsbook write probe\n", **self.sse_args()
+            )
+            self.client.delete_object(Bucket=self.bucket, Key=full)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            reason, kind = describe_s3_error(exc, self.endpoint, self.bucket)
+            raise StorageError(f"{self.url} is not writable: {reason}", kind) from exc
+        return {"url": self.url, "probe_key": key, "seconds": round(time.monotonic() - started, 3)}
+
+    def cleanup_incomplete(self, older_than: float = 86400.0) -> int:
+        base = f"{self.prefix}/" if self.prefix else ""
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        count = 0
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < cutoff:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        count += 1
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise self.error(None, "cleaning up incomplete multipart uploads failed", exc) from exc
+        return count
+
+    # ------------------------------------------------------------ internals
+
+    def _iter_objects(self, full_prefix: str) -> Iterator[dict[str, Any]]:
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=full_prefix,
+                PaginationConfig={"PageSize": self.list_page_size},
+            )
+            for page in pages:
+                yield from page.get("Contents", [])
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise self.error(None, f"listing {full_prefix!r} failed", exc) from exc
+
+    def _delete_batch(self, keys: list[str]) -> None:
+        try:
+            resp = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
+            )
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise self.error(None, f"DeleteObjects of {len(keys)} keys failed", exc) from exc
+        errors = resp.get("Errors") or []
+        if errors:
+            shown = ", ".join(f"{e.get('Key')} ({e.get('Code')})" for e in errors[:5])
+            raise StorageError(f"{self.url}: {len(errors)} objects could not be deleted: {shown}")
+
+
+def _put_result(key: str, size: int, resp: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "key": key,
+        "bytes": size,
+        "etag": str(resp.get("ETag", "")).strip('"'),
+        "parts": 0,
+        "sse": resp.get("ServerSideEncryption"),
+    }
+
+
+class S3Writer(Writer):
+    """A streaming multipart upload; see the module docstring for the memory bound."""
+
+    def __init__(self, storage: S3Storage, key: str) -> None:
+        self.key = key
+        self.bytes_written = 0
+        self.result = None
+        self._s3 = storage
+        self._client = storage.client
+        self._bucket = storage.bucket
+        self._full_key = storage.full_key(key)
+        self._where = f"s3://{self._bucket}/{self._full_key}"
+        self._checksum = storage.checksum_algorithm()
+        self._buffer = PartBuffer(storage.part_size)
+        self._slots = threading.Semaphore(storage.concurrency)
+        self._concurrency = storage.concurrency
+        self._executor: ThreadPoolExecutor | None = None
+        self._upload_id: str | None = None
+        self._next_part = 1
+        self._parts: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._failure: tuple[int, BaseException] | None = None
+        self._state = "open"
+
+    @property
+    def closed(self) -> bool:
+        return self._state != "open"
+
+    @property
+    def upload_id(self) -> str | None:
+        """The multipart upload id once the first part is sent (None for a single PutObject)."""
+        return self._upload_id
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._check_open()
+        n = self._buffer.feed(data, self._send_part)
+        self.bytes_written += n
+        return n
+
+    def commit(self) -> dict[str, Any]:
+        self._check_open()
+        self._raise_if_part_failed()
+        if self._upload_id is None:
+            return self._put_single()
+        if self._buffer.size:  # the last part (never empty: see PartBuffer)
+            self._send_part()
+        self._wait_for_parts()
+        self._raise_if_part_failed()
+        return self._complete()
+
+    def abort(self) -> None:
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        note = self._cleanup()
+        if note:
+            raise StorageError(f"{self._where}: upload aborted{note}")
+
+    # ------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise StorageError(f"{self._where}: writer is already {self._state}")
+
+    def _send_part(self) -> None:
+        """Hand the buffered part to an upload thread once a slot is free (blocks until then)."""
+        self._raise_if_part_failed()
+        if self._next_part > MAX_PARTS:
+            self._fail(
+                f"the object exceeds {MAX_PARTS} parts of {_human(self._buffer.part_size)}; "
+                "use a larger part size",
+                None,
+            )
+        self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            self._raise_if_part_failed()
+        try:
+            if self._upload_id is None:
+                self._start_upload()
+        except BaseException:
+            self._slots.release()
+            raise
+        number, self._next_part = self._next_part, self._next_part + 1
+        holder = [self._buffer.take()]
+        assert self._executor is not None
+        self._executor.submit(self._upload_part, number, holder)
+
+    def _start_upload(self) -> None:
+        args = self._s3.sse_args()
+        if self._checksum:
+            args["ChecksumAlgorithm"] = self._checksum
+        try:
+            resp = self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=self._full_key, **args
+            )
+        except (ClientError, BotoCoreError, OSError) as exc:
+            self._fail("CreateMultipartUpload failed", exc)
+        self._upload_id = resp["UploadId"]
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._concurrency, thread_name_prefix="opsbook-s3-part"
+        )
+
+    def _upload_part(self, number: int, holder: list[bytes]) -> None:
+        """Upload thread: one part. The body is dropped before the slot is released."""
+        body: bytes | None = holder.pop()
+        try:
+            if self._failure is not None:
+                return
+            args: dict[str, Any] = {"ChecksumAlgorithm": self._checksum} if self._checksum else {}
+            resp = self._client.upload_part(
+                Bucket=self._bucket,
+                Key=self._full_key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=io.BytesIO(body),  # a file-like body is streamed, bytes would be copied
+                **args,
+            )
+            part = {"PartNumber": number, "ETag": resp["ETag"]}
+            if self._checksum and f"Checksum{self._checksum}" in resp:
+                part[f"Checksum{self._checksum}"] = resp[f"Checksum{self._checksum}"]
+            with self._lock:
+                self._parts[number] = part
+        except BaseException as exc:
+            with self._lock:
+                if self._failure is None:
+                    self._failure = (number, exc)
+        finally:
+            body = None
+            self._slots.release()
+
+    def _wait_for_parts(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _raise_if_part_failed(self) -> None:
+        if self._failure is not None:
+            number, exc = self._failure
+            self._fail(f"upload of part {number} failed", exc)
+
+    def _put_single(self) -> dict[str, Any]:
+        body = self._buffer.take()
+        try:
+            resp = self._client.put_object(
+                Bucket=self._bucket,
+                Key=self._full_key,
+                Body=io.BytesIO(body),
+                **self._s3.sse_args(),
+            )
+        except (ClientError, BotoCoreError, OSError) as exc:
+            self._fail("PutObject failed", exc)
+        self._state = "committed"
+        self.result = _put_result(self.key, self.bytes_written, resp)
+        return self.result
+
+    def _complete(self) -> dict[str, Any]:
+        parts = [self._parts[n] for n in sorted(self._parts)]
+        if len(parts) != self._next_part - 1:
+            self._fail(f"only {len(parts)} of {self._next_part - 1} parts were uploaded", None)
+        try:
+            resp = self._client.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=self._full_key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except (ClientError, BotoCoreError, OSError) as exc:
+            self._fail("CompleteMultipartUpload failed", exc)
+        self._state = "committed"
+        self.result = _put_result(self.key, self.bytes_written, resp)
+        self.result["parts"] = len(parts)
+        return self.result
+
+    def _fail(self, what: str, exc: BaseException | None) -> NoReturn:
+        """Abort the upload (after in-flight parts end) and raise a StorageError."""
+        self._state = "failed"
+        note = self._cleanup()
+        if exc is None:
+            reason, kind = "", None
+        else:
+            reason, kind = describe_s3_error(exc, self._s3.endpoint, self._bucket)
+            reason = f": {reason}"
+        written = f" after {self.bytes_written} bytes written" if self.bytes_written else ""
+        message = f"{self._where}: {what}{written}{reason}{note}"
+        raise StorageError(message, kind) from exc
+
+    def _cleanup(self) -> str:
+        """Drop buffered data, wait for in-flight parts, abort the multipart upload.
+
+        Returns "" when nothing is left behind, else a note saying what is.
+        """
+        self._buffer.clear()
+        self._wait_for_parts()
+        if self._upload_id is None:
+            return ""
+        try:
+            self._client.abort_multipart_upload(
+                Bucket=self._bucket, Key=self._full_key, UploadId=self._upload_id
+            )
+        except (ClientError, BotoCoreError, OSError) as exc:
+            reason, _kind = describe_s3_error(exc, self._s3.endpoint, self._bucket)
+            if "NoSuchUpload" in reason:
+                return ""
+            return (
+                f"; AbortMultipartUpload failed too ({reason}): the incomplete upload "
+                f"{self._upload_id} may remain until removed (cleanup_incomplete() or a bucket "
+                "lifecycle rule AbortIncompleteMultipartUpload)"
+            )
+        return ""
+
+
+class S3Reader:
+    """A streaming reader of one S3 object (get_object Body) that resumes a dropped stream.
+
+    A broken connection mid-object is resumed (up to 3 times) with a Range
+    request pinned to the object's ETag, so a restore of a large backup
+    survives a transient network error without re-reading from the start.
+    """
+
+    def __init__(self, storage: S3Storage, key: str) -> None:
+        self._s3 = storage
+        self.key = key
+        self._full_key = storage.full_key(key)
+        self._pos = 0
+        self._closed = False
+        resp = self._get({})
+        self.size: int = resp["ContentLength"]
+        self._etag: str = resp.get("ETag", "")
+        self._body: Any = resp["Body"]
+
+    def read(self, n: int | None = -1) -> bytes:
+        """Up to n bytes (all the rest when n is None or negative); b"" at the end."""
+        if self._closed:
+            raise ValueError("read of a closed S3 reader")
+        amount = None if n is None or n < 0 else n
+        for attempt in range(_READ_RESUMES + 1):
+            try:
+                data = self._body.read(amount)
+                break
+            except FlexibleChecksumError as exc:
+                raise self._s3.error(self.key, "checksum mismatch while reading", exc) from exc
+            except _STREAM_ERRORS as exc:
+                if attempt == _READ_RESUMES:
+                    what = f"reading failed at byte {self._pos} of {self.size}"
+                    raise self._s3.error(self.key, what, exc) from exc
+                self._resume()
+        self._pos += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Release the HTTP connection."""
+        if not self._closed:
+            self._closed = True
+            self._body.close()
+
+    def __enter__(self) -> S3Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(MiB):
+            yield chunk
+
+    def _get(self, extra: dict[str, str]) -> dict[str, Any]:
+        try:
+            return self._s3.client.get_object(Bucket=self._s3.bucket, Key=self._full_key, **extra)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise self._s3.error(self.key, "GetObject failed", exc) from exc
+
+    def _resume(self) -> None:
+        with contextlib.suppress(_STREAM_ERRORS):
+            self._body.close()
+        if self._pos >= self.size:
+            self._body = io.BytesIO(b"")
+            return
+        extra = {"Range": f"bytes={self._pos}-"}
+        if self._etag:
+            extra["IfMatch"] = self._etag
+        self._body = self._get(extra)["Body"]

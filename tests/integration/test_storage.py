@@ -1,0 +1,544 @@
+"""module_utils/opsbook_storage.py against the lab's real S3 server (moto in its own process).
+
+Round trips (multipart and single PutObject), server-side encryption headers, the writer's
+memory bound and throughput, failures mid-upload (an exception in the block, a part or
+CompleteMultipartUpload refused, the server killed) leaving no object and no multipart
+upload, listing/deletion, resumed reads, write probes, and the module imported the way an
+Ansible module imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import socket
+import sys
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import urllib3.exceptions
+from botocore.awsrequest import AWSResponse
+
+from opsbook.lab import S3_CREDENTIALS, MotoS3Server
+from tests.harness import VENV_BIN, ansible_env, run_ansible
+
+pytestmark = pytest.mark.integration
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MODULE_NAME = "ansible.module_utils.opsbook_storage"
+BUCKET = "opsbook-test"
+MiB = 1024 * 1024
+# moto accepts any key; a recognisable one proves no message ever carries it.
+SECRET = "opsbook-SECRET-never-in-messages-0123456789"
+
+
+def _load_storage() -> ModuleType:
+    """The module under the name modules import it by (ansible.module_utils.opsbook_storage)."""
+    if MODULE_NAME in sys.modules:
+        return sys.modules[MODULE_NAME]
+    spec = importlib.util.spec_from_file_location(
+        MODULE_NAME, PROJECT_ROOT / "module_utils" / "opsbook_storage.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[MODULE_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+st = _load_storage()
+
+
+# =================================================================== fixtures
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Credentials from the environment only (boto3's usual chain), nothing else configured."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_CREDENTIALS["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A prefix of the shared bucket that belongs to this test alone."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def open_s3(s3: MotoS3Server, prefix: str) -> Callable[..., Any]:
+    """open_s3(path="", **kwargs): open_storage on s3://opsbook-test/<prefix>[/<path>]."""
+
+    def make(path: str = "", **kwargs: Any) -> Any:
+        kwargs.setdefault("endpoint_url", s3.endpoint_url)
+        kwargs.setdefault("region", "us-east-1")
+        url = f"s3://{BUCKET}/{prefix}" + (f"/{path}" if path else "")
+        return st.open_storage(url, **kwargs)
+
+    return make
+
+
+def leftover_uploads(client: Any, prefix: str) -> list[dict[str, Any]]:
+    return client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])
+
+
+def object_keys(client: Any, prefix: str) -> list[str]:
+    resp = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return [item["Key"] for item in resp.get("Contents", [])]
+
+
+def random_chunks(total: int, seed_chunk: int = 700 * 1024 + 13) -> Iterator[bytes]:
+    """total random bytes in uneven chunks (they straddle part boundaries)."""
+    sent = 0
+    while sent < total:
+        n = min(seed_chunk, total - sent)
+        yield os.urandom(n)
+        sent += n
+
+
+def sha256_of(reader: Any, chunk: int = MiB) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    while data := reader.read(chunk):
+        digest.update(data)
+        size += len(data)
+    return digest.hexdigest(), size
+
+
+class _RawBody:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_kwargs: Any) -> Iterator[bytes]:
+        yield self._body
+
+
+def inject_error(
+    storage: Any, operation: str, code: str, status: int, when: Callable[[Any], bool]
+) -> None:
+    """Make the S3 server's answer to operation an error (as the server would send it)."""
+
+    def handler(request: Any, **_kwargs: Any) -> AWSResponse | None:
+        if not when(request):
+            return None
+        body = (
+            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+            "<Message>injected fault</Message></Error>"
+        ).encode()
+        headers = {"Content-Type": "application/xml"}
+        return AWSResponse(request.url, status, headers, _RawBody(body))
+
+    storage.client.meta.events.register(f"before-send.s3.{operation}", handler)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ================================================================ round trips
+
+
+def test_multipart_round_trip_40mib(s3: MotoS3Server, open_s3: Callable[..., Any], prefix: str):
+    storage = open_s3(part_size=5 * MiB, concurrency=4)
+    digest = hashlib.sha256()
+    with storage.open_writer("db-1/data.pgdump.zst") as writer:
+        for chunk in random_chunks(40 * MiB):
+            writer.write(chunk)
+            digest.update(chunk)
+        result = writer.commit()
+    assert result["bytes"] == 40 * MiB and result["parts"] == 8
+    assert result["etag"].endswith("-8")
+    client = s3.client()
+    head = client.head_object(Bucket=BUCKET, Key=f"{prefix}/db-1/data.pgdump.zst")
+    assert head["ContentLength"] == 40 * MiB
+    with storage.open_reader("db-1/data.pgdump.zst") as reader:
+        assert sha256_of(reader) == (digest.hexdigest(), 40 * MiB)
+    assert leftover_uploads(client, prefix) == []
+
+
+def test_small_object_is_a_single_put(s3: MotoS3Server, open_s3: Callable[..., Any], prefix: str):
+    storage = open_s3(part_size=5 * MiB)
+    calls: list[str] = []
+    storage.client.meta.events.register(
+        "before-call.s3.*", lambda model, **_kw: calls.append(model.name)
+    )
+    data = os.urandom(5 * MiB)  # exactly one part: still a single PutObject
+    with storage.open_writer("manifest.json") as writer:
+        writer.write(data)
+    assert calls == ["PutObject"]
+    assert writer.result["parts"] == 0 and "-" not in writer.result["etag"]
+    assert storage.get_bytes("manifest.json") == data
+    assert storage.head("manifest.json")["bytes"] == 5 * MiB
+
+
+def test_put_and_get_bytes(open_s3: Callable[..., Any]) -> None:
+    storage = open_s3()
+    info = storage.put_bytes("b1/manifest.json", b'{"format_version": 1}')
+    assert info["key"] == "b1/manifest.json" and info["bytes"] == 21
+    assert storage.get_bytes("b1/manifest.json") == b'{"format_version": 1}'
+
+
+@pytest.mark.parametrize("size", [1024, 12 * MiB], ids=["put", "multipart"])
+@pytest.mark.parametrize(
+    ("sse", "kms_key_id"),
+    [(None, None), ("AES256", None), ("aws:kms", "alias/opsbook-backups")],
+    ids=["none", "AES256", "aws-kms"],
+)
+def test_server_side_encryption_header(
+    s3: MotoS3Server,
+    open_s3: Callable[..., Any],
+    prefix: str,
+    sse: str | None,
+    kms_key_id: str | None,
+    size: int,
+) -> None:
+    storage = open_s3(sse=sse, kms_key_id=kms_key_id, part_size=5 * MiB)
+    with storage.open_writer("data") as writer:
+        for chunk in random_chunks(size):
+            writer.write(chunk)
+    head = s3.client().head_object(Bucket=BUCKET, Key=f"{prefix}/data")
+    assert head.get("ServerSideEncryption") == sse
+    assert head.get("SSEKMSKeyId") == kms_key_id
+    assert storage.head("data")["sse"] == sse
+    storage.put_bytes("manifest.json", b"{}")
+    assert storage.head("manifest.json")["sse"] == sse
+
+
+# ============================================================ memory and speed
+
+
+def test_writer_memory_is_bounded_streaming_100mib(
+    s3: MotoS3Server, open_s3: Callable[..., Any], prefix: str
+) -> None:
+    part_size, concurrency, total = 5 * MiB, 4, 100 * MiB
+    storage = open_s3(part_size=part_size, concurrency=concurrency)
+    chunk = os.urandom(MiB)  # reused: only the writer's own buffers are measured
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        with storage.open_writer("big") as writer:
+            for _ in range(total // MiB):
+                writer.write(chunk)
+            result = writer.commit()
+        elapsed = time.monotonic() - started
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(
+        f"\nS3 upload of {total // MiB} MiB (part {part_size // MiB} MiB, concurrency "
+        f"{concurrency}): {elapsed:.2f} s, {total / elapsed / 1e6:.1f} MB/s, "
+        f"peak traced memory {peak / MiB:.1f} MiB "
+        f"(bound {st.max_buffered_bytes(part_size, concurrency) // MiB} MiB)"
+    )
+    assert result["parts"] == 20
+    assert peak < part_size * (concurrency + 2)
+    assert s3.client().head_object(Bucket=BUCKET, Key=f"{prefix}/big")["ContentLength"] == total
+
+
+# =================================================================== failures
+
+
+def test_exception_inside_the_block_leaves_nothing(
+    s3: MotoS3Server, open_s3: Callable[..., Any], prefix: str
+) -> None:
+    storage = open_s3(part_size=5 * MiB, concurrency=2)
+    with pytest.raises(RuntimeError, match="pg_dump exited 1"), storage.open_writer("d") as writer:
+        for chunk in random_chunks(17 * MiB):
+            writer.write(chunk)
+        assert writer.upload_id is not None  # parts are on the server already
+        raise RuntimeError("pg_dump exited 1")
+    client = s3.client()
+    assert object_keys(client, prefix) == []
+    assert leftover_uploads(client, prefix) == []
+
+
+def test_refused_part_aborts_the_upload(
+    s3: MotoS3Server, open_s3: Callable[..., Any], prefix: str
+) -> None:
+    storage = open_s3(part_size=5 * MiB, concurrency=2)
+    inject_error(storage, "UploadPart", "AccessDenied", 403, lambda r: "partNumber=3" in r.url)
+    with pytest.raises(st.StorageError) as info, storage.open_writer("db-1/data") as writer:
+        for chunk in random_chunks(40 * MiB):
+            writer.write(chunk)
+    message = str(info.value)
+    assert f"s3://{BUCKET}/{prefix}/db-1/data" in message
+    assert "upload of part 3 failed" in message and "access denied" in message
+    assert SECRET not in message
+    client = s3.client()
+    assert object_keys(client, prefix) == []
+    assert leftover_uploads(client, prefix) == []
+
+
+def test_failed_complete_aborts_the_upload(
+    s3: MotoS3Server, open_s3: Callable[..., Any], prefix: str
+) -> None:
+    storage = open_s3(part_size=5 * MiB, concurrency=2)
+    inject_error(storage, "CompleteMultipartUpload", "InvalidPart", 400, lambda _r: True)
+    writer = storage.open_writer("d")
+    for chunk in random_chunks(12 * MiB):
+        writer.write(chunk)
+    with pytest.raises(st.StorageError, match="CompleteMultipartUpload failed"):
+        writer.commit()
+    client = s3.client()
+    assert object_keys(client, prefix) == []
+    assert leftover_uploads(client, prefix) == []
+
+
+def test_server_killed_mid_upload_fails_fast_and_clearly(tmp_path: Path) -> None:
+    """A separate S3 server (the session's one stays up) is SIGKILLed while parts fly."""
+    server = MotoS3Server(log_file=tmp_path / "moto.log").start()
+    try:
+        server.create_bucket("opsbook-kill")
+        storage = st.open_storage(
+            "s3://opsbook-kill/backups",
+            endpoint_url=server.endpoint_url,
+            region="us-east-1",
+            part_size=5 * MiB,
+            concurrency=2,
+        )
+        aborts: list[str] = []
+        storage.client.meta.events.register(
+            "before-call.s3.AbortMultipartUpload", lambda **_kw: aborts.append("abort")
+        )
+        chunk = os.urandom(MiB)
+        killed_at = None
+        with pytest.raises(st.StorageError) as info, storage.open_writer("db-1/data") as writer:
+            for _ in range(2000):
+                writer.write(chunk)
+                if killed_at is None and writer.bytes_written >= 16 * MiB:
+                    server.kill()
+                    killed_at = time.monotonic()
+        elapsed = time.monotonic() - killed_at
+    finally:
+        server.stop()
+    print(f"\nS3 server killed mid-upload: StorageError after {elapsed:.1f} s: {info.value}")
+    message = str(info.value)
+    assert elapsed < 15, f"the writer took {elapsed:.1f} s to fail"
+    assert writer.bytes_written < 100 * MiB  # it stopped early, not after the whole loop
+    assert "s3://opsbook-kill/backups/db-1/data" in message
+    assert "upload of part" in message
+    assert "unreachable" in message or "closed the connection" in message
+    assert server.endpoint_url in message
+    # The abort was attempted; the server being gone, the message says what may remain.
+    assert aborts and "AbortMultipartUpload failed too" in message
+    assert SECRET not in message and SECRET not in repr(info.value.__cause__)
+
+
+# ========================================================== listing, deletion
+
+
+def test_list_delete_and_delete_prefix(
+    s3: MotoS3Server, open_s3: Callable[..., Any], prefix: str
+) -> None:
+    storage = open_s3("backups")
+    storage.list_page_size = 3  # force several ListObjectsV2 pages
+    keys = [f"db-{n}/{name}" for n in (1, 2, 10) for name in ("data", "manifest.json")]
+    for key in [*keys, "db-1/extra/globals.sql.zst"]:
+        storage.put_bytes(key, key.encode())
+    client = s3.client()
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/backups2/not-mine", Body=b"x")
+    listed = storage.list()
+    assert [o.key for o in listed] == sorted([*keys, "db-1/extra/globals.sql.zst"])
+    assert all(o.modified.tzinfo is not None for o in listed)
+    assert {o.key: o.bytes for o in listed}["db-1/data"] == len(b"db-1/data")
+    assert [o.key for o in storage.list("db-1/")] == [
+        "db-1/data",
+        "db-1/extra/globals.sql.zst",
+        "db-1/manifest.json",
+    ]
+    assert [o.key for o in storage.list("db-1")][-2:] == ["db-10/data", "db-10/manifest.json"]
+    storage.delete("db-2/data")
+    storage.delete("db-2/data")  # idempotent
+    assert storage.head("db-2/data") is None
+    assert storage.delete_prefix("db-1/") == 3
+    assert [o.key for o in storage.list()] == [
+        "db-10/data",
+        "db-10/manifest.json",
+        "db-2/manifest.json",
+    ]
+    with pytest.raises(st.StorageURLError, match="refusing"):
+        storage.delete_prefix("")
+    assert object_keys(client, f"{prefix}/backups2/") == [f"{prefix}/backups2/not-mine"]
+
+
+def test_missing_objects(open_s3: Callable[..., Any]) -> None:
+    storage = open_s3()
+    assert storage.head("nope") is None
+    with pytest.raises(st.NotFoundError, match="not found"):
+        storage.get_bytes("nope")
+    with pytest.raises(st.NotFoundError, match="GetObject failed"):
+        storage.open_reader("nope/data")
+
+
+def test_cleanup_incomplete_aborts_orphaned_uploads(
+    s3: MotoS3Server, open_s3: Callable[..., Any], prefix: str
+) -> None:
+    storage = open_s3()
+    client = s3.client()
+    client.create_multipart_upload(Bucket=BUCKET, Key=f"{prefix}/db-9/data")  # a killed backup
+    assert len(leftover_uploads(client, prefix)) == 1
+    assert storage.cleanup_incomplete(older_than=0) == 1
+    assert leftover_uploads(client, prefix) == []
+
+
+# ===================================================================== reads
+
+
+class _FlakyBody:
+    """A response body whose connection drops once after `after` bytes."""
+
+    def __init__(self, body: Any, after: int) -> None:
+        self._body, self._left = body, after
+
+    def read(self, amount: int | None = None) -> bytes:
+        if self._left is not None and self._left <= 0:
+            self._left = None
+            raise urllib3.exceptions.ProtocolError("Connection broken: injected")
+        data = self._body.read(amount)
+        if self._left is not None:
+            self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._body.close()
+
+
+def test_reader_resumes_a_dropped_stream(open_s3: Callable[..., Any]) -> None:
+    storage = open_s3(part_size=5 * MiB)
+    data = os.urandom(12 * MiB + 5)
+    storage.put_bytes("big", data)
+    with storage.open_reader("big") as reader:
+        assert reader.size == len(data)
+        first = reader.read(3 * MiB)
+        reader._body = _FlakyBody(reader._body, after=2 * MiB)
+        rest = b"".join(iter(lambda: reader.read(MiB), b""))
+    assert first + rest == data
+
+
+def test_reader_never_mixes_two_versions(open_s3: Callable[..., Any]) -> None:
+    storage = open_s3()
+    storage.put_bytes("obj", os.urandom(4 * MiB))
+    reader = storage.open_reader("obj")
+    reader.read(MiB)
+    storage.put_bytes("obj", os.urandom(4 * MiB))  # replaced while being read
+    reader._body = _FlakyBody(reader._body, after=0)
+    with pytest.raises(st.StorageError, match="PreconditionFailed"):
+        reader.read(MiB)
+    reader.close()
+
+
+# ============================================================== write probes
+
+
+def test_check_writable(s3: MotoS3Server, open_s3: Callable[..., Any], prefix: str) -> None:
+    info = open_s3("backups", sse="AES256").check_writable()
+    assert info["url"] == f"s3://{BUCKET}/{prefix}/backups"
+    assert object_keys(s3.client(), prefix) == []  # the probe is gone
+
+
+def test_check_writable_missing_bucket(s3: MotoS3Server) -> None:
+    bucket = f"opsbook-missing-{uuid.uuid4().hex[:8]}"
+    storage = st.open_storage(f"s3://{bucket}/x", endpoint_url=s3.endpoint_url, region="us-east-1")
+    started = time.monotonic()
+    with pytest.raises(st.StorageError) as info:
+        storage.check_writable()
+    assert time.monotonic() - started < 10
+    assert str(info.value).startswith(f"s3://{bucket}/x is not writable: bucket {bucket!r}")
+    assert "does not exist" in str(info.value) and info.value.kind == "bucket_missing"
+    assert SECRET not in str(info.value)
+
+
+def test_check_writable_unreachable_endpoint() -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    storage = st.open_storage("s3://opsbook-test/x", endpoint_url=endpoint, region="us-east-1")
+    started = time.monotonic()
+    with pytest.raises(st.StorageError) as info:
+        storage.check_writable()
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    message = str(info.value)
+    assert message.startswith("s3://opsbook-test/x is not writable: the S3 endpoint")
+    assert endpoint in message and "unreachable" in message
+    assert info.value.kind == "unreachable"
+    assert SECRET not in message
+
+
+# ================================================== used from an Ansible module
+
+PROBE_MODULE = """#!/usr/bin/python
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.opsbook_storage import HAS_BOTO3, StorageError, open_storage
+
+
+def main():
+    module = AnsibleModule(argument_spec={"url": {"type": "str", "required": True},
+                                          "endpoint_url": {"type": "str"}})
+    try:
+        storage = open_storage(module.params["url"], endpoint_url=module.params["endpoint_url"],
+                               region="us-east-1", part_size=5 * 1024 * 1024)
+        with storage.open_writer("probe/data") as writer:
+            for _ in range(3):
+                writer.write(b"x" * (4 * 1024 * 1024))
+        data = storage.get_bytes("probe/data")
+        listed = [o.key for o in storage.list("probe/")]
+        storage.delete_prefix("probe/")
+    except StorageError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=True, has_boto3=HAS_BOTO3, size=len(data), listed=listed,
+                     parts=writer.result.get("parts"), describe=storage.describe())
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("scheme", ["s3", "file"])
+def test_usable_from_an_ansible_module(
+    s3: MotoS3Server, prefix: str, tmp_path: Path, scheme: str
+) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "storage_probe.py").write_text(PROBE_MODULE)
+    args: dict[str, Any] = {"url": f"file://{tmp_path}/backups"}
+    if scheme == "s3":
+        args = {"url": f"s3://{BUCKET}/{prefix}", "endpoint_url": s3.endpoint_url}
+    proc = run_ansible(
+        [
+            "localhost",
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-M",
+            str(library),
+            "-m",
+            "storage_probe",
+            "-a",
+            json.dumps(args),
+            "-e",
+            f"ansible_python_interpreter={VENV_BIN / 'python'}",
+            "-o",
+        ],
+        env=ansible_env(extra={"AWS_SECRET_ACCESS_KEY": SECRET}),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert '"size": 12582912' in proc.stdout and '"listed": ["probe/data"]' in proc.stdout
+    assert '"has_boto3": true' in proc.stdout
+    assert ('"parts": 3' if scheme == "s3" else '"parts": null') in proc.stdout
+    assert SECRET not in proc.stdout + proc.stderr

@@ -1,0 +1,725 @@
+"""module_utils/opsbook_storage.py without a server: URL parsing, part splitting, the S3
+writer's memory bound and failure handling (against an in-process fake client), and the
+file backend (atomic writes, crash safety, listing, deletion, write probe)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STORAGE_PATH = PROJECT_ROOT / "module_utils" / "opsbook_storage.py"
+MODULE_NAME = "ansible.module_utils.opsbook_storage"
+
+
+def _load_storage() -> ModuleType:
+    """The module under the name modules import it by (ansible.module_utils.opsbook_storage)."""
+    if MODULE_NAME in sys.modules:
+        return sys.modules[MODULE_NAME]
+    spec = importlib.util.spec_from_file_location(MODULE_NAME, STORAGE_PATH)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[MODULE_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+st = _load_storage()
+MiB = st.MiB
+SECRET = "wJalrXUtnFEMI-K7MDENG-not-a-real-secret"
+
+
+# ======================================================================= URLs
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix", "canonical"),
+    [
+        ("s3://backups", "backups", "", "s3://backups"),
+        ("s3://backups/", "backups", "", "s3://backups"),
+        ("s3://backups/prod/db", "backups", "prod/db", "s3://backups/prod/db"),
+        ("s3://backups//prod///db/", "backups", "prod/db", "s3://backups/prod/db"),
+        ("  s3://my.bucket-1/x  ", "my.bucket-1", "x", "s3://my.bucket-1/x"),
+        ("S3://backups/a%20b", "backups", "a b", "s3://backups/a b"),
+    ],
+)
+def test_parse_s3_urls(url: str, bucket: str, prefix: str, canonical: str) -> None:
+    parsed = st.parse_storage_url(url)
+    assert (parsed.scheme, parsed.bucket, parsed.prefix) == ("s3", bucket, prefix)
+    assert parsed.url == canonical
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("file:///var/backups", "/var/backups"),
+        ("file:///var/backups/", "/var/backups"),
+        ("file://localhost/var/backups", "/var/backups"),
+        ("file:///var//backups/./db", "/var/backups/db"),
+        ("file:///srv/my%20backups", "/srv/my backups"),
+    ],
+)
+def test_parse_file_urls(url: str, path: str) -> None:
+    parsed = st.parse_storage_url(url)
+    assert (parsed.scheme, parsed.path) == ("file", path)
+    assert parsed.url == f"file://{path}"
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("http://example.com/backups", "unsupported"),
+        ("gs://bucket/x", "unsupported"),
+        ("/var/backups", "unsupported"),
+        ("backups", "unsupported"),
+        ("s3://", "no bucket"),
+        ("s3:///prefix/only", "no bucket"),
+        ("s3://bad bucket/x", "not a valid bucket"),
+        ("s3://bkt/../etc", "'..'"),
+        ("s3://bucket/x?versionId=1", "query string"),
+        ("file://var/backups", "host name"),
+        ("file:relative/path", "relative path"),
+        ("file:", "relative path"),
+    ],
+)
+def test_parse_rejects_bad_urls(url: str, words: str) -> None:
+    with pytest.raises(st.StorageURLError) as info:
+        st.parse_storage_url(url)
+    assert words in str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, st.StorageError)
+    assert info.value.kind == "invalid"
+
+
+def test_parse_refuses_credentials_in_s3_url_without_echoing_them() -> None:
+    with pytest.raises(st.StorageURLError) as info:
+        st.parse_storage_url(f"s3://AKIAEXAMPLE:{SECRET}@bucket/x")
+    assert SECRET not in str(info.value)
+    assert "credentials" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["a", "a/b", "db-20240101T000000Z-ab12/data.pgdump.zst", ".probe"])
+def test_normalize_key_accepts_relative_keys(key: str) -> None:
+    assert st.normalize_key(key) == key
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a//b", "a/../b", "..", "./a", "a/", "a\0b"])
+def test_normalize_key_rejects_escapes_and_empty_segments(key: str) -> None:
+    with pytest.raises(st.StorageURLError):
+        st.normalize_key(key)
+
+
+def test_prefix_may_be_empty_or_end_with_slash() -> None:
+    assert st.normalize_key("", allow_empty=True) == ""
+    assert st.normalize_key("db-1/", allow_empty=True) == "db-1/"
+    with pytest.raises(st.StorageURLError):
+        st.normalize_key("../", allow_empty=True)
+
+
+def test_join_key() -> None:
+    assert st.join_key("", "a/b") == "a/b"
+    assert st.join_key("prod/db", "a/b") == "prod/db/a/b"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"sse": "aes256"}, "sse must be"),
+        ({"sse": "AES256", "kms_key_id": "k"}, "kms_key_id"),
+        ({"part_size": 5 * MiB - 1}, "part_size"),
+        ({"part_size": 6 * 1024 * MiB}, "part_size"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": 65}, "concurrency"),
+        ({"max_attempts": -1}, "max_attempts"),
+    ],
+)
+def test_open_storage_validates_settings(kwargs: dict[str, Any], words: str) -> None:
+    with pytest.raises(st.StorageURLError) as info:
+        st.open_storage("s3://bucket/x", **kwargs)
+    assert words in str(info.value)
+
+
+def test_open_storage_refuses_encryption_on_files(tmp_path: Path) -> None:
+    with pytest.raises(st.StorageURLError, match="only available for s3"):
+        st.open_storage(f"file://{tmp_path}", sse="AES256")
+
+
+def test_describe_never_shows_endpoint_credentials() -> None:
+    storage = st.open_storage(
+        "s3://bucket/prefix",
+        endpoint_url=f"http://user:{SECRET}@127.0.0.1:9000",
+        region="us-east-1",
+        sse="aws:kms",
+        kms_key_id="alias/backups",
+    )
+    text = storage.describe()
+    assert SECRET not in text and SECRET not in repr(storage)
+    assert "s3://bucket/prefix" in text and "127.0.0.1:9000" in text
+    assert "aws:kms" in text and "alias/backups" not in text
+
+
+def test_client_uses_standard_retries_and_short_timeouts() -> None:
+    storage = st.open_storage(
+        "s3://bucket", endpoint_url="http://127.0.0.1:9", region="us-east-1", concurrency=12
+    )
+    config = storage.client.meta.config
+    # retries.max_attempts=2 (botocore counts retries): 3 attempts in all
+    assert config.retries == {"mode": "standard", "total_max_attempts": 3}
+    assert config.connect_timeout == st.DEFAULT_CONNECT_TIMEOUT <= 10
+    assert config.read_timeout == st.DEFAULT_READ_TIMEOUT
+    assert config.max_pool_connections >= 14
+    assert config.s3 == {"addressing_style": "path"}
+
+
+# ============================================================= part splitting
+
+
+def split(writes: list[bytes], part_size: int) -> tuple[list[bytes], bytes]:
+    """Feed writes through a PartBuffer like the S3 writer does: (full parts, remainder)."""
+    buffer = st.PartBuffer(part_size)
+    parts: list[bytes] = []
+    for data in writes:
+        buffer.feed(data, lambda: parts.append(buffer.take()))
+    return parts, buffer.take()
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [],
+        [0],
+        [1],
+        [10],
+        [11],
+        [30],
+        [7, 3],
+        [3, 3, 3, 3, 3, 3, 3],
+        [25, 1, 1, 9],
+        [1] * 35,
+        [100, 0, 5],
+    ],
+)
+def test_part_buffer_cuts_exact_parts(sizes: list[int]) -> None:
+    writes = [os.urandom(n) for n in sizes]
+    parts, rest = split(writes, 10)
+    assert all(len(p) == 10 for p in parts)
+    assert b"".join(parts) + rest == b"".join(writes)
+    total = sum(sizes)
+    # A full part moves on only when more data follows: the remainder is never
+    # empty (unless nothing was written) and never more than one part.
+    assert 0 < len(rest) <= 10 if total else rest == b""
+    assert len(parts) == max(0, -(-total // 10) - 1)
+
+
+def test_part_buffer_keeps_bytes_and_copies_mutable_buffers() -> None:
+    buffer = st.PartBuffer(100)
+    whole = b"x" * 40
+    buffer.feed(whole, lambda: None)
+    mutable = bytearray(b"y" * 10)
+    buffer.feed(mutable, lambda: None)
+    buffer.feed(memoryview(b"z" * 5), lambda: None)
+    mutable[:] = b"!" * 10  # the caller reuses its buffer
+    assert buffer._chunks[0] is whole  # not copied
+    assert buffer.take() == b"x" * 40 + b"y" * 10 + b"z" * 5
+
+
+def test_part_buffer_flush_must_take() -> None:
+    buffer = st.PartBuffer(4)
+    with pytest.raises(RuntimeError):
+        buffer.feed(b"123456789", lambda: None)
+
+
+def test_memory_bound_and_part_size_planning() -> None:
+    assert st.max_buffered_bytes(16 * MiB, 4) == 80 * MiB
+    assert st.part_size_for(0) == st.DEFAULT_PART_SIZE
+    assert st.part_size_for(100 * st.GiB) == st.DEFAULT_PART_SIZE  # 16 MiB * 10,000 = 156 GiB
+    big = st.part_size_for(1024 * st.GiB)
+    assert big % MiB == 0 and big * st.MAX_PARTS >= 1024 * st.GiB * 1.1
+    assert st.part_size_for(10**15) == st.MAX_PART_SIZE
+    assert st.part_size_for(1, part_size=1) == st.MIN_PART_SIZE
+
+
+# ==================================================== S3 writer (fake client)
+
+
+def client_error(code: str, status: int, op: str, message: str = "injected") -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        op,
+    )
+
+
+class FakeS3:
+    """A thread-safe in-memory stand-in for the boto3 S3 calls the writer makes."""
+
+    def __init__(self, checksum: str = "when_supported", part_delay: float = 0.0) -> None:
+        self.meta = SimpleNamespace(
+            endpoint_url="http://fake-s3:9000",
+            config=SimpleNamespace(request_checksum_calculation=checksum),
+        )
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.objects: dict[str, bytes] = {}
+        self.uploads: dict[str, dict[int, bytes]] = {}
+        self.part_delay = part_delay
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail: dict[str, Callable[[dict[str, Any]], BaseException | None]] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+
+    def _record(self, op: str, kwargs: dict[str, Any]) -> None:
+        with self._lock:
+            self.calls.append((op, {k: v for k, v in kwargs.items() if k != "Body"}))
+        error = self.fail.get(op, lambda _kw: None)(kwargs)
+        if error is not None:
+            raise error
+
+    def ops(self) -> list[str]:
+        return [op for op, _ in self.calls]
+
+    def put_object(self, **kw: Any) -> dict[str, Any]:
+        self._record("PutObject", kw)
+        body = kw["Body"].read() if hasattr(kw["Body"], "read") else kw["Body"]
+        self.objects[kw["Key"]] = body
+        return {"ETag": f'"{hashlib.md5(body).hexdigest()}"', **_sse_echo(kw)}
+
+    def create_multipart_upload(self, **kw: Any) -> dict[str, Any]:
+        self._record("CreateMultipartUpload", kw)
+        upload_id = f"upload-{len(self.uploads) + 1}"
+        self.uploads[upload_id] = {}
+        return {"UploadId": upload_id, **_sse_echo(kw)}
+
+    def upload_part(self, **kw: Any) -> dict[str, Any]:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self.gate.wait(10)
+            time.sleep(self.part_delay)
+            self._record("UploadPart", kw)
+            body = kw["Body"].read()
+            self.uploads[kw["UploadId"]][kw["PartNumber"]] = body
+            return {"ETag": f'"etag-{kw["PartNumber"]}"', "ChecksumCRC32": "crc=="}
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def complete_multipart_upload(self, **kw: Any) -> dict[str, Any]:
+        self._record("CompleteMultipartUpload", kw)
+        parts = self.uploads.pop(kw["UploadId"])
+        numbers = [p["PartNumber"] for p in kw["MultipartUpload"]["Parts"]]
+        self.objects[kw["Key"]] = b"".join(parts[n] for n in numbers)
+        return {"ETag": f'"multi-{len(numbers)}"'}
+
+    def abort_multipart_upload(self, **kw: Any) -> dict[str, Any]:
+        self._record("AbortMultipartUpload", kw)
+        self.uploads.pop(kw["UploadId"], None)
+        return {}
+
+
+def _sse_echo(kw: dict[str, Any]) -> dict[str, Any]:
+    return (
+        {"ServerSideEncryption": kw["ServerSideEncryption"]} if "ServerSideEncryption" in kw else {}
+    )
+
+
+PART = 5 * MiB
+
+
+def fake_storage(
+    fake: FakeS3, concurrency: int = 2, url: str = "s3://bucket/prod", **kwargs: Any
+) -> Any:
+    return st.S3Storage(
+        st.parse_storage_url(url), fake, part_size=PART, concurrency=concurrency, **kwargs
+    )
+
+
+@pytest.mark.parametrize("size", [0, 1, PART - 1, PART])
+def test_object_up_to_one_part_is_a_single_put(size: int) -> None:
+    fake = FakeS3()
+    storage = fake_storage(fake, sse="AES256")
+    data = os.urandom(size)
+    with storage.open_writer("db/data") as writer:
+        writer.write(data)
+        result = writer.commit()
+    assert fake.ops() == ["PutObject"]
+    assert fake.objects["prod/db/data"] == data
+    assert fake.calls[0][1]["ServerSideEncryption"] == "AES256"
+    assert result["key"] == "db/data" and result["bytes"] == size and result["parts"] == 0
+
+
+def test_multipart_upload_parts_in_order_with_sse_and_checksums() -> None:
+    fake = FakeS3()
+    storage = fake_storage(fake, sse="aws:kms", kms_key_id="alias/backups", url="s3://bucket")
+    data = os.urandom(3 * PART + 123)
+    with storage.open_writer("big") as writer:
+        for offset in range(0, len(data), 1_000_003):
+            writer.write(data[offset : offset + 1_000_003])
+        result = writer.commit()
+    assert fake.objects["big"] == data
+    assert result == {"key": "big", "bytes": len(data), "etag": "multi-4", "parts": 4, "sse": None}
+    create = dict(fake.calls)["CreateMultipartUpload"]
+    assert create["ServerSideEncryption"] == "aws:kms"
+    assert create["SSEKMSKeyId"] == "alias/backups"
+    assert create["ChecksumAlgorithm"] == "CRC32"
+    complete = dict(fake.calls)["CompleteMultipartUpload"]["MultipartUpload"]["Parts"]
+    assert [p["PartNumber"] for p in complete] == [1, 2, 3, 4]
+    assert all(p["ChecksumCRC32"] == "crc==" for p in complete)
+    assert fake.uploads == {}
+
+
+def test_no_checksum_arguments_when_botocore_checksums_are_off() -> None:
+    fake = FakeS3(checksum="when_required")
+    storage = fake_storage(fake)
+    with storage.open_writer("big") as writer:
+        writer.write(os.urandom(2 * PART))
+    assert all("ChecksumAlgorithm" not in kw for _op, kw in fake.calls)
+    parts = dict(fake.calls)["CompleteMultipartUpload"]["MultipartUpload"]["Parts"]
+    assert all(set(p) == {"PartNumber", "ETag"} for p in parts)
+
+
+def test_writes_block_while_every_upload_slot_is_busy() -> None:
+    """At most `concurrency` parts in flight plus one filling: the memory bound."""
+    fake = FakeS3()
+    fake.gate.clear()  # uploads hang until released
+    concurrency = 3
+    writer = fake_storage(fake, concurrency=concurrency).open_writer("big")
+    chunk = os.urandom(MiB)
+    progress: list[int] = []
+
+    def produce() -> None:
+        for _ in range(10 * PART // MiB):
+            writer.write(chunk)
+            progress.append(writer.bytes_written)
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    time.sleep(0.5)
+    # concurrency parts handed to the uploaders + one full part buffered, then blocked
+    # on the next write (which needs a slot to move the full part on).
+    assert thread.is_alive()
+    assert progress[-1] == (concurrency + 1) * PART
+    assert fake.in_flight == concurrency
+    assert progress[-1] <= st.max_buffered_bytes(PART, concurrency)
+    fake.gate.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    writer.commit()
+    assert fake.max_in_flight == concurrency
+    assert fake.objects["prod/big"] == chunk * (10 * PART // MiB)
+
+
+def test_part_failure_aborts_and_raises_naming_the_object() -> None:
+    fake = FakeS3()
+    fake.fail["UploadPart"] = lambda kw: (
+        client_error("AccessDenied", 403, "UploadPart") if kw["PartNumber"] == 2 else None
+    )
+    writer = fake_storage(fake).open_writer("db/data")
+    with pytest.raises(st.StorageError) as info, writer:
+        for _ in range(6 * PART // MiB):
+            writer.write(os.urandom(MiB))
+    message = str(info.value)
+    assert "s3://bucket/prod/db/data" in message
+    assert "part 2" in message and "access denied" in message
+    assert info.value.kind == "access_denied"
+    assert fake.ops()[-1] == "AbortMultipartUpload"
+    assert fake.uploads == {} and "prod/db/data" not in fake.objects
+    assert writer.closed
+    with pytest.raises(st.StorageError, match="already failed"):
+        writer.write(b"more")
+
+
+def test_exception_in_with_block_aborts_and_propagates() -> None:
+    fake = FakeS3()
+    with pytest.raises(ZeroDivisionError), fake_storage(fake).open_writer("x") as writer:
+        writer.write(os.urandom(3 * PART))
+        1 / 0  # noqa: B018 - the failure inside the block
+    assert fake.ops().count("AbortMultipartUpload") == 1
+    assert "CompleteMultipartUpload" not in fake.ops()
+    assert fake.uploads == {} and not fake.objects
+
+
+def test_explicit_abort_discards_and_is_idempotent() -> None:
+    fake = FakeS3()
+    writer = fake_storage(fake).open_writer("x")
+    writer.write(os.urandom(2 * PART))
+    writer.abort()
+    writer.abort()
+    assert fake.ops().count("AbortMultipartUpload") == 1
+    assert fake.uploads == {} and not fake.objects
+    with pytest.raises(st.StorageError, match="already aborted"):
+        writer.commit()
+
+
+def test_failed_complete_aborts() -> None:
+    fake = FakeS3()
+    fake.fail["CompleteMultipartUpload"] = lambda _kw: client_error("InvalidPart", 400, "Complete")
+    writer = fake_storage(fake).open_writer("x")
+    writer.write(os.urandom(2 * PART))
+    with pytest.raises(st.StorageError, match=r"CompleteMultipartUpload failed.*InvalidPart"):
+        writer.commit()
+    assert fake.ops()[-1] == "AbortMultipartUpload"
+    assert fake.uploads == {}
+
+
+def test_failed_abort_is_reported_with_the_leftover_upload() -> None:
+    fake = FakeS3()
+    endpoint_down = EndpointConnectionError(endpoint_url="http://fake-s3:9000/bucket")
+    fake.fail["UploadPart"] = lambda _kw: endpoint_down
+    fake.fail["AbortMultipartUpload"] = lambda _kw: endpoint_down
+    writer = fake_storage(fake).open_writer("x")
+    with pytest.raises(st.StorageError) as info:
+        writer.write(os.urandom(4 * PART))
+    message = str(info.value)
+    assert "unreachable" in message and info.value.kind == "unreachable"
+    assert "AbortMultipartUpload failed too" in message and "upload-1" in message
+    assert "lifecycle" in message
+
+
+def test_failed_single_put_raises() -> None:
+    fake = FakeS3()
+    fake.fail["PutObject"] = lambda _kw: client_error("NoSuchBucket", 404, "PutObject")
+    writer = fake_storage(fake).open_writer("manifest.json")
+    writer.write(b"{}")
+    with pytest.raises(st.StorageError, match="bucket 'bucket' does not exist") as info:
+        writer.commit()
+    assert info.value.kind == "bucket_missing"
+
+
+def test_too_many_parts_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(st, "MAX_PARTS", 2)
+    fake = FakeS3()
+    writer = fake_storage(fake).open_writer("x")
+    with pytest.raises(st.StorageError, match="exceeds 2 parts of 5 MiB"):
+        writer.write(os.urandom(4 * PART))
+    assert fake.ops()[-1] == "AbortMultipartUpload"
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "words"),
+    [
+        (client_error("NoSuchBucket", 404, "PutObject"), "bucket_missing", "does not exist"),
+        (client_error("AccessDenied", 403, "PutObject"), "access_denied", "access denied"),
+        (client_error("InvalidAccessKeyId", 403, "PutObject"), "credentials", "rejected"),
+        (client_error("NoSuchKey", 404, "GetObject"), "not_found", "not found"),
+        (client_error("SlowDown", 503, "PutObject"), None, "SlowDown: injected, HTTP 503"),
+        (EndpointConnectionError(endpoint_url="http://h:1/b"), "unreachable", "unreachable"),
+    ],
+)
+def test_describe_s3_error(error: BaseException, kind: str | None, words: str) -> None:
+    reason, got_kind = st.describe_s3_error(error, "http://h:1", "bucket")
+    assert got_kind == kind
+    assert words in reason
+
+
+# ============================================================== file backend
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Any:
+    return st.open_storage(f"file://{tmp_path}/backups")
+
+
+def test_file_round_trip_and_modes(files: Any, tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB + 7)
+    with files.open_writer("db-1/data.pgdump.zst") as writer:
+        for offset in range(0, len(data), 65536):
+            writer.write(data[offset : offset + 65536])
+        result = writer.commit()
+    assert result == {"key": "db-1/data.pgdump.zst", "bytes": len(data)}
+    target = tmp_path / "backups" / "db-1" / "data.pgdump.zst"
+    assert target.read_bytes() == data
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    for new_dir in (tmp_path / "backups", tmp_path / "backups" / "db-1"):
+        assert stat.S_IMODE(new_dir.stat().st_mode) == 0o700
+    with files.open_reader("db-1/data.pgdump.zst") as reader:
+        assert reader.read(10) == data[:10]
+        assert reader.read() == data[10:]
+    head = files.head("db-1/data.pgdump.zst")
+    assert head["bytes"] == len(data) and head["sse"] is None
+    assert head["modified"].tzinfo is not None
+
+
+def test_file_writer_fsyncs_file_then_renames_then_fsyncs_dir(
+    files: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        events.append(f"fsync-{kind}")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        assert ".tmp-" in os.fspath(src) and ".tmp-" not in os.fspath(dst)
+        events.append("rename")
+        real_replace(src, dst)
+
+    files.put_bytes("warmup", b"creates the root")  # directory creation fsyncs are not the point
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    files.put_bytes("manifest.json", b"{}")
+    assert events == ["fsync-file", "rename", "fsync-dir"]
+
+
+def test_file_nothing_visible_before_commit(files: Any, tmp_path: Path) -> None:
+    writer = files.open_writer("db-1/data")
+    writer.write(b"partial")
+    directory = tmp_path / "backups" / "db-1"
+    assert not (directory / "data").exists()
+    [temp] = list(directory.iterdir())
+    assert st._TEMP_RE.search(temp.name) and temp.name.startswith("data.tmp-")
+    assert files.list() == [] and files.head("db-1/data") is None
+    writer.commit()
+    assert [p.name for p in directory.iterdir()] == ["data"]
+
+
+def test_file_overwrite_is_atomic(files: Any) -> None:
+    files.put_bytes("manifest.json", b"old")
+    writer = files.open_writer("manifest.json")
+    writer.write(b"new and longer")
+    assert files.get_bytes("manifest.json") == b"old"
+    writer.commit()
+    assert files.get_bytes("manifest.json") == b"new and longer"
+
+
+def test_file_exception_or_abort_removes_the_temp_file(files: Any, tmp_path: Path) -> None:
+    with pytest.raises(KeyError), files.open_writer("db-1/data") as writer:
+        writer.write(b"x" * 1000)
+        raise KeyError("boom")
+    writer2 = files.open_writer("db-1/globals")
+    writer2.write(b"y")
+    writer2.abort()
+    writer2.abort()
+    assert list((tmp_path / "backups" / "db-1").iterdir()) == []
+    assert files.list() == []
+
+
+CRASH_SCRIPT = """
+import os, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+import opsbook_storage as st
+storage = st.open_storage(sys.argv[2])
+writer = storage.open_writer("db-1/data.pgdump.zst")
+writer.write(os.urandom(1 << 20))
+os._exit(9)  # the process dies before commit (kill -9, OOM, power loss)
+"""
+
+
+def test_file_crash_before_commit_leaves_no_final_file(files: Any, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH_SCRIPT, str(STORAGE_PATH), files.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 9, proc.stderr
+    directory = tmp_path / "backups" / "db-1"
+    assert not (directory / "data.pgdump.zst").exists()
+    assert files.head("db-1/data.pgdump.zst") is None
+    assert files.list() == []  # the leftover temp file is never listed
+    [leftover] = list(directory.iterdir())
+    assert files.cleanup_incomplete(older_than=3600) == 0  # too recent
+    old = time.time() - 7200
+    os.utime(leftover, (old, old))
+    assert files.cleanup_incomplete(older_than=3600) == 1
+    assert not leftover.exists()
+
+
+def test_file_list_delete_and_delete_prefix(files: Any, tmp_path: Path) -> None:
+    for key in ("db-1/manifest.json", "db-1/data", "db-2/data", "db-10/data", "other"):
+        files.put_bytes(key, key.encode())
+    assert [o.key for o in files.list()] == [
+        "db-1/data",
+        "db-1/manifest.json",
+        "db-10/data",
+        "db-2/data",
+        "other",
+    ]
+    assert [o.key for o in files.list("db-1/")] == ["db-1/data", "db-1/manifest.json"]
+    assert [o.key for o in files.list("db-1")] == ["db-1/data", "db-1/manifest.json", "db-10/data"]
+    assert files.list("db-1/man")[0].bytes == len(b"db-1/manifest.json")
+    assert files.list("missing/") == []
+    files.delete("other")
+    files.delete("other")  # no error when missing
+    assert files.delete_prefix("db-1/") == 2
+    assert not (tmp_path / "backups" / "db-1").exists()  # emptied directories are pruned
+    assert [o.key for o in files.list()] == ["db-10/data", "db-2/data"]
+    with pytest.raises(st.StorageURLError, match="refusing"):
+        files.delete_prefix("")
+    with pytest.raises(st.StorageURLError):
+        files.list("../")
+
+
+def test_file_missing_objects(files: Any) -> None:
+    assert files.head("nope") is None
+    with pytest.raises(st.NotFoundError, match="does not exist"):
+        files.open_reader("nope")
+    with pytest.raises(st.NotFoundError):
+        files.get_bytes("db/nope")
+
+
+def test_file_check_writable(files: Any, tmp_path: Path) -> None:
+    info = files.check_writable()
+    assert info["url"] == files.url
+    assert files.list() == []
+    assert (tmp_path / "backups").is_dir()
+
+
+def test_file_check_writable_says_why_not(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    storage = st.open_storage(f"file://{blocker}/backups")
+    with pytest.raises(st.StorageError) as info:
+        storage.check_writable()
+    assert f"file://{blocker}/backups is not writable" in str(info.value)
+    assert "Not a directory" in str(info.value)
+    with pytest.raises(st.StorageError, match="cannot create"):
+        storage.open_writer("x")
+
+
+def test_file_writer_after_commit_refuses(files: Any) -> None:
+    writer = files.open_writer("x")
+    writer.write(b"1")
+    writer.commit()
+    writer.abort()  # no-op once committed
+    with pytest.raises(st.StorageError, match="already committed"):
+        writer.write(b"2")
+    assert files.get_bytes("x") == b"1"
+
+
+def test_clean_exit_without_commit_commits(files: Any) -> None:
+    with files.open_writer("x") as writer:
+        writer.write(b"data")
+    assert writer.result == {"key": "x", "bytes": 4}
+    assert files.get_bytes("x") == b"data"
+
+
+def test_reader_is_streaming_file_like(files: Any) -> None:
+    files.put_bytes("x", b"abcdef")
+    reader = files.open_reader("x")
+    assert isinstance(reader, io.BufferedIOBase)
+    assert [reader.read(4), reader.read(4), reader.read(4)] == [b"abcd", b"ef", b""]
+    reader.close()
