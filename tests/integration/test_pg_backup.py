@@ -10,17 +10,14 @@ project's ansible.cfg.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import psycopg
@@ -28,6 +25,7 @@ import pytest
 
 from opsbook.lab import DEFAULT_PG_SETTINGS, MotoS3Server, PostgresCluster
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
+from tests.loaders import load_module_utils
 
 pytestmark = pytest.mark.integration
 
@@ -35,16 +33,7 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 BUCKET = "opsbook-test"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ob = _load("opsbook_backup_for_tests", PROJECT_ROOT / "module_utils" / "opsbook_backup.py")
+ob = load_module_utils("opsbook_backup")
 
 
 # ----------------------------------------------------------------- running modules

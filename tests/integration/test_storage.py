@@ -10,17 +10,14 @@ Ansible module imports it.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import socket
-import sys
 import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -29,32 +26,18 @@ from botocore.awsrequest import AWSResponse
 
 from opsbook.lab import S3_CREDENTIALS, MotoS3Server
 from tests.harness import VENV_BIN, ansible_env, run_ansible
+from tests.loaders import load_module_utils
 
 pytestmark = pytest.mark.integration
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-MODULE_NAME = "ansible.module_utils.opsbook_storage"
 BUCKET = "opsbook-test"
 MiB = 1024 * 1024
 # moto accepts any key; a recognisable one proves no message ever carries it.
 SECRET = "opsbook-SECRET-never-in-messages-0123456789"
 
 
-def _load_storage() -> ModuleType:
-    """The module under the name modules import it by (ansible.module_utils.opsbook_storage)."""
-    if MODULE_NAME in sys.modules:
-        return sys.modules[MODULE_NAME]
-    spec = importlib.util.spec_from_file_location(
-        MODULE_NAME, PROJECT_ROOT / "module_utils" / "opsbook_storage.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[MODULE_NAME] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-st = _load_storage()
+st = load_module_utils("opsbook_storage")
 
 
 # =================================================================== fixtures

@@ -7,43 +7,23 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import importlib.util
 import io
 import json
 import os
 import stat
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
+from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library, load_module_utils
 
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# The modules import ansible.module_utils.opsbook_*, which Ansible ships from module_utils/.
-_load("ansible.module_utils.opsbook_pg", PROJECT_ROOT / "module_utils" / "opsbook_pg.py")
-storage_mod = _load(
-    "ansible.module_utils.opsbook_storage", PROJECT_ROOT / "module_utils" / "opsbook_storage.py"
-)
-ob = _load(
-    "ansible.module_utils.opsbook_backup", PROJECT_ROOT / "module_utils" / "opsbook_backup.py"
-)
-pgb = _load("opsbook_test_pg_backup", PROJECT_ROOT / "library" / "pg_backup.py")
-pbi = _load("opsbook_test_pg_backup_info", PROJECT_ROOT / "library" / "pg_backup_info.py")
+storage_mod = load_module_utils("opsbook_storage")
+ob = load_module_utils("opsbook_backup")
+pgb = load_library("pg_backup")
+pbi = load_library("pg_backup_info")
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 SHA_A = "a" * 64

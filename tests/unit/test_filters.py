@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from tests.loaders import load_module_utils, load_plugin
 
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-flt = _load("opsbook_test_filters", PROJECT_ROOT / "filter_plugins" / "opsbook_filters.py")
-pg_utils = _load("opsbook_test_opsbook_pg", PROJECT_ROOT / "module_utils" / "opsbook_pg.py")
+flt = load_plugin("filter_plugins", "opsbook_filters")
+pg_utils = load_module_utils("opsbook_pg")
 
 # ------------------------------------------------------------------------- dsn_redact
 

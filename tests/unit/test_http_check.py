@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
+from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library
 
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-hc = _load("opsbook_test_http_check", PROJECT_ROOT / "library" / "http_check.py")
+hc = load_library("http_check")
 
 
 def params(**overrides: Any) -> dict[str, Any]:

@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing
 import stat
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-PLUGIN_PATH = Path(__file__).resolve().parents[2] / "callback_plugins" / "opsbook_oplog.py"
+from tests.loaders import load_plugin
+
 CONTRACT_FIELDS = [
     "id", "started", "finished", "duration_s", "operator", "playbook", "env", "reason",
     "check_mode", "limit", "extra_var_keys", "status", "hosts", "failures", "outputs",
 ]  # fmt: skip
 
 
-def _load_plugin() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("opsbook_oplog_under_test", PLUGIN_PATH)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-oplog = _load_plugin()
+oplog = load_plugin("callback_plugins", "opsbook_oplog")
 
 
 # -- redaction ----------------------------------------------------------------

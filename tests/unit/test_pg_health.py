@@ -3,37 +3,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
+from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library, load_module_utils
 
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# The module imports ansible.module_utils.opsbook_pg, which Ansible ships with it from
-# module_utils/; register the file under that name before loading the module by path.
-opsbook_pg = _load(
-    "ansible.module_utils.opsbook_pg", PROJECT_ROOT / "module_utils" / "opsbook_pg.py"
-)
-pgh = _load("opsbook_test_pg_health", PROJECT_ROOT / "library" / "pg_health.py")
+opsbook_pg = load_module_utils("opsbook_pg")
+pgh = load_library("pg_health")
 
 SECRET = "S3cr#t-pw_42"
 

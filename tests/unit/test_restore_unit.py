@@ -4,39 +4,19 @@ and ansible-doc. No server needed."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
+from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library
 
-
-def _load(name: str, path: Path) -> ModuleType:
-    if name.startswith("ansible.module_utils.") and name in sys.modules:
-        return sys.modules[name]  # another test file loaded it: share one module object
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# The module imports ansible.module_utils.opsbook_*, which Ansible ships with it from
-# module_utils/; register those files under their names before loading the module by path.
-for _util in ("opsbook_pg", "opsbook_storage", "opsbook_backup"):
-    _load(f"ansible.module_utils.{_util}", PROJECT_ROOT / "module_utils" / f"{_util}.py")
-rst = _load("opsbook_test_pg_restore", PROJECT_ROOT / "library" / "pg_restore.py")
+rst = load_library("pg_restore")
 
 SECRET = "S3cr#t:pw\\42"
 QUOTED_SECRET = SECRET.replace("\\", "\\\\").replace("'", "\\'")  # conninfo quoting

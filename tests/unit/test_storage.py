@@ -5,7 +5,6 @@ file backend (atomic writes, crash safety, listing, deletion, write probe)."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import os
 import stat
@@ -15,30 +14,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-STORAGE_PATH = PROJECT_ROOT / "module_utils" / "opsbook_storage.py"
-MODULE_NAME = "ansible.module_utils.opsbook_storage"
+from tests.loaders import load_module_utils
 
-
-def _load_storage() -> ModuleType:
-    """The module under the name modules import it by (ansible.module_utils.opsbook_storage)."""
-    if MODULE_NAME in sys.modules:
-        return sys.modules[MODULE_NAME]
-    spec = importlib.util.spec_from_file_location(MODULE_NAME, STORAGE_PATH)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[MODULE_NAME] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-st = _load_storage()
+st = load_module_utils("opsbook_storage")
 MiB = st.MiB
 SECRET = "wJalrXUtnFEMI-K7MDENG-not-a-real-secret"
 
@@ -629,7 +613,7 @@ os._exit(9)  # the process dies before commit (kill -9, OOM, power loss)
 
 def test_file_crash_before_commit_leaves_no_final_file(files: Any, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", CRASH_SCRIPT, str(STORAGE_PATH), files.url],
+        [sys.executable, "-c", CRASH_SCRIPT, str(st.__file__), files.url],
         capture_output=True,
         text=True,
         timeout=60,

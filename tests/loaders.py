@@ -1,0 +1,64 @@
+"""Import the project's Ansible code in tests: modules, module_utils and plugins, by path.
+
+Ansible ships ``module_utils/opsbook_*.py`` with a module as
+``ansible.module_utils.opsbook_*``; :func:`load_module_utils` registers each
+file under that name so that a module loaded with :func:`load_library` imports
+the very same objects (one ``StorageError`` class for every test file).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from tests.harness import PROJECT_ROOT, VENV_BIN
+
+__all__ = [
+    "PROJECT_ROOT",
+    "VENV_BIN",
+    "load_library",
+    "load_module_utils",
+    "load_path",
+    "load_plugin",
+]
+
+# In dependency order: each may import the ones before it.
+MODULE_UTILS = ("opsbook_pg", "opsbook_storage", "opsbook_backup")
+
+
+def load_path(name: str, path: Path) -> ModuleType:
+    """Import the file at path as module name; a module already loaded from it is reused."""
+    loaded = sys.modules.get(name)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "") == path:
+        return loaded
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader, f"cannot import {path}"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_module_utils(name: str) -> ModuleType:
+    """module_utils/<name>.py as ansible.module_utils.<name> (its dependencies first)."""
+    for dependency in MODULE_UTILS[: MODULE_UTILS.index(name)] if name in MODULE_UTILS else ():
+        load_path(f"ansible.module_utils.{dependency}", _module_utils_path(dependency))
+    return load_path(f"ansible.module_utils.{name}", _module_utils_path(name))
+
+
+def load_library(name: str) -> ModuleType:
+    """library/<name>.py (a custom module), with every module_util it may import."""
+    for util in MODULE_UTILS:
+        load_module_utils(util)
+    return load_path(f"opsbook_test_{name}", PROJECT_ROOT / "library" / f"{name}.py")
+
+
+def load_plugin(directory: str, name: str) -> ModuleType:
+    """A controller plugin, e.g. load_plugin("filter_plugins", "opsbook_filters")."""
+    return load_path(f"opsbook_test_{name}", PROJECT_ROOT / directory / f"{name}.py")
+
+
+def _module_utils_path(name: str) -> Path:
+    return PROJECT_ROOT / "module_utils" / f"{name}.py"
