@@ -61,7 +61,9 @@ def sandbox_project(project_root: Path) -> Iterator[Path]:
     pg_port = _free_port(PG_ADDRESS)
     vault_file.write_text(
         yaml.safe_dump(
-            {"vault_database_url": f"postgresql://opsbook:test-pw-{pg_port}@{PG_ADDRESS}:{pg_port}/app"}
+            {
+                "vault_database_url": f"postgresql://opsbook:test-pw-{pg_port}@{PG_ADDRESS}:{pg_port}/app"
+            }
         )
     )
     yield tmp
