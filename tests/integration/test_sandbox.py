@@ -116,9 +116,13 @@ def test_up_is_idempotent_and_runbooks_run_against_it(sandbox_project: Path) -> 
     assert status.returncode == 0, status.stdout
     assert "down" not in status.stdout.replace("(up)", "")
 
-    run = _opsbook(sandbox_project, "run", "health_check", "--env", "local", "--reason", "test")
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "app1" in run.stdout and "app2" in run.stdout
+    # The README's main job.
+    tour = _opsbook(sandbox_project, "run", "tour", "--env", "local", "--reason", "test")
+    assert tour.returncode == 0, tour.stdout + tour.stderr
+    assert "Health check verdict: OK" in tour.stdout
+    assert "Restore drill: PASSED" in tour.stdout
+    backups = list((sandbox_project / ".sandbox" / "backups").glob("app-*/manifest.json"))
+    assert len(backups) == 1
 
     os.environ["OPSBOOK_PROJECT_DIR"] = str(sandbox_project)
     try:
@@ -127,6 +131,7 @@ def test_up_is_idempotent_and_runbooks_run_against_it(sandbox_project: Path) -> 
         del os.environ["OPSBOOK_PROJECT_DIR"]
     assert result.rc == 0
     assert result.outputs["health_check"]["verdict"] == "ok"
+    assert "backup" not in result.outputs
     assert set(result.outputs["health_check"]["apps"]) == {"app1", "app2"}
 
 
