@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 REDACTED = "********"
 
@@ -38,6 +38,35 @@ def dsn_redact(dsn: Any) -> str:
     text = _URI_USERINFO_RE.sub(lambda m: m.group("prefix") + REDACTED, text)
     text = _URI_QUERY_RE.sub(lambda m: m.group("prefix") + REDACTED, text)
     return _KV_RE.sub(lambda m: m.group("prefix") + REDACTED, text)
+
+
+_KV_PAIR_RE = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def dsn_database(dsn: Any) -> str:
+    """The database a DSN names, as libpq reads it ("" when it names none).
+
+    URIs: ``?dbname=`` wins over the path; key/value strings: ``dbname=``. With
+    neither, libpq connects to the database named like the user, and so does this.
+    """
+    text = str(dsn or "").strip()
+    if not text:
+        return ""
+    if re.match(r"postgres(ql)?://", text):
+        parts = urlsplit(text)
+        query = parse_qs(parts.query)
+        if query.get("dbname"):
+            return query["dbname"][0]
+        return unquote(parts.path.lstrip("/")) or unquote(parts.username or "") or (
+            query.get("user", [""])[0]
+        )
+    pairs = {
+        key: value[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+        if value.startswith("'")
+        else value
+        for key, value in _KV_PAIR_RE.findall(text)
+    }
+    return pairs.get("dbname") or pairs.get("user") or ""
 
 
 def worst_verdict(*verdicts: str) -> str:
@@ -326,6 +355,7 @@ class FilterModule:
 
     def filters(self) -> dict[str, Any]:
         return {
+            "dsn_database": dsn_database,
             "dsn_redact": dsn_redact,
             "health_check_app_summary": health_check_app_summary,
             "health_check_database_summary": health_check_database_summary,

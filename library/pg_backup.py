@@ -372,7 +372,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_backup import (
     CHUNK_SIZE,
     DATA_OBJECT,
@@ -392,13 +392,12 @@ from ansible.module_utils.opsbook_backup import (
     version_major,
 )
 from ansible.module_utils.opsbook_pg import (
-    HAS_PSYCOPG,
-    PSYCOPG_IMPORT_ERROR,
     PgConnectError,
     close_quietly,
     connect,
     pg_connection_argument_spec,
     register_dsn_secrets,
+    require_psycopg,
     safe_error,
     validate_connection_params,
 )
@@ -1402,10 +1401,7 @@ def _minor(version: str) -> int:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not HAS_PSYCOPG:
-        module.fail_json(
-            msg=missing_required_lib("psycopg (psycopg 3)"), exception=PSYCOPG_IMPORT_ERROR
-        )
+    require_psycopg(module)
     register_dsn_secrets(module, module.params["dsn"])
     errors = validate_params(module.params)
     if errors:

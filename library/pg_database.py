@@ -183,15 +183,14 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_pg import (
-    HAS_PSYCOPG,
-    PSYCOPG_IMPORT_ERROR,
     PgConnectError,
     close_quietly,
     connect,
     pg_connection_argument_spec,
     register_dsn_secrets,
+    require_psycopg,
     safe_error,
     validate_connection_params,
 )
@@ -370,10 +369,7 @@ class ModuleFailure(Exception):
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not HAS_PSYCOPG:
-        module.fail_json(
-            msg=missing_required_lib("psycopg (psycopg 3)"), exception=PSYCOPG_IMPORT_ERROR
-        )
+    require_psycopg(module)
     params = module.params
     register_dsn_secrets(module, params["dsn"])
     name = params["name"]

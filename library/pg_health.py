@@ -256,13 +256,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_pg import (
-    HAS_PSYCOPG,
-    PSYCOPG_IMPORT_ERROR,
     PgConnectError,
     pg_connection_argument_spec,
     pg_session,
+    require_psycopg,
     safe_error,
     validate_connection_params,
 )
@@ -508,10 +507,7 @@ def build_result(
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not HAS_PSYCOPG:
-        module.fail_json(
-            msg=missing_required_lib("psycopg (psycopg 3)"), exception=PSYCOPG_IMPORT_ERROR
-        )
+    require_psycopg(module)
     params = module.params
     errors = validate_params(params)
     if errors:

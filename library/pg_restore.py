@@ -471,7 +471,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_backup import (
     BackupError,
     HashingReader,
@@ -487,14 +487,13 @@ from ansible.module_utils.opsbook_backup import (
     version_major,
 )
 from ansible.module_utils.opsbook_pg import (
-    HAS_PSYCOPG,
-    PSYCOPG_IMPORT_ERROR,
     PgConnectError,
     close_quietly,
     connect,
     dsn_passwords,
     pg_connection_argument_spec,
     register_dsn_secrets,
+    require_psycopg,
     safe_error,
     scrub_secrets,
     validate_connection_params,
@@ -1836,10 +1835,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not HAS_PSYCOPG:
-        module.fail_json(
-            msg=missing_required_lib("psycopg (psycopg 3)"), exception=PSYCOPG_IMPORT_ERROR
-        )
+    require_psycopg(module)
     params = module.params
     register_dsn_secrets(module, params["dsn"])
     errors = validate_params(params)

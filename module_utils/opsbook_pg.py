@@ -55,6 +55,16 @@ _KV_RE = re.compile(
 )
 
 
+def require_psycopg(module: Any) -> None:
+    """Fail the module run, saying what to install, when psycopg 3 is missing."""
+    if not HAS_PSYCOPG:
+        from ansible.module_utils.basic import missing_required_lib
+
+        module.fail_json(
+            msg=missing_required_lib("psycopg (psycopg 3)"), exception=PSYCOPG_IMPORT_ERROR
+        )
+
+
 def pg_connection_argument_spec() -> dict[str, dict[str, Any]]:
     """Argument spec of the connection options shared by every opsbook Postgres module."""
     return {

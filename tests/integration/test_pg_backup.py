@@ -26,6 +26,7 @@ import pytest
 from opsbook.lab import DEFAULT_PG_SETTINGS, MotoS3Server, PostgresCluster
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
 from tests.loaders import load_module_utils
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -777,3 +778,45 @@ def test_sigterm_mid_upload_aborts_it_and_reaps_the_children(
     assert s3_keys(s3, prefix) == [] and multipart_uploads(s3, prefix) == []
     assert leftover_children(big_cluster.port, before) == []
     assert big_cluster.is_running()
+
+
+def test_s3_killed_mid_upload_leaves_no_backup(
+    big_cluster: PostgresCluster, s3: MotoS3Server, run_tasks: ModuleRunner
+) -> None:
+    """The S3 endpoint dies mid-upload: clear error, no manifest, nothing listed."""
+    big_cluster.start()
+    host, port = s3.endpoint_url.removeprefix("http://").split(":")
+    proxy = TcpProxy(host, int(port))
+    prefix = f"s3-killed-{time.time_ns()}"
+    url = f"s3://{BUCKET}/{prefix}"
+    proc, results = run_tasks.start(
+        [
+            backup_task(
+                big_cluster.dsn_for("big"), url, compression_level=1,
+                s3_endpoint_url=proxy.url, part_size_mb=5, upload_concurrency=1,
+            )
+        ]
+    )  # fmt: skip
+    try:
+        wait_for(lambda: bool(multipart_uploads(s3, prefix)), 60, "the upload to be under way")
+        killed_at = time.monotonic()
+        proxy.kill()
+        run = run_tasks.collect(proc, results, timeout=120)
+        failed_after = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = failed(run.results[0])
+    assert "no backup was written" in result["msg"], result["msg"]
+    assert f"s3://{BUCKET}/{prefix}" in result["msg"], result["msg"]
+    assert failed_after < 30, f"the module took {failed_after:.0f} s to give up"
+    # Seen through the real server: no object at all, so no backup can be listed.
+    assert s3_keys(s3, prefix) == []
+    listing = ok(run_tasks([info_task(url, s3_endpoint_url=s3.endpoint_url)]).results[0])
+    assert listing["count"] == 0 and listing["orphans_count"] == 0
+    # The abort could not reach the dead endpoint either: the message must say which
+    # upload is left for the bucket's lifecycle rule (or cleanup_incomplete) to remove.
+    for upload in multipart_uploads(s3, prefix):
+        assert upload["UploadId"] in result["msg"], result["msg"]
+    assert_no_secret(run, big_cluster.password)

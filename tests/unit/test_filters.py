@@ -46,6 +46,7 @@ def test_dsn_redact_none() -> None:
 def test_filters_are_registered() -> None:
     names = flt.FilterModule().filters()
     assert set(names) == {
+        "dsn_database",
         "dsn_redact",
         "health_check_app_summary",
         "health_check_database_summary",
@@ -324,3 +325,22 @@ def test_report_skipped_parts_are_not_errors() -> None:
     no_url = report(database={"skipped": True, "changed": False})
     assert no_url["verdict"] == "ok"
     assert no_url["skipped"] == ["database: database_url is not set"]
+
+
+@pytest.mark.parametrize(
+    ("dsn", "database"),
+    [
+        ("postgresql://u:p@h:5432/app", "app"),
+        ("postgres://u@h/my%20db", "my db"),
+        ("postgresql://u:p@h/app?dbname=other&sslmode=require", "other"),
+        ("postgresql://alice:p@h", "alice"),
+        ("postgresql://h/?user=bob", "bob"),
+        ("host=h port=5432 dbname=app user=u password='p w'", "app"),
+        ("host=h dbname='it\\'s' user=u", "it's"),
+        ("host=h user=carol password=x", "carol"),
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_dsn_database_reads_the_database_as_libpq_does(dsn: str | None, database: str) -> None:
+    assert flt.dsn_database(dsn) == database
