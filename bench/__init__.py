@@ -1,0 +1,1 @@
+"""opsbook benchmarks (scripts that measure; not tests). See bench/README.md."""
