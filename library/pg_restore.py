@@ -16,12 +16,13 @@ description:
     O(before)); (2) read-only preflight on the server: the target exists or not as O(mode)
     wants, the role may create (and for C(replace), rename) databases, open sessions on the
     target, the client tools, free space in O(work_dir); (3) fetch the data object to a local
-    file while computing its sha256 and size, compare both with the manifest and read the
-    archive's table of contents with C(pg_restore --list) - a corrupted or unreadable backup is
-    refused B(before anything on the server is touched); (4) restore into a new scratch
+    file while computing its sha256 and size (with O(jobs) > 1, decompressing it in the same
+    pass), compare both with the manifest and read the archive's table of contents with
+    C(pg_restore --list) - a corrupted, undecompressable or unreadable backup is refused
+    B(before anything on the server is touched); (4) restore into a new scratch
     database C(<target>__opsbook_restore_<id>) with C(pg_restore --exit-on-error);
     (5) compare the exact row count of every table in the manifest's C(table_counts) with the
-    restored copy, and C(ANALYZE) it; (6) put it in place."
+    restored copy, and C(ANALYZE) it (both over O(jobs) connections); (6) put it in place."
   - "O(mode=new): the target must not exist; the verified scratch database is renamed to it,
     so the target only ever appears complete and verified."
   - "O(mode=replace): the target must exist. Only once the restored copy is verified, in one
@@ -38,8 +39,9 @@ description:
     from which applications and users; with O(terminate_connections=true) new connections are
     blocked at the switch and the sessions are ended with C(pg_terminate_backend)
     (RV(terminated_sessions))."
-  - With O(jobs=1) the archive streams C(zstd -dc | pg_restore); with more jobs it is first
-    decompressed to a file in O(work_dir) (parallel C(pg_restore) needs a seekable file).
+  - With O(jobs=1) the fetched (verified) object streams C(zstd -dc | pg_restore); with more
+    jobs it is decompressed to a file in O(work_dir) while it is fetched and hashed (parallel
+    C(pg_restore) needs a seekable file), and no compressed copy is kept.
   - The password reaches C(pg_restore) and C(psql) through a 0600 passfile, never their
     command line nor their environment, and never appears in any message.
   - "Child processes are killed if the module dies (Linux C(PR_SET_PDEATHSIG)); SIGTERM and
@@ -132,8 +134,11 @@ options:
     aliases: [opsbook_env]
   jobs:
     description:
-      - Parallel C(pg_restore) jobs. Above 1 the archive is first decompressed into O(work_dir),
-        which then needs room for the uncompressed archive too.
+      - Parallel C(pg_restore) jobs. Above 1 the archive is decompressed into O(work_dir) while
+        it is fetched (one pass), which then needs room for the uncompressed archive instead
+        of the compressed one.
+      - Also the number of connections that count the rows (sharing one snapshot) and run
+        C(ANALYZE) (one table per statement, the largest first) after the restore.
     type: int
     default: 1
   terminate_connections:
@@ -210,8 +215,8 @@ options:
     description:
       - Local directory for the fetched archive (a private temporary directory is made inside
         and always removed). Default - the system temporary directory.
-      - Needs room for the stored backup, plus the uncompressed archive when O(jobs) > 1
-        (checked before fetching).
+      - Needs room for the stored backup, or with O(jobs) > 1 for the uncompressed archive
+        (and the globals object) instead (checked before fetching).
     type: path
   pg_restore_path:
     description:
@@ -230,7 +235,8 @@ attributes:
     description:
       - Check mode does every read - selects the backup, runs the preflight (target existence,
         privileges, open sessions, tools, free space), B(fetches the data object to O(work_dir)
-        and checks its size and sha256 against the manifest) and reads its table of contents -
+        and checks its size and sha256 against the manifest) (with O(jobs) > 1 decompressing it
+        on the way, as a real run does) and reads its table of contents -
         then reports what it would do (RV(actions)). It creates, drops and renames nothing and
         terminates no session; the fetched file is removed.
   diff_mode:
@@ -399,7 +405,9 @@ duration_s:
   type: float
   sample: 42.1
 fetch_s:
-  description: Seconds fetching the objects (sha256 computed on the way).
+  description: Seconds fetching the objects (sha256 computed on the way). With O(jobs) > 1 the
+    data object is decompressed in the same pass, so this includes the decompression that
+    overlapped the fetch.
   returned: always, except on invalid input
   type: float
   sample: 3.2
@@ -409,7 +417,9 @@ verify_s:
   type: float
   sample: 0.1
 decompress_s:
-  description: Seconds decompressing to a file (O(jobs) > 1 only; null otherwise).
+  description: O(jobs) > 1 only (null otherwise) - seconds waiting for C(zstd) to finish after
+    the last byte was fetched (the part of the decompression that did not overlap the
+    fetch; RV(fetch_s) + RV(decompress_s) is the whole one-pass fetch).
   returned: always, except on invalid input
   type: float
   sample: 1.5
@@ -419,12 +429,12 @@ restore_s:
   type: float
   sample: 30.4
 counts_s:
-  description: Seconds counting rows.
+  description: Seconds counting rows (over O(jobs) connections).
   returned: always, except on invalid input
   type: float
   sample: 1.2
 analyze_s:
-  description: Seconds of C(ANALYZE).
+  description: Seconds of C(ANALYZE) (over O(jobs) connections).
   returned: always, except on invalid input
   type: float
   sample: 2.0
@@ -464,7 +474,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -474,8 +486,9 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_backup import (
     BackupError,
-    HashingReader,
     client_conninfo,
+    fetch_decompress,
+    fetch_object,
     find_pg_tool,
     libpq_passfile,
     list_catalog,
@@ -755,10 +768,14 @@ def human_bytes(count: float) -> str:
 
 
 def disk_space_needed(manifest: dict[str, Any], jobs: int) -> int:
-    """Bytes of work_dir a restore needs: the stored objects, plus the decompressed archive
-    when it must be seekable (jobs > 1), plus 5% headroom."""
-    objects = manifest.get("objects") or {}
-    need = sum(int((obj or {}).get("bytes") or 0) for obj in objects.values())
+    """Bytes of work_dir a restore needs, plus 5% headroom: the stored objects (jobs=1
+    streams the data object from its local copy), or for jobs > 1 the decompressed archive
+    instead of the data object (it is decompressed while it is fetched: no local copy of
+    the compressed data object) and the other objects."""
+    objects = {name: obj for name, obj in (manifest.get("objects") or {}).items() if obj}
+    if jobs > 1:
+        objects.pop("data", None)
+    need = sum(int(obj.get("bytes") or 0) for obj in objects.values())
     if jobs > 1:
         need += int(manifest.get("uncompressed_bytes") or 0)
     return int(need * 1.05)
@@ -948,25 +965,8 @@ def pipeline_failure(results: list[StageResult]) -> str | None:
 
 
 # ---------------------------------------------------------------------------
-# storage: fetch an object to a local file while hashing it
-
-
-def fetch_object(storage: Any, key: str, dest: Path) -> tuple[int, str]:
-    """Stream ``key`` into ``dest`` (created 0600); return (bytes, sha256 hex).
-
-    Belongs with the other storage/backup helpers (``opsbook_backup``, next to
-    ``hash_stream``); kept here until it moves there.
-    """
-    reader = HashingReader(storage.open_reader(key))
-    try:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            while chunk := reader.read(CHUNK_BYTES):
-                out.write(chunk)
-    finally:
-        with contextlib.suppress(Exception):
-            reader.close()
-    return reader.bytes_read, reader.hexdigest()
+# the archive's table of contents
+# (fetching: ``fetch_object`` and ``fetch_decompress`` in ``opsbook_backup``)
 
 
 @dataclass
@@ -1118,12 +1118,111 @@ def table_counts(cur: Any, tables: list[str]) -> dict[str, int | None]:
             if cur.fetchone() is None:
                 counts[key] = None
                 continue
-            cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(_ident(schema, table)))
-            row = cur.fetchone()
-            counts[key] = int(row[0]) if row else None
+            counts[key] = count_rows(cur, schema, table)
     finally:
         cur.execute("ROLLBACK")
     return counts
+
+
+def count_rows(cur: Any, schema: str, table: str) -> int | None:
+    cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(_ident(schema, table)))
+    row = cur.fetchone()
+    return int(row[0]) if row else None
+
+
+TABLE_SIZES_SQL = """
+SELECT n.nspname, c.relname, pg_table_size(c.oid)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+"""
+
+# What a database-wide ANALYZE processes (every table, partitioned table and materialized
+# view, catalogs included, other sessions' temporary tables excluded), one statement each.
+# Partitions are left out: ANALYZE of their partitioned root covers them (before
+# PostgreSQL 17 a partitioned table cannot be analyzed without its partitions), so every
+# relation is analyzed exactly once, as by a plain ANALYZE. Largest first (PostgreSQL 12+).
+ANALYZE_TARGETS_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm', 'p') AND c.relpersistence <> 't' AND NOT c.relispartition
+ORDER BY CASE WHEN c.relkind = 'p'
+              THEN (SELECT coalesce(sum(pg_table_size(t.relid)), 0)
+                    FROM pg_partition_tree(c.oid) t)
+              ELSE pg_table_size(c.oid) END DESC, 1, 2
+"""
+
+
+def largest_first(keys: list[str], sizes: dict[tuple[str, str], int]) -> list[str]:
+    """Manifest table keys, the largest existing table first, missing tables last."""
+    return sorted(keys, key=lambda k: (-sizes.get(split_table_key(k), -1), k))
+
+
+def run_on_connections(
+    connect_one: Callable[[], Any],
+    jobs: int,
+    items: list[Any],
+    action: Callable[[Any, Any], Any],
+    setup: Callable[[Any], None] | None = None,
+) -> dict[Any, Any]:
+    """``action(cursor, item)`` for every item, over ``jobs`` connections in parallel.
+
+    Items are taken in order (put the longest first) by whichever connection is free;
+    each worker runs ``setup(cursor)`` once first. Returns ``{item: result}``. The first
+    failure stops the others (their running statement is cancelled) and is raised; so is
+    an exception in the calling thread (a signal): every connection is cancelled and
+    closed before this returns or raises.
+    """
+    if not items:
+        return {}
+    jobs = max(1, min(jobs, len(items)))
+    pending = deque(items)
+    lock = threading.Lock()
+    results: dict[Any, Any] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    conns: list[Any] = []
+
+    def work(conn: Any) -> None:
+        try:
+            with conn.cursor() as cur:
+                if setup is not None:
+                    setup(cur)
+                while not stop.is_set():
+                    with lock:
+                        if not pending:
+                            return
+                        item = pending.popleft()
+                    results[item] = action(cur, item)
+        except BaseException as exc:
+            if not stop.is_set():
+                errors.append(exc)
+            stop.set()
+
+    threads = []
+    try:
+        for _ in range(jobs):
+            conns.append(connect_one())
+        threads = [threading.Thread(target=work, args=(conn,), daemon=True) for conn in conns]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():  # short joins: a signal reaches the calling thread
+                thread.join(0.2)
+        if errors:
+            raise errors[0]
+        return results
+    finally:
+        stop.set()
+        if any(thread.is_alive() for thread in threads):  # stop their running statements
+            for conn in conns:
+                with contextlib.suppress(Exception):
+                    conn.cancel()
+        for thread in threads:
+            thread.join(10)
+        for conn in conns:
+            close_quietly(conn)
 
 
 # ---------------------------------------------------------------------------
@@ -1438,25 +1537,32 @@ class RestoreRun:
             raise RestoreError(
                 f"work_dir {work_dir!r} has {human_bytes(free)} free, the restore needs about "
                 f"{human_bytes(need)}"
-                + (" (jobs > 1: the archive decompressed too)" if self.jobs > 1 else "")
+                + (" (jobs > 1: the archive decompressed)" if self.jobs > 1 else "")
             )
 
     def fetch_and_verify(self) -> None:
         """Fetch the objects, compare bytes and sha256 with the manifest, read the archive's
-        table of contents (and decompress it for a parallel restore): all before the server
-        is touched."""
+        table of contents: all before the server is touched.
+
+        jobs=1 keeps the fetched (verified) compressed object and later streams it through
+        ``zstd -dc`` into pg_restore. jobs > 1 needs a seekable archive: the data object is
+        fetched, hashed and decompressed to a file in one pass (``fetch_decompress``)."""
         assert self.tmp is not None
-        archive = self.tmp / "data.pgdump.zst"
         data = self.manifest["objects"]["data"]
-        self.fetch_checked("data", data, archive)
+        if self.jobs > 1:
+            archive = self.tmp / "data.pgdump"
+            self.fetch_decompressed(data, archive)
+        else:
+            archive = self.tmp / "data.pgdump.zst"
+            self.fetch_checked("data", data, archive)
         with self.timed("verify_s"):
-            self.read_toc(archive)
+            self.read_toc(archive, compressed=self.jobs == 1)
         if self.params["globals"]:
             self.fetch_checked("globals", self.manifest["objects"]["globals"],
                                self.tmp / "globals.sql.zst")  # fmt: skip
-        if self.jobs > 1 and not self.check_mode:
-            with self.timed("decompress_s"):
-                self.decompress(archive, self.tmp / "data.pgdump")
+
+    def add_timing(self, name: str, seconds: float) -> None:
+        self.report.timings[name] = round(self.report.timings.get(name, 0.0) + seconds, 3)
 
     def fetch_checked(self, what: str, entry: dict[str, Any], dest: Path) -> None:
         with self.timed("fetch_s"):
@@ -1467,17 +1573,57 @@ class RestoreRun:
         if problem:
             raise RestoreError(problem)
 
-    def read_toc(self, archive: Path) -> None:
-        """``zstd -dc | pg_restore --list``: the archive is readable by this pg_restore."""
+    def fetch_decompressed(self, entry: dict[str, Any], dest: Path) -> None:
+        """The data object, fetched, hashed and decompressed to ``dest`` in one pass; its size
+        and sha256 are compared with the manifest first (a corrupted object is reported as
+        such), then the decompressor's status (the stored bytes are the backup's own: the
+        backup itself is bad). ``dest`` is removed on any failure."""
+        try:
+            got = fetch_decompress(
+                self.storage,
+                str(entry["key"]),
+                dest,
+                [self.tools["zstd"], "-dcq"],
+                chunk_size=CHUNK_BYTES,
+                env=dict(os.environ),
+                preexec_fn=_DIE_WITH_PARENT,
+            )
+        except OSError as exc:  # the decompressor or dest; StorageError is not an OSError
+            raise RestoreError(
+                f"backup {self.backup_id}: fetching and decompressing failed: {exc}"
+            ) from None
+        self.add_timing("fetch_s", got.fetch_s)
+        self.add_timing("decompress_s", got.drain_s)
+        self.report.bytes_fetched += got.bytes
+        with self.timed("verify_s"):
+            problem = integrity_problem(self.backup_id, "data", entry, got.bytes, got.sha256)
+        if problem is None and not got.ok:
+            how = (
+                f"was killed by signal {-got.returncode}"
+                if got.returncode < 0
+                else f"exited {got.returncode}"
+            )
+            tail = stderr_tail(got.stderr)
+            problem = (
+                f"backup {self.backup_id} cannot be decompressed (zstd {how}"
+                + (f": {tail}" if tail else "")
+                + "); the stored object matches the manifest's size and sha256, so the backup "
+                "itself is bad"
+            )
+        if problem:
+            with contextlib.suppress(OSError):
+                dest.unlink()
+            raise RestoreError(problem)
+
+    def read_toc(self, archive: Path, compressed: bool = True) -> None:
+        """``[zstd -dc |] pg_restore --list``: the archive is readable by this pg_restore."""
         assert self.tmp is not None
         toc = self.tmp / "toc.txt"
-        results = run_pipeline(
-            [[self.tools["zstd"], "-dcq", "--", str(archive)],
-             [self.tools["pg_restore"], "--list"]],
-            dict(os.environ),
-            self.tmp,
-            stdout_path=toc,
-        )  # fmt: skip
+        stages = [[self.tools["pg_restore"], "--list", "--", str(archive)]]
+        if compressed:
+            stages = [[self.tools["zstd"], "-dcq", "--", str(archive)],
+                      [self.tools["pg_restore"], "--list"]]  # fmt: skip
+        results = run_pipeline(stages, dict(os.environ), self.tmp, stdout_path=toc)
         # pg_restore --list stops reading after the table of contents: zstd may get SIGPIPE.
         failure = pipeline_failure([r for r in results if r.returncode != SIGPIPE_EXIT])
         if failure:
@@ -1490,15 +1636,6 @@ class RestoreRun:
                 f"backup {self.backup_id}: not a custom-format archive "
                 f"(pg_restore --list says format {self.archive.format!r})"
             )
-
-    def decompress(self, archive: Path, out: Path) -> None:
-        """zstd -d to a seekable file (parallel pg_restore needs one); drop the compressed copy."""
-        assert self.tmp is not None
-        argv = [self.tools["zstd"], "-dq", "-o", str(out), "--", str(archive)]
-        failure = pipeline_failure(run_pipeline([argv], dict(os.environ), self.tmp))
-        if failure:
-            raise RestoreError(f"backup {self.backup_id}: decompressing failed: {failure}")
-        archive.unlink()
 
     def restore(self) -> None:
         """(Globals,) CREATE DATABASE <scratch>, then pg_restore into it."""
@@ -1578,8 +1715,8 @@ class RestoreRun:
             if not (self.manifest.get("options") or {}).get("schema_only"):
                 self.warn(f"backup {self.backup_id} has no table_counts: no row counts to compare")
             return
-        with self.timed("counts_s"), self.cursor(self.scratch) as cur:
-            restored = table_counts(cur, sorted(expected))
+        with self.timed("counts_s"):
+            restored = self.count_tables(sorted(expected))
         self.report.counts_checked = len(expected)
         self.report.mismatches = count_mismatches(expected, restored)
         if self.report.mismatches:
@@ -1588,10 +1725,64 @@ class RestoreRun:
                 f"differ from the manifest ({describe_mismatches(self.report.mismatches)})"
             )
 
+    def connect_scratch(self) -> Any:
+        return connect(
+            dsn_for_database(self.dsn, self.scratch),
+            connect_timeout=self.params["connect_timeout"],
+            application_name=self.params["application_name"],
+            autocommit=True,
+        )
+
+    def count_tables(self, tables: list[str]) -> dict[str, int | None]:
+        """``table_counts`` of the scratch database; with jobs > 1 over ``jobs`` connections
+        that share one exported snapshot (the same single read-only snapshot), the largest
+        tables first."""
+        with self.cursor(self.scratch) as cur:
+            if self.jobs == 1 or len(tables) < 2:
+                return table_counts(cur, tables)
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                cur.execute("SELECT pg_export_snapshot()")
+                snapshot = cur.fetchone()[0]
+                cur.execute(TABLE_SIZES_SQL)
+                sizes = {(row[0], row[1]): int(row[2] or 0) for row in cur.fetchall()}
+                present = [key for key in tables if split_table_key(key) in sizes]
+
+                def join_snapshot(worker: Any) -> None:
+                    worker.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    use = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
+                    worker.execute(use)
+                    worker.execute("SET LOCAL row_security = off")
+
+                def count(worker: Any, key: str) -> int | None:
+                    return count_rows(worker, *split_table_key(key))
+
+                counted = run_on_connections(
+                    self.connect_scratch, self.jobs, largest_first(present, sizes), count,
+                    setup=join_snapshot,
+                )  # fmt: skip
+            finally:
+                cur.execute("ROLLBACK")
+        return {key: counted.get(key) for key in tables}
+
     def analyze(self) -> None:
-        if self.params["analyze"]:
-            with self.timed("analyze_s"), self.cursor(self.scratch) as cur:
-                cur.execute("ANALYZE")
+        """ANALYZE the scratch database: one statement with jobs=1 (or a server before 12),
+        else every relation a database-wide ANALYZE processes, over ``jobs`` connections,
+        the largest first."""
+        if not self.params["analyze"]:
+            return
+        with self.timed("analyze_s"):
+            with self.cursor(self.scratch) as cur:
+                if self.jobs == 1 or self.server_major < 12:
+                    cur.execute("ANALYZE")
+                    return
+                cur.execute(ANALYZE_TARGETS_SQL)
+                targets = [(row[0], row[1]) for row in cur.fetchall()]
+
+            def analyze_one(worker: Any, name: tuple[str, str]) -> None:
+                worker.execute(sql.SQL("ANALYZE {}").format(_ident(*name)))
+
+            run_on_connections(self.connect_scratch, self.jobs, targets, analyze_one)
 
     def put_in_place(self) -> None:
         with self.timed("swap_s"), self.cursor() as cur:

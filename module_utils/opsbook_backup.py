@@ -23,7 +23,8 @@ Sections:
   ``quote_ident`` when needed, e.g. ``"My Schema".users``);
 * manifest (format_version 1): ``build_manifest``, ``serialize_manifest``,
   ``parse_manifest``, ``validate_manifest``;
-* hashing: ``HashingReader``, ``hash_stream``;
+* hashing: ``HashingReader``, ``hash_stream``; fetching: ``fetch_object`` (to a file, hashed
+  on the way) and ``fetch_decompress`` (fetch, hash and decompress in one pass);
 * catalog: ``list_catalog`` -> ``Catalog`` of ``BackupEntry`` (newest first), orphans and
   invalid manifests; ``load_backup`` (one id); ``select_backup`` (latest / id / before);
 * verification: ``verify_backup`` (streams each object, recomputes sha256 and size,
@@ -42,11 +43,13 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import re
 import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -555,6 +558,160 @@ def hash_stream(reader: Any, chunk_size: int = CHUNK_SIZE) -> tuple[str, int]:
     while hashing.read(chunk_size):
         pass
     return hashing.hexdigest(), hashing.bytes_read
+
+
+# ---------------------------------------------------------------------------
+# fetching: objects to local files, hashed on the way
+
+
+def fetch_object(
+    storage: Any, key: str, dest: Any, chunk_size: int = CHUNK_SIZE
+) -> tuple[int, str]:
+    """Stream ``key`` into the file ``dest`` (created 0600); return ``(bytes, sha256 hex)``."""
+    reader = HashingReader(storage.open_reader(key))
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            while chunk := reader.read(chunk_size):
+                out.write(chunk)
+    finally:
+        with contextlib.suppress(Exception):
+            reader.close()
+    return reader.bytes_read, reader.hexdigest()
+
+
+@dataclass
+class DecompressedFetch:
+    """What ``fetch_decompress`` saw: the stored (compressed) object's size and sha256,
+    and how the decompressor ended. Check ``bytes``/``sha256`` against the manifest
+    FIRST (a corrupted object usually also breaks the decompressor), then ``ok``."""
+
+    bytes: int
+    sha256: str
+    returncode: int
+    stderr: str
+    fetch_s: float  # until the last stored byte was read and handed to the decompressor
+    drain_s: float  # then until the decompressor exited
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+_END = object()
+
+
+def fetch_decompress(
+    storage: Any,
+    key: str,
+    dest: Any,
+    decompress_argv: list[str],
+    chunk_size: int = CHUNK_SIZE,
+    queue_chunks: int = 4,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> DecompressedFetch:
+    """Fetch ``key``, hash it and decompress it into the file ``dest`` in ONE pass.
+
+    A reader thread reads the object (at most ``queue_chunks`` chunks ahead) and hashes
+    every byte; the calling thread feeds them to ``decompress_argv`` (e.g. ``zstd -dcq``,
+    reading stdin, writing stdout), whose output goes to ``dest`` (created 0600). Reading,
+    hashing and decompressing overlap. When the decompressor stops early (a corrupt
+    frame), the rest of the object is still read and hashed, so that the caller can tell
+    a corrupted object (sha256 differs from the manifest) from a bad backup (sha256
+    matches, the decompressor failed). ``dest`` is removed when the decompressor failed.
+
+    On an exception (storage error, a signal turned into an exception) the decompressor
+    is killed and reaped, ``dest`` is removed and the exception propagates. Memory stays
+    bounded: about ``chunk_size * (queue_chunks + 2)``.
+    """
+    started = time.monotonic()
+    reader = HashingReader(storage.open_reader(key))
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_chunks))
+    stop = threading.Event()
+
+    def hand_over(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            while not stop.is_set():
+                chunk = reader.read(chunk_size)
+                if not hand_over(chunk if chunk else _END) or not chunk:
+                    return
+        except BaseException as exc:  # handed to the calling thread, raised there
+            hand_over(exc)
+
+    proc: subprocess.Popen[bytes] | None = None
+    thread = threading.Thread(target=produce, name="opsbook-fetch", daemon=True)
+    done = False
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                decompress_argv,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
+                env=env,
+                close_fds=True,
+                preexec_fn=preexec_fn,
+            )
+            assert proc.stdin is not None
+            thread.start()
+            feeding = True
+            while True:
+                item = chunks.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if feeding:
+                    try:
+                        proc.stdin.write(item)
+                    except BrokenPipeError:  # it stopped reading: keep hashing the rest
+                        feeding = False
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            fetched = time.monotonic()
+            returncode = proc.wait()
+            err.seek(0)
+            stderr = err.read().decode("utf-8", "replace")
+        done = True
+    finally:
+        stop.set()
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        if thread.is_alive():
+            thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            reader.close()
+        if not done:
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+    if returncode != 0:
+        with contextlib.suppress(OSError):
+            os.unlink(dest)
+    finished = time.monotonic()
+    return DecompressedFetch(
+        bytes=reader.bytes_read,
+        sha256=reader.hexdigest(),
+        returncode=returncode,
+        stderr=stderr,
+        fetch_s=round(fetched - started, 3),
+        drain_s=round(finished - fetched, 3),
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -507,6 +507,108 @@ def test_corrupted_s3_object_is_refused_before_the_target_is_touched(
     assert leftovers(pg, target) == set()
 
 
+def test_one_pass_fetch_with_two_jobs_restores_identical_content(
+    pg: PostgresCluster, file_backup: Backup, run_module: ModuleRunner, db_name: Any, tmp_path: Path
+) -> None:
+    """jobs=2: fetched, hashed and decompressed in one pass; same content; no temp file left."""
+    work = tmp_path / "work"
+    work.mkdir()
+    target = db_name("onepass")
+    run = run_module(
+        "pg_restore", restore_args(pg, file_backup, target, jobs=2, work_dir=str(work))
+    )
+    assert not run.failed, run.msg
+    result = run.result
+    assert result["jobs"] == 2 and result["table_counts_checked"] == 2
+    assert result["table_count_mismatches"] == []
+    assert result["bytes_fetched"] == result["backup"]["bytes"]
+    assert isinstance(result["decompress_s"], float) and isinstance(result["analyze_s"], float)
+    assert table_checksums(pg.dsn_for(target), APP_TABLES) == file_backup.checksums
+    # the parallel ANALYZE left statistics on every table, as a plain ANALYZE does
+    analyzed = pg.execute(
+        "SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL ORDER BY 1",
+        dbname=target,
+    )
+    assert [row[0] for row in analyzed] == sorted(APP_TABLES)
+    assert leftovers(pg, target) == set() and list(work.iterdir()) == []
+
+
+def test_corrupted_object_with_two_jobs_is_refused_before_any_database_exists(
+    pg: PostgresCluster, file_backup: Backup, run_module: ModuleRunner, db_name: Any, tmp_path: Path
+) -> None:
+    assert file_backup.path is not None
+    data = file_backup.path / file_backup.backup_id / "data.pgdump.zst"
+    data.write_bytes(flip_a_byte(data.read_bytes()))  # same size: only sha256 can tell
+    work = tmp_path / "work"
+    work.mkdir()
+    names = databases(pg)
+    target = db_name("corrupt2")
+    run = run_module(
+        "pg_restore", restore_args(pg, file_backup, target, jobs=2, work_dir=str(work))
+    )
+    assert run.failed
+    assert f"backup {file_backup.backup_id} is corrupted (data object sha256 " in run.msg
+    # neither the target nor the scratch database was ever created
+    assert f"the target database {target!r} was not touched (it was not created)" in run.msg
+    assert databases(pg) == names
+    assert list(work.iterdir()) == []  # the half-decompressed archive is gone too
+
+
+def _bad_but_consistent(backup: Backup, damage: Callable[[bytes], bytes]) -> None:
+    """Damage the data object AND make the manifest describe the damaged bytes: the backup
+    itself is bad (as if pg_backup had stored a broken stream), its sha256 check passes."""
+    import hashlib
+
+    assert backup.path is not None
+    data = backup.path / backup.backup_id / "data.pgdump.zst"
+    body = damage(data.read_bytes())
+    data.write_bytes(body)
+    manifest_path = backup.path / backup.backup_id / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    digest = hashlib.sha256(body).hexdigest()
+    manifest["bytes"] = manifest["objects"]["data"]["bytes"] = len(body)
+    manifest["sha256"] = manifest["objects"]["data"]["sha256"] = digest
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_bad_zstd_stream_with_a_matching_sha_fails_cleanly(
+    pg: PostgresCluster,
+    file_backup: Backup,
+    run_module: ModuleRunner,
+    db_name: Any,
+    tmp_path: Path,
+    damage: str,
+) -> None:
+    if damage == "truncated":
+        _bad_but_consistent(file_backup, lambda body: body[: len(body) * 2 // 3])
+    else:
+        _bad_but_consistent(file_backup, lambda body: flip_a_byte(body, len(body) * 2 // 3))
+    work = tmp_path / "work"
+    work.mkdir()
+    names = databases(pg)
+
+    # jobs=2: decompressed while fetched, so refused before anything on the server exists
+    target = db_name("badzstd2")
+    run = run_module(
+        "pg_restore", restore_args(pg, file_backup, target, jobs=2, work_dir=str(work))
+    )
+    assert run.failed
+    assert f"backup {file_backup.backup_id} cannot be decompressed (zstd exited" in run.msg
+    assert "matches the manifest's size and sha256, so the backup itself is bad" in run.msg
+    assert f"the target database {target!r} was not touched (it was not created)" in run.msg
+    assert databases(pg) == names and list(work.iterdir()) == []
+
+    # jobs=1 streams zstd -dc | pg_restore: it fails in the restore, and leaves nothing
+    target = db_name("badzstd1")
+    run = run_module("pg_restore", restore_args(pg, file_backup, target, work_dir=str(work)))
+    assert run.failed
+    assert "zstd" in run.msg or "pg_restore" in run.msg
+    assert f"the target database {target!r} was not created" in run.msg
+    assert databases(pg) == names and leftovers(pg, target) == set()
+    assert list(work.iterdir()) == []
+
+
 # =================================================================== open sessions
 
 

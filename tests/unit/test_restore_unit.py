@@ -4,9 +4,11 @@ and ansible-doc. No server needed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -306,7 +308,8 @@ def test_disk_space_needed() -> None:
         "objects": {"data": {"bytes": 100}, "globals": {"bytes": 10}},
     }
     assert rst.disk_space_needed(manifest, 1) == int(110 * 1.05)
-    assert rst.disk_space_needed(manifest, 2) == int(1110 * 1.05)
+    # jobs > 1: decompressed while fetched, no local copy of the compressed data object
+    assert rst.disk_space_needed(manifest, 2) == int(1010 * 1.05)
     assert rst.disk_space_needed({"objects": {"data": {"bytes": 100}, "globals": None}}, 1) == 105
 
 
@@ -417,6 +420,82 @@ def test_fetch_object_hashes_what_it_writes(tmp_path: Path) -> None:
     assert size == len(data) and digest == hashlib.sha256(data).hexdigest()
     assert dest.read_bytes() == data
     assert dest.stat().st_mode & 0o777 == 0o600
+
+
+def test_fetch_object_is_the_shared_helper() -> None:
+    from tests.loaders import load_module_utils
+
+    assert rst.fetch_object is load_module_utils("opsbook_backup").fetch_object
+
+
+# ----------------------------------------------------------------- parallel statements
+
+
+class _FakeConn:
+    def __init__(self, log: list[Any], fail_on: Any = None) -> None:
+        self.log, self.fail_on = log, fail_on
+        self.closed = self.cancelled = False
+
+    @contextlib.contextmanager
+    def cursor(self) -> Any:
+        yield self
+
+    def execute(self, item: Any) -> None:
+        if item == self.fail_on:
+            raise RuntimeError(f"boom on {item}")
+        time.sleep(0.01)
+        self.log.append(item)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_run_on_connections_runs_every_item_once_and_closes() -> None:
+    log: list[Any] = []
+    conns: list[_FakeConn] = []
+
+    def connect() -> _FakeConn:
+        conns.append(_FakeConn(log))
+        return conns[-1]
+
+    setups: list[Any] = []
+    items = list(range(20))
+    results = rst.run_on_connections(
+        connect, 3, items, lambda cur, item: (cur.execute(item), item * 2)[1], setup=setups.append
+    )
+    assert results == {i: i * 2 for i in items}
+    assert sorted(log) == items and len(conns) == 3 and len(setups) == 3
+    assert all(c.closed and not c.cancelled for c in conns)
+    # never more connections than items, none for no items
+    conns.clear()
+    assert rst.run_on_connections(connect, 8, ["a"], lambda cur, item: 1) == {"a": 1}
+    assert len(conns) == 1
+    assert rst.run_on_connections(connect, 8, [], lambda cur, item: 1) == {}
+    assert len(conns) == 1
+
+
+def test_run_on_connections_raises_the_first_failure_and_stops() -> None:
+    log: list[Any] = []
+    conns: list[_FakeConn] = []
+
+    def connect() -> _FakeConn:
+        conns.append(_FakeConn(log, fail_on=3))
+        return conns[-1]
+
+    with pytest.raises(RuntimeError, match="boom on 3"):
+        rst.run_on_connections(connect, 2, list(range(50)), lambda cur, item: cur.execute(item))
+    assert len(log) < 49 and all(c.closed for c in conns)
+
+
+def test_largest_first() -> None:
+    sizes = {("public", "small"): 10, ("public", "big"): 1000, ("My Schema", "x"): 500}
+    keys = ["public.small", "public.missing", '"My Schema".x', "public.big"]
+    assert rst.largest_first(keys, sizes) == [
+        "public.big", '"My Schema".x', "public.small", "public.missing",
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------- documentation
