@@ -34,4 +34,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
   touch "$stamp"
 fi
-echo "setup: ready ($(.venv/bin/ansible --version | head -1), $(/usr/lib/postgresql/15/bin/postgres --version))"
+echo "setup: ready ($(.venv/bin/ansible --version | sed -n 1p), $(/usr/lib/postgresql/15/bin/postgres --version))"
