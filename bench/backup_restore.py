@@ -53,7 +53,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # /proc/<pid>/stat cuts the command name to 15 characters; Ansible's forks keep the name.
 CONTROLLER_COMM = "ansible-playboo"
 # pg_backup's documented defaults, used for the raw upload when no option is given.
-MODULE_PART_SIZE_MB = 16
+MODULE_PART_SIZE_MB = 8
 MODULE_UPLOAD_CONCURRENCY = 4
 
 # Same server settings for every step. Durability stays on (fsync, synchronous_commit,

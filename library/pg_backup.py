@@ -14,8 +14,13 @@ description:
     the backup storage O(storage_url) (C(s3://bucket/prefix) or C(file:///path)); the
     sha256 and size of the stored bytes are computed on the way, in one pass and in
     bounded memory (1 MiB chunks; an S3 upload holds at most
-    O(part_size_mb) x (O(upload_concurrency) + 1) MiB). No local temporary file is
-    written.
+    O(part_size_mb) x (O(upload_concurrency) + 1) MiB, 40 MiB at the defaults, in a fixed
+    pool of reused part buffers). No local temporary file is written.
+  - "zstd runs with its default single compression thread (no C(-T0)): pg_dump, the
+    server and the upload already keep the cores busy, and multi-threaded zstd only
+    added memory (measured on 2 cores - level 3 56-60 MB with C(-T0), 46 MB without;
+    level 1 18 MB and 15 MB) for no gain in speed. C(--single-thread) would save
+    another 10 MB but serializes reading, compressing and writing: 15% slower at level 3."
   - "Layout, keys relative to the storage prefix: C(<backup_id>/data.pgdump.zst) (the
     dump), C(<backup_id>/globals.sql.zst) (with O(globals)), C(<backup_id>/manifest.json)
     (written B(last): a backup without a manifest does not exist - it is never listed
@@ -104,8 +109,14 @@ options:
   part_size_mb:
     description:
       - Size of one part of the S3 multipart upload, in MiB (5 to 5120).
+      - An S3 object has at most 10,000 parts (8 MiB parts reach 78 GiB). When the
+        database's size (C(pg_database_size), plus 10%) would need more, the part size is
+        raised to the smallest whole MiB that fits, and the upload's memory with it
+        (RV(storage) shows the part size used).
+      - 8 MiB halves the memory of 16 MiB parts and uploaded as fast (measured against an
+        S3-compatible server).
     type: int
-    default: 16
+    default: 8
   upload_concurrency:
     description:
       - Parts uploaded at the same time.
@@ -114,8 +125,12 @@ options:
   compression_level:
     description:
       - zstd compression level, 1 (fastest) to 19 (smallest).
+      - The default, 1, is zstd's fastest regular level. On a 2-core machine (500 MB
+        database) it made the backup 10% faster than level 3 (zstd used 1.9 instead of
+        3.4 CPU seconds) for a 2.8% bigger object (172.3 vs 167.6 MB). Where cores are
+        plentiful, 3 costs little more time for a slightly smaller backup.
     type: int
-    default: 3
+    default: 1
   schemas:
     description:
       - Dump only the schemas matching these patterns (C(pg_dump --schema)).
@@ -260,7 +275,7 @@ manifest:
     server_version_num: 150008
     pg_dump_version: "15.8"
     format: custom
-    compression: {algorithm: zstd, level: 3}
+    compression: {algorithm: zstd, level: 1}
     started: "2024-05-01T12:00:00.120Z"
     finished: "2024-05-01T12:00:09.870Z"
     duration_s: 9.75
@@ -312,7 +327,7 @@ storage:
   description: The storage, described without secrets.
   returned: always
   type: str
-  sample: s3://acme-backups/app at https://s3.amazonaws.com (sse aws:kms, part size 16 MiB, ...)
+  sample: s3://acme-backups/app at https://s3.amazonaws.com (sse aws:kms, part size 8 MiB, ...)
 database:
   description: The database backed up.
   returned: always
@@ -401,7 +416,7 @@ from ansible.module_utils.opsbook_pg import (
     safe_error,
     validate_connection_params,
 )
-from ansible.module_utils.opsbook_storage import StorageError, open_storage
+from ansible.module_utils.opsbook_storage import StorageError, open_storage, part_size_for
 
 MiB = 1024 * 1024
 PIPE_SIZE = MiB  # F_SETPIPE_SZ: fewer, larger reads (Linux; best effort)
@@ -525,7 +540,9 @@ def pg_dumpall_argv(pg_dumpall: str, conninfo: str, database: str) -> list[str]:
 
 
 def zstd_argv(zstd: str, level: int) -> list[str]:
-    return [zstd, "-q", "-c", f"-{int(level)}", "-T0"]
+    """zstd compressing stdin to stdout with one compression thread (zstd's default; no
+    -T0: pg_dump, the server and the upload already use the other cores)."""
+    return [zstd, "-q", "-c", f"-{int(level)}"]
 
 
 def classify_stderr(text: str) -> tuple[list[str], list[str]]:
@@ -586,9 +603,9 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         s3_region={"type": "str"},
         sse={"type": "str", "choices": SSE_CHOICES, "default": "none"},
         kms_key_id={"type": "str", "no_log": False},
-        part_size_mb={"type": "int", "default": 16},
+        part_size_mb={"type": "int", "default": 8},
         upload_concurrency={"type": "int", "default": 4},
-        compression_level={"type": "int", "default": 3},
+        compression_level={"type": "int", "default": 1},
         schemas={"type": "list", "elements": "str", "default": []},
         exclude_schemas={"type": "list", "elements": "str", "default": []},
         tables={"type": "list", "elements": "str", "default": []},
@@ -1058,6 +1075,19 @@ class BackupRun:
         except StorageError as exc:
             raise BackupFailed(f"storage: {exc}") from None
 
+    def fit_part_size(self, estimated_bytes: int) -> int | None:
+        """Raise the S3 part size when estimated_bytes would need more than 10,000 parts.
+
+        Returns the part size the upload will use (None for storage without parts).
+        """
+        configured = getattr(self.storage, "part_size", None)
+        if configured is None:
+            return None
+        needed = part_size_for(estimated_bytes, self.params["part_size_mb"] * MiB)
+        if needed > configured:
+            self.storage.part_size = needed
+        return self.storage.part_size
+
     def connect(self) -> dict[str, Any]:
         p = self.params
         try:
@@ -1247,6 +1277,7 @@ class BackupRun:
     def run(self) -> dict[str, Any]:
         self.open_storage()
         facts = self.connect()
+        self.fit_part_size(facts["database_size_bytes"])
         self.tools = self.resolve_tools(facts)
         backup_id = self.params["backup_id"] or make_backup_id(facts["database"])
         self.check_new(backup_id)

@@ -29,15 +29,10 @@ class TcpProxy:
 
     def kill(self) -> None:
         """Refuse new connections and reset the open ones."""
-        self._dead = True
         with self._lock:
+            self._dead = True
             sockets, self._sockets = [self._listener, *self._sockets], []
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                # linger 0: close() sends RST, as a crashed server's kernel would
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-            with contextlib.suppress(OSError):
-                sock.close()
+        _reset(*sockets)
 
     def _accept(self) -> None:
         while not self._dead:
@@ -51,6 +46,9 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if self._dead:  # killed while this one was being accepted: reset it too
+                    _reset(client, upstream)
+                    return
                 self._sockets += [client, upstream]
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
@@ -62,3 +60,12 @@ class TcpProxy:
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+
+def _reset(*sockets: socket.socket) -> None:
+    """Close with linger 0, so the peer gets a RST, as from a crashed server's kernel."""
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        with contextlib.suppress(OSError):
+            sock.close()

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
 import time
 import tracemalloc
 import uuid
@@ -210,6 +211,8 @@ def test_writer_memory_is_bounded_streaming_100mib(
     part_size, concurrency, total = 5 * MiB, 4, 100 * MiB
     storage = open_s3(part_size=part_size, concurrency=concurrency)
     chunk = os.urandom(MiB)  # reused: only the writer's own buffers are measured
+    # Python allocations only (the part buffers are mmaps, which tracemalloc does not see):
+    # the RSS test below measures those.
     tracemalloc.start()
     try:
         started = time.monotonic()
@@ -230,6 +233,112 @@ def test_writer_memory_is_bounded_streaming_100mib(
     assert result["parts"] == 20
     assert peak < part_size * (concurrency + 2)
     assert s3.client().head_object(Bucket=BUCKET, Key=f"{prefix}/big")["ContentLength"] == total
+
+
+# Streams ``total`` bytes through an S3 writer in a fresh interpreter (so the heap the test
+# session has built up hides nothing) and prints its RSS: before (after warming botocore up
+# without any large buffer), the peak while streaming (sampled every 2 ms, and the kernel's
+# VmHWM reset through /proc/self/clear_refs where that is allowed), and after commit().
+RSS_SCRIPT = r"""
+import importlib.util, json, os, sys, threading, time
+
+path, url, endpoint, part_size, concurrency, total = sys.argv[1:7]
+part_size, concurrency, total = int(part_size), int(concurrency), int(total)
+spec = importlib.util.spec_from_file_location("opsbook_storage", path)
+st = sys.modules["opsbook_storage"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(st)
+MiB = 1024 * 1024
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+storage = st.open_storage(url, endpoint_url=endpoint, region="us-east-1",
+                          part_size=part_size, concurrency=concurrency)
+# Warm up every call the writer makes, with tiny bodies.
+storage.put_bytes("warm-up", b"x" * 1024)
+client, bucket, key = storage.client, storage.bucket, storage.full_key("warm-up-multi")
+checksum = storage.checksum_algorithm()
+extra = {"ChecksumAlgorithm": checksum} if checksum else {}
+upload = client.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
+client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * 1024,
+                   **extra)
+client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+source = os.urandom(16 * MiB + 4096)
+
+baseline = peak = rss()
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    hwm_reset = True
+except OSError:
+    hwm_reset = False
+done = threading.Event()
+
+def sample():
+    global peak
+    while not done.wait(0.002):
+        peak = max(peak, rss())
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
+started = time.monotonic()
+with storage.open_writer("big") as writer:
+    for n in range(total // MiB):
+        offset = (n * 4099) % (16 * MiB)
+        writer.write(source[offset : offset + MiB])  # a new bytes object, as os.read() gives
+    result = writer.commit()
+elapsed = time.monotonic() - started
+done.set()
+sampler.join()
+peak = max(peak, rss())
+if hwm_reset:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]) * 1024)
+print(json.dumps({"baseline": baseline, "peak": peak, "after": rss(), "seconds": elapsed,
+                  "parts": result["parts"], "hwm_reset": hwm_reset}))
+"""
+
+
+def test_writer_rss_stays_within_its_bound_streaming_150mib(
+    s3: MotoS3Server, prefix: str, aws_env: None
+) -> None:
+    """Real RSS growth, not only Python allocations: the part buffers are a fixed pool of
+    concurrency + 1, reused, and unmapped when the writer ends (nothing left to malloc)."""
+    part_size, concurrency, total = 8 * MiB, 4, 150 * MiB
+    proc = subprocess.run(
+        [
+            str(VENV_BIN / "python"),
+            "-c",
+            RSS_SCRIPT,
+            str(PROJECT_ROOT / "module_utils" / "opsbook_storage.py"),
+            f"s3://{BUCKET}/{prefix}",
+            s3.endpoint_url,
+            str(part_size),
+            str(concurrency),
+            str(total),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    growth = got["peak"] - got["baseline"]
+    bound = st.max_buffered_bytes(part_size, concurrency)
+    print(
+        f"\nS3 upload of {total // MiB} MiB (part {part_size // MiB} MiB, concurrency "
+        f"{concurrency}): {got['seconds']:.2f} s, {total / got['seconds'] / 1e6:.1f} MB/s; RSS "
+        f"{got['baseline'] / MiB:.1f} MiB before, peak +{growth / MiB:.1f} MiB (bound "
+        f"{bound // MiB} MiB), after commit +{(got['after'] - got['baseline']) / MiB:.1f} MiB"
+    )
+    assert got["parts"] == -(-total // part_size)
+    assert growth < part_size * (concurrency + 2) + 2 * MiB
+    # the buffers are unmapped at the end, not kept on the heap for the rest of the process
+    assert got["after"] - got["baseline"] < 8 * MiB
 
 
 # =================================================================== failures

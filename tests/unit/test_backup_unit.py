@@ -637,7 +637,8 @@ def test_pg_dump_argv_has_no_password_and_keeps_the_filters() -> None:
     assert "--schema=s1" in argv and "--exclude-table=t*" in argv and "--schema-only" in argv
     assert argv[-1] == "--dbname=host=h dbname=app user=u"
     assert pgb.pg_dumpall_argv("/x/pg_dumpall", "host=h", "app")[-1] == "--database=app"
-    assert pgb.zstd_argv("/usr/bin/zstd", 3) == ["/usr/bin/zstd", "-q", "-c", "-3", "-T0"]
+    # one compression thread (zstd's default), never -T0
+    assert pgb.zstd_argv("/usr/bin/zstd", 3) == ["/usr/bin/zstd", "-q", "-c", "-3"]
 
 
 def test_classify_stderr() -> None:
@@ -685,10 +686,39 @@ def test_pg_backup_defaults_are_valid_and_secrets_no_log() -> None:
     assert pgb.validate_params(params()) == []
     spec = pgb.argument_spec()
     assert spec["dsn"]["no_log"] is True
-    assert spec["compression_level"]["default"] == 3
+    assert spec["compression_level"]["default"] == 1
+    assert spec["part_size_mb"]["default"] == 8
     assert spec["sse"]["choices"] == ["none", "AES256", "aws:kms"]
     assert pgb.labels_of({"a": 1, "b": True}) == ({"a": "1", "b": "True"}, [])
     assert pgb.throughput_mb_s(50_000_000, 2.0) == 25.0 and pgb.throughput_mb_s(1, 0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("database_bytes", "part_size_mb", "expected_mib"),
+    [
+        (0, 8, 8),
+        (500 * 10**6, 8, 8),
+        (70 * storage_mod.GiB, 8, 8),  # 8 MiB x 10,000 = 78 GiB, with the 10% margin
+        (100 * storage_mod.GiB, 8, 12),  # raised to the smallest whole MiB that fits
+        (100 * storage_mod.GiB, 16, 16),  # a larger configured size stays
+        (1024 * storage_mod.GiB, 8, 116),
+    ],
+)
+def test_pg_backup_raises_the_part_size_to_fit_10000_parts(
+    database_bytes: int, part_size_mb: int, expected_mib: int
+) -> None:
+    storage = storage_mod.open_storage(
+        "s3://bucket/prefix", region="us-east-1", part_size=part_size_mb * storage_mod.MiB
+    )
+    run = pgb.BackupRun.__new__(pgb.BackupRun)
+    run.params, run.storage = params(part_size_mb=part_size_mb), storage
+    size = run.fit_part_size(database_bytes)
+    assert size == storage.part_size == expected_mib * storage_mod.MiB
+    assert size * storage_mod.MAX_PARTS >= database_bytes
+    assert f"part size {expected_mib} MiB" in storage.describe()
+    files = storage_mod.open_storage("file:///tmp/backups")
+    run.storage = files
+    assert run.fit_part_size(10**15) is None
 
 
 # ----------------------------------------------------------------- pg_backup: streaming
@@ -711,7 +741,7 @@ class MemoryWriter:
         self.state = "aborted"
 
 
-ZSTD = ["/usr/bin/zstd", "-q", "-c", "-3", "-T0"]
+ZSTD = pgb.zstd_argv("/usr/bin/zstd", 3)
 
 
 def sh(script: str) -> list[str]:
@@ -899,3 +929,81 @@ def test_ansible_doc_renders(module: str) -> None:
     assert "WARNING" not in proc.stderr.upper()
     assert "RETURN VALUES" in proc.stdout and "EXAMPLES" in proc.stdout
     assert "check_mode" in proc.stdout
+
+
+# ----------------------------------------------------------------- fetching (pg_restore's)
+
+
+class _BytesStorage:
+    """A storage stand-in: open_reader returns the object's bytes, optionally failing."""
+
+    def __init__(self, data: bytes, fail_after: int | None = None) -> None:
+        self.data = data
+        self.fail_after = fail_after
+
+    def open_reader(self, key: str) -> Any:
+        assert key == "b/data.pgdump.zst"
+        if self.fail_after is None:
+            return io.BytesIO(self.data)
+        outer = self
+
+        class Failing(io.BytesIO):
+            def read(self, size: int | None = -1) -> bytes:
+                if self.tell() >= outer.fail_after:  # type: ignore[operator]
+                    raise storage_mod.StorageError("b/data.pgdump.zst: connection reset")
+                return super().read(size)
+
+        return Failing(self.data)
+
+
+def _zstd(data: bytes) -> bytes:
+    return subprocess.run(["zstd", "-q", "-c", "-3"], input=data, capture_output=True,
+                          check=True).stdout  # fmt: skip
+
+
+def test_fetch_object_hashes_what_it_writes_0600(tmp_path: Path) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    dest = tmp_path / "obj"
+    size, digest = ob.fetch_object(_BytesStorage(data), "b/data.pgdump.zst", dest, chunk_size=4096)
+    assert (size, digest) == (len(data), sha(data))
+    assert dest.read_bytes() == data and stat.S_IMODE(dest.stat().st_mode) == 0o600
+
+
+def test_fetch_decompress_one_pass(tmp_path: Path) -> None:
+    plain = os.urandom(1024 * 1024) + b"opsbook " * 400_000  # incompressible + compressible
+    stored = _zstd(plain)
+    dest = tmp_path / "archive"
+    got = ob.fetch_decompress(
+        _BytesStorage(stored), "b/data.pgdump.zst", dest, ["zstd", "-dcq"], chunk_size=65536,
+        queue_chunks=2,
+    )  # fmt: skip
+    assert got.ok and got.returncode == 0
+    assert (got.bytes, got.sha256) == (len(stored), sha(stored))  # of the STORED bytes
+    assert dest.read_bytes() == plain and stat.S_IMODE(dest.stat().st_mode) == 0o600
+    assert got.fetch_s >= 0 and got.drain_s >= 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_fetch_decompress_bad_frame_still_hashes_everything(tmp_path: Path, damage: str) -> None:
+    # garbage: zstd stops at once (unknown header); the rest must still be read and hashed
+    good = _zstd(os.urandom(3 * 1024 * 1024))
+    stored = good[: len(good) // 2] if damage == "truncated" else os.urandom(4 * 1024 * 1024)
+    dest = tmp_path / "archive"
+    got = ob.fetch_decompress(
+        _BytesStorage(stored), "b/data.pgdump.zst", dest, ["zstd", "-dcq"], chunk_size=65536
+    )
+    assert not got.ok and got.returncode != 0 and got.stderr.strip()
+    assert (got.bytes, got.sha256) == (len(stored), sha(stored))
+    assert not dest.exists()
+
+
+def test_fetch_decompress_storage_error_propagates_and_cleans_up(tmp_path: Path) -> None:
+    stored = _zstd(os.urandom(2 * 1024 * 1024))
+    dest = tmp_path / "archive"
+    with pytest.raises(storage_mod.StorageError, match="connection reset"):
+        ob.fetch_decompress(
+            _BytesStorage(stored, fail_after=256 * 1024), "b/data.pgdump.zst", dest,
+            ["zstd", "-dcq"], chunk_size=65536,
+        )  # fmt: skip
+    assert not dest.exists()
+    assert list(tmp_path.iterdir()) == []

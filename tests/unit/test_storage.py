@@ -176,11 +176,22 @@ def test_client_uses_standard_retries_and_short_timeouts() -> None:
 
 def split(writes: list[bytes], part_size: int) -> tuple[list[bytes], bytes]:
     """Feed writes through a PartBuffer like the S3 writer does: (full parts, remainder)."""
-    buffer = st.PartBuffer(part_size)
+    pool = st.PartPool(part_size, 2)
+    buffer = st.PartBuffer(pool)
     parts: list[bytes] = []
+
+    def flush() -> None:
+        part = buffer.take()
+        parts.append(part.getvalue())
+        pool.release(part)
+
     for data in writes:
-        buffer.feed(data, lambda: parts.append(buffer.take()))
-    return parts, buffer.take()
+        buffer.feed(data, flush)
+    last = buffer.take()
+    rest = last.getvalue() if last is not None else b""
+    assert pool.allocated <= 2
+    pool.close()
+    return parts, rest
 
 
 @pytest.mark.parametrize(
@@ -211,22 +222,131 @@ def test_part_buffer_cuts_exact_parts(sizes: list[int]) -> None:
     assert len(parts) == max(0, -(-total // 10) - 1)
 
 
-def test_part_buffer_keeps_bytes_and_copies_mutable_buffers() -> None:
-    buffer = st.PartBuffer(100)
-    whole = b"x" * 40
-    buffer.feed(whole, lambda: None)
+def test_part_buffer_copies_every_kind_of_buffer_into_the_pool() -> None:
+    pool = st.PartPool(100, 1)
+    buffer = st.PartBuffer(pool)
     mutable = bytearray(b"y" * 10)
+    buffer.feed(b"x" * 40, lambda: None)
     buffer.feed(mutable, lambda: None)
     buffer.feed(memoryview(b"z" * 5), lambda: None)
+    buffer.feed(memoryview(bytearray(b"\x01\x00\x02\x00")).cast("H"), lambda: None)
     mutable[:] = b"!" * 10  # the caller reuses its buffer
-    assert buffer._chunks[0] is whole  # not copied
-    assert buffer.take() == b"x" * 40 + b"y" * 10 + b"z" * 5
+    assert buffer.size == 59
+    part = buffer.take()
+    assert part.getvalue() == b"x" * 40 + b"y" * 10 + b"z" * 5 + b"\x01\x00\x02\x00"
+    assert buffer.take() is None and buffer.size == 0
 
 
 def test_part_buffer_flush_must_take() -> None:
-    buffer = st.PartBuffer(4)
+    buffer = st.PartBuffer(st.PartPool(4, 1))
     with pytest.raises(RuntimeError):
         buffer.feed(b"123456789", lambda: None)
+
+
+def test_part_pool_reuses_a_fixed_set_of_buffers() -> None:
+    pool = st.PartPool(8, 2)
+    first, second = pool.acquire(), pool.acquire()
+    assert pool.allocated == 2 and first is not second
+    first.append(memoryview(b"abc"))
+    pool.release(first)
+    again = pool.acquire()
+    assert again is first and again.size == 0  # recycled, emptied
+    # every buffer in use: acquire() waits for a release
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    time.sleep(0.1)
+    assert not got and pool.allocated == 2
+    pool.release(second)
+    waiter.join(5)
+    assert got == [second]
+    pool.release(again)
+    pool.release(second)
+    pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.acquire()
+
+
+def test_part_body_reads_chunks_seeks_and_never_copies_the_part() -> None:
+    part = st.Part(st.MiB)
+    data = os.urandom(100_000)
+    part.append(memoryview(data))
+    body = part.body()
+    # what botocore does: content length from seek/tell, a checksum pass, rewind, send
+    assert body.seekable() and body.readable()
+    assert body.seek(0, io.SEEK_END) == len(data) and body.seek(0) == 0
+    assert b"".join(iter(lambda: body.read(16384), b"")) == data
+    assert body.read(10) == b"" and body.tell() == len(data)
+    body.seek(-10, io.SEEK_END)
+    assert body.read() == data[-10:]
+    body.seek(5)
+    target = bytearray(7)
+    assert body.readinto(target) == 7 and bytes(target) == data[5:12]
+    body.seek(0)
+    assert body.read() == data
+    with pytest.raises(ValueError):
+        body.seek(-1)
+    body.close()
+    with pytest.raises(ValueError):
+        body.read(1)
+    # the body was a view of the buffer: once closed, the buffer can be unmapped
+    part.close()
+
+
+def test_part_body_reads_as_botocore_urllib3_and_http_client_read_it() -> None:
+    """read(n) hands out memoryviews of the part: every reader of a request body in the
+    upload path must see exactly the bytes an io.BytesIO body gives it."""
+    import http.client
+    import socket
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    from botocore.httpchecksum import AwsChunkedWrapper, Crc32Checksum
+    from botocore.utils import determine_content_length
+    from urllib3.util.request import body_to_chunks
+
+    data = os.urandom(3 * MiB + 12345)
+    part = st.Part(4 * MiB)
+    part.append(memoryview(data))
+    body = part.body()
+    assert determine_content_length(body) == len(data)
+    # request checksum (header): reads 1 MiB chunks, then seeks back
+    assert Crc32Checksum().handle(body) == Crc32Checksum().handle(io.BytesIO(data))
+    assert body.tell() == 0
+    # SigV4 payload hash over http: the same
+    request = AWSRequest(method="PUT", url="http://s3.test/b/k", data=body)
+    auth = SigV4Auth(Credentials("AKID", "secret"), "s3", "us-east-1")
+    assert auth.payload(request) == hashlib.sha256(data).hexdigest()
+    assert body.tell() == 0
+    # aws-chunked body with a trailing checksum (https)
+    wrapped = AwsChunkedWrapper(body, Crc32Checksum, "x-amz-checksum-crc32")
+    expected = AwsChunkedWrapper(io.BytesIO(data), Crc32Checksum, "x-amz-checksum-crc32")
+    assert b"".join(iter(lambda: wrapped.read(65536), b"")) == expected.read()
+    # urllib3 and http.client send it in blocks
+    body.seek(0)
+    chunks = body_to_chunks(body, method="PUT", blocksize=16384).chunks
+    assert b"".join(bytes(c) for c in chunks) == data
+    body.seek(0)
+    left, right = socket.socketpair()
+    received = bytearray()
+
+    def receive() -> None:
+        while chunk := right.recv(1 << 20):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=receive)
+    reader.start()
+    conn = http.client.HTTPConnection("s3.test")
+    conn.sock = left
+    conn.send(body)
+    left.shutdown(socket.SHUT_WR)
+    reader.join(10)
+    left.close()
+    right.close()
+    assert bytes(received) == data
+    body.close()
+    part.close()
 
 
 def test_memory_bound_and_part_size_planning() -> None:
@@ -410,6 +530,8 @@ def test_writes_block_while_every_upload_slot_is_busy() -> None:
     assert not thread.is_alive()
     writer.commit()
     assert fake.max_in_flight == concurrency
+    # 10 parts went through the same concurrency + 1 buffers
+    assert writer._pool.allocated == concurrency + 1
     assert fake.objects["prod/big"] == chunk * (10 * PART // MiB)
 
 
