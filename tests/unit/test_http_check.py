@@ -10,11 +10,13 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library
+from tests.harness import ansible_env, run_ansible
+from tests.loaders import load_library
 
 hc = load_library("http_check")
 
@@ -322,21 +324,8 @@ def test_run_check_against_a_real_server(server: str) -> None:
 
 
 def run_tool(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(VENV_BIN / argv[0]), *argv[1:]],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={
-            **os.environ,
-            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"),
-            "OPSBOOK_OPLOG": os.devnull,
-        },
-    )
+    """Run an Ansible tool (argv[0]) from the project root, the operation log discarded."""
+    return run_ansible(argv[1:], env=ansible_env(oplog=Path(os.devnull)), timeout=120, tool=argv[0])
 
 
 def test_ansible_doc_renders() -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library, load_module_utils
+from tests.harness import ansible_env, run_ansible
+from tests.loaders import load_library, load_module_utils
 
 opsbook_pg = load_module_utils("opsbook_pg")
 pgh = load_library("pg_health")
@@ -362,21 +364,8 @@ def test_checks_are_documented_and_extensible() -> None:
 
 
 def run_tool(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(VENV_BIN / argv[0]), *argv[1:]],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={
-            **os.environ,
-            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"),
-            "OPSBOOK_OPLOG": os.devnull,
-        },
-    )
+    """Run an Ansible tool (argv[0]) from the project root, the operation log discarded."""
+    return run_ansible(argv[1:], env=ansible_env(oplog=Path(os.devnull)), timeout=120, tool=argv[0])
 
 
 def test_ansible_doc_renders() -> None:
