@@ -514,12 +514,15 @@ def load_app_schema(
 
 
 def app_table_checksums(dsn: str, tables: tuple[str, ...] = ("users", "tasks")) -> dict[str, str]:
-    """'<rows>:<md5 of every row in id order>' per table, to compare data across operations."""
+    """'<rows>:<md5 of every row's text, in order>' per table, to compare data across operations.
+
+    Rows are ordered by their text, so any table works (pgbench_history has no key).
+    """
     result = {}
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         for table in tables:
             query = sql.SQL(
-                "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t.id), '')) "
+                "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
                 "FROM {} AS t"
             ).format(sql.Identifier(table))
             row = conn.execute(query).fetchone()
