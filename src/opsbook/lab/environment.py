@@ -37,6 +37,8 @@ DEFAULT_PG_SETTINGS: dict[str, SettingValue] = {
     "synchronous_commit": False,
     "full_page_writes": False,
     "shared_buffers": "32MB",
+    # db_health reports the slowest statements from pg_stat_statements when it is loaded.
+    "shared_preload_libraries": "pg_stat_statements",
 }
 
 

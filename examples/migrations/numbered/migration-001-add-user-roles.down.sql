@@ -1,0 +1,2 @@
+-- Reverts migration 001
+ALTER TABLE users DROP COLUMN role;

@@ -1,0 +1,2 @@
+-- Reverts migration 002
+DROP TABLE task_comments;
