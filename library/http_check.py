@@ -16,7 +16,8 @@ description:
   - The latency is the time from opening the connection to having read the whole body
     (what C(curl -w %{time_total}) reports).
   - Judges the answer against O(expect_status), O(latency_threshold_ms) and
-    O(expect_json_keys) and lists every problem found in RV(problems). RV(ok) is true when
+    O(expect_json_keys) and O(expect_json) and lists every problem found in
+    RV(problems). RV(ok) is true when
     there is none.
   - A bad answer does not fail the task unless O(fail_on_problem=true); the caller decides what
     a problem means (the opsbook C(health_check) role turns problems into a verdict).
@@ -77,6 +78,15 @@ options:
       - Use the proxy from the environment (C(https_proxy), C(http_proxy), C(no_proxy)).
     type: bool
     default: true
+  expect_json:
+    description:
+      - Values the JSON body must hold, key by key, for example C(version) set to C(2.0.0) for
+        C(/api/version) after a deploy. Values are compared as strings, so the number C(2)
+        matches the string C(2).
+      - A missing key, another value, or a body that is not a JSON object, is a problem.
+      - With O(retries), a deploy's health gate waits until the new version answers.
+    type: dict
+    default: {}
   max_body_bytes:
     description:
       - At most this many bytes of the body are read (and parsed); the rest is ignored.
@@ -236,6 +246,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "latency_threshold_ms": {"type": "float"},
         "parse_json": {"type": "bool", "default": True},
         "expect_json_keys": {"type": "list", "elements": "str", "default": []},
+        "expect_json": {"type": "dict", "default": {}},
         "headers": {"type": "dict", "default": {}, "no_log": True},
         "validate_certs": {"type": "bool", "default": True},
         "use_proxy": {"type": "bool", "default": True},
@@ -293,6 +304,7 @@ def evaluate(
     expect_status: list[int],
     latency_threshold_ms: float | None = None,
     expect_json_keys: list[str] | None = None,
+    expect_json: dict[str, Any] | None = None,
 ) -> list[str]:
     """Every problem of one answer, as readable sentences (empty list: healthy)."""
     if response.status is None:
@@ -319,6 +331,16 @@ def evaluate(
             missing = [k for k in expect_json_keys if k not in parsed]
             if missing:
                 problems.append("JSON body lacks key(s): " + ", ".join(missing))
+    if expect_json:
+        if not isinstance(parsed, dict):
+            wanted = ", ".join(f"{k}={v}" for k, v in expect_json.items())
+            problems.append(f"body is not a JSON object (expected {wanted})")
+        else:
+            for key, value in expect_json.items():
+                if key not in parsed:
+                    problems.append(f"JSON body lacks key {key} (expected {key}={value})")
+                elif str(parsed[key]) != str(value):
+                    problems.append(f"{key} is {parsed[key]}, expected {value}")
     return problems
 
 
@@ -408,7 +430,7 @@ def run_check(
             max_body_bytes=params["max_body_bytes"],
         )
         parsed = None
-        if params["parse_json"] or params["expect_json_keys"]:
+        if params["parse_json"] or params["expect_json_keys"] or params["expect_json"]:
             parsed, _ = parse_json_body(response.body)
         problems = evaluate(
             response,
@@ -416,6 +438,7 @@ def run_check(
             params["expect_status"],
             params.get("latency_threshold_ms"),
             params["expect_json_keys"],
+            params.get("expect_json") or {},
         )
         if not problems or attempts > params["retries"]:
             break
@@ -425,7 +448,7 @@ def run_check(
         "url": response.url,
         "status": response.status,
         "latency_ms": response.latency_ms,
-        "json": parsed if params["parse_json"] else None,
+        "json": parsed if (params["parse_json"] or params.get("expect_json")) else None,
         "content_type": response.content_type,
         "body": response.body[: BODY_EXCERPT_CHARS * 4].decode("utf-8", "replace")[
             :BODY_EXCERPT_CHARS

@@ -40,6 +40,11 @@ Notes:
   botocore computes request checksums (its default); set
   ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required`` for an S3-compatible
   server that rejects them.
+* Small objects can also be written conditionally (deploy locks, the deploy ledger):
+  ``create_bytes`` (only if absent), ``replace_bytes`` / ``delete_if_match`` (only that
+  version, from ``read_versioned``). On S3 these are conditional requests (If-None-Match /
+  If-Match; ``probe_conditional_writes`` detects servers that ignore them); on files a hard
+  link of a complete temporary file (create) and flock(2) (replace, delete).
 * A writer killed outright (SIGKILL, power loss) cannot clean up: its temporary
   file or incomplete multipart upload is never listed and is removed by
   ``cleanup_incomplete(older_than)`` (or an S3 lifecycle rule).
@@ -52,6 +57,8 @@ boto3 for ``s3://`` URLs (``HAS_BOTO3``).
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import mmap
 import os
@@ -67,6 +74,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 from urllib.parse import unquote, urlsplit
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 try:
     import boto3
@@ -124,6 +136,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_PART_SIZE",
     "HAS_BOTO3",
+    "ConditionalWriteUnsupportedError",
     "FileStorage",
     "FileWriter",
     "NotFoundError",
@@ -132,6 +145,7 @@ __all__ = [
     "PartBody",
     "PartBuffer",
     "PartPool",
+    "PreconditionFailedError",
     "S3Reader",
     "S3Storage",
     "S3Writer",
@@ -139,7 +153,9 @@ __all__ = [
     "StorageError",
     "StorageURL",
     "StorageURLError",
+    "Versioned",
     "Writer",
+    "content_etag",
     "describe_s3_error",
     "join_key",
     "make_s3_client",
@@ -180,6 +196,21 @@ class StorageURLError(StorageError, ValueError):
         super().__init__(message, kind="invalid")
 
 
+class PreconditionFailedError(StorageError):
+    """A conditional write or delete was refused: the object exists (create) or is missing or
+    not the version given (replace, delete). Nothing was changed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="precondition_failed")
+
+
+class ConditionalWriteUnsupportedError(StorageError):
+    """The storage refused a conditional request as not implemented. Nothing was changed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="unsupported")
+
+
 # ================================================================ pure parts
 
 
@@ -207,6 +238,16 @@ class ObjectInfo:
     key: str
     bytes: int
     modified: datetime
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A small object read whole with its version token (``etag``): the S3 ETag, or the
+    sha256 of a file's content. Conditional replace and delete take that token."""
+
+    key: str
+    data: bytes
+    etag: str
 
 
 def parse_storage_url(url: str) -> StorageURL:
@@ -640,6 +681,35 @@ class Storage:
         """Remove leftovers of writers that died (crash, kill) older than older_than seconds."""
         raise NotImplementedError
 
+    # Conditional operations on small objects (locks, ledgers). Each either does what it
+    # says atomically or changes nothing and raises PreconditionFailedError (the condition
+    # does not hold) or ConditionalWriteUnsupportedError (the server refused the condition
+    # as not implemented; see S3Storage.probe_conditional_writes for servers that ignore it).
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        """A small object and its version token, or None when it does not exist."""
+        raise NotImplementedError
+
+    def create_bytes(self, key: str, data: bytes) -> dict[str, Any]:
+        """Store a small object only if key does not exist (atomic create-if-absent).
+
+        Returns {"key", "bytes", "etag"}; PreconditionFailedError when key exists.
+        """
+        raise NotImplementedError
+
+    def replace_bytes(self, key: str, data: bytes, if_match: str) -> dict[str, Any]:
+        """Replace key only while its version token is if_match (compare-and-swap).
+
+        Returns {"key", "bytes", "etag"}; PreconditionFailedError when key is missing or
+        has another version.
+        """
+        raise NotImplementedError
+
+    def delete_if_match(self, key: str, if_match: str) -> None:
+        """Delete key only while its version token is if_match; PreconditionFailedError when
+        it is missing or has another version."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
 
@@ -813,6 +883,144 @@ class FileStorage(Storage):
                 count += 1
         return count
 
+    # --------------------------------------------------- conditional operations
+    # create: a complete temporary file hard-linked to the key (link(2) fails when the key
+    # exists: exactly one of concurrent creators wins, and a reader never sees a partial
+    # object). replace / delete: under an exclusive flock(2) of the key's file, taken on the
+    # inode the key names when the lock is granted. The version token is the content's sha256.
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        path = self.path_of(key)
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except IsADirectoryError:
+            raise StorageError(f"{self._where(key)} is a directory, not an object") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._where(key)}: {_os_reason(exc)}") from exc
+        return Versioned(key, data, content_etag(data))
+
+    def create_bytes(self, key: str, data: bytes) -> dict[str, Any]:
+        path = self.path_of(key)
+        data = bytes(data)
+        temp = self._write_temp(key, path, data)
+        try:
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                raise PreconditionFailedError(f"{self._where(key)} already exists") from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                    raise StorageError(
+                        f"cannot create {self._where(key)}: {_os_reason(exc)}"
+                    ) from exc
+                self._create_exclusive(key, path, data)  # no hard links here: O_EXCL
+            _fsync_dir(path.parent)
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+        return {"key": key, "bytes": len(data), "etag": content_etag(data)}
+
+    def replace_bytes(self, key: str, data: bytes, if_match: str) -> dict[str, Any]:
+        path = self.path_of(key)
+        data = bytes(data)
+        with self._locked(key) as current:
+            self._check_version(key, current, if_match, "replace")
+            temp = self._write_temp(key, path, data)
+            try:
+                os.replace(temp, path)
+                _fsync_dir(path.parent)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+                raise StorageError(f"cannot replace {self._where(key)}: {_os_reason(exc)}") from exc
+        return {"key": key, "bytes": len(data), "etag": content_etag(data)}
+
+    def delete_if_match(self, key: str, if_match: str) -> None:
+        path = self.path_of(key)
+        with self._locked(key) as current:
+            self._check_version(key, current, if_match, "delete")
+            try:
+                path.unlink()
+                _fsync_dir(path.parent)
+            except OSError as exc:
+                raise StorageError(f"cannot delete {self._where(key)}: {_os_reason(exc)}") from exc
+
+    def _check_version(self, key: str, current: bytes | None, if_match: str, what: str) -> None:
+        if current is None:
+            raise PreconditionFailedError(f"{self._where(key)}: not {what}d: it does not exist")
+        if content_etag(current) != _unquote_etag(if_match):
+            raise PreconditionFailedError(
+                f"{self._where(key)}: not {what}d: it changed (it is no longer version "
+                f"{_unquote_etag(if_match)[:12]})"
+            )
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[bytes | None]:
+        """Hold an exclusive flock on the file key names and yield its content (None when it
+        does not exist). A replace or delete that happened while we waited for the lock
+        leaves us holding a lock on an inode the key no longer names: then start again."""
+        if fcntl is None:  # pragma: no cover - not POSIX
+            raise ConditionalWriteUnsupportedError(f"{self.url}: no flock(2) on this platform")
+        path = self.path_of(key)
+        for _attempt in range(1000):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):
+                yield None
+                return
+            except OSError as exc:
+                raise StorageError(f"cannot open {self._where(key)}: {_os_reason(exc)}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held = os.fstat(fd)
+                try:
+                    named = os.stat(path)
+                except FileNotFoundError:
+                    continue  # deleted while we waited: it does not exist now (next round)
+                if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+                    continue  # replaced while we waited
+                chunks = []
+                while chunk := os.read(fd, 1 << 16):
+                    chunks.append(chunk)
+                yield b"".join(chunks)
+                return
+            finally:
+                os.close(fd)  # releases the lock
+        raise StorageError(f"{self._where(key)}: could not lock it (it keeps changing)")
+
+    def _write_temp(self, key: str, path: Path, data: bytes) -> Path:
+        """A complete, fsynced <key>.tmp-<random> beside path."""
+        try:
+            _makedirs_private(path.parent)
+            temp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(8)}")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot create {self._where(key)}: {_os_reason(exc)}") from exc
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise StorageError(f"cannot write {self._where(key)}: {_os_reason(exc)}") from exc
+        return temp
+
+    def _create_exclusive(self, key: str, path: Path, data: bytes) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            raise PreconditionFailedError(f"{self._where(key)} already exists") from None
+        except OSError as exc:
+            raise StorageError(f"cannot create {self._where(key)}: {_os_reason(exc)}") from exc
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
     # ------------------------------------------------------------ internals
 
     def _where(self, key: str) -> str:
@@ -960,6 +1168,20 @@ def _fsync_dir(directory: Path) -> None:
 
 def _mtime(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=UTC)
+
+
+def content_etag(data: bytes) -> str:
+    """The version token of a file:// object: the sha256 of its content."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _unquote_etag(etag: str) -> str:
+    return str(etag).strip().strip('"')
+
+
+def _quote_etag(etag: str) -> str:
+    """An ETag as the If-Match header carries it (quoted)."""
+    return f'"{_unquote_etag(etag)}"'
 
 
 def _os_reason(exc: OSError) -> str:
@@ -1227,6 +1449,126 @@ class S3Storage(Storage):
         except (ClientError, BotoCoreError, OSError) as exc:
             raise self.error(None, "cleaning up incomplete multipart uploads failed", exc) from exc
         return count
+
+    # --------------------------------------------------- conditional operations
+    # S3 conditional writes: PutObject If-None-Match: * (create only if absent), PutObject
+    # If-Match: <etag> (replace only that version) and DeleteObject If-Match: <etag>. A server
+    # answering 501 NotImplemented raises ConditionalWriteUnsupportedError; one that silently
+    # ignores the headers is caught only by probe_conditional_writes().
+
+    conditional_conflict_retries = 3  # 409 ConditionalRequestConflict: a concurrent write
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))
+            data = resp["Body"].read()
+        except ClientError as exc:
+            if _describe_client_error(exc, self.bucket)[1] == "not_found":
+                return None
+            raise self.error(key, "GetObject failed", exc) from exc
+        except _STREAM_ERRORS as exc:
+            raise self.error(key, "GetObject failed", exc) from exc
+        return Versioned(key, data, _unquote_etag(resp.get("ETag", "")))
+
+    def create_bytes(self, key: str, data: bytes) -> dict[str, Any]:
+        return self._conditional_put(key, data, {"IfNoneMatch": "*"}, "create")
+
+    def replace_bytes(self, key: str, data: bytes, if_match: str) -> dict[str, Any]:
+        return self._conditional_put(key, data, {"IfMatch": _quote_etag(if_match)}, "replace")
+
+    def delete_if_match(self, key: str, if_match: str) -> None:
+        full = self.full_key(key)
+        for attempt in range(self.conditional_conflict_retries + 1):
+            try:
+                self.client.delete_object(
+                    Bucket=self.bucket, Key=full, IfMatch=_quote_etag(if_match)
+                )
+                return
+            except (ClientError, BotoCoreError, OSError) as exc:
+                if self._conditional_failure(key, "delete", exc, attempt):
+                    continue
+
+    def probe_conditional_writes(self, key: str) -> dict[str, bool]:
+        """Whether this endpoint honours the conditional requests, tested on key.
+
+        Returns {"if_none_match", "if_match", "delete_if_match"}: True when a request whose
+        condition does not hold was refused. Some S3-compatible servers ignore the headers
+        and write anyway, which would make create_bytes() overwrite silently: a caller that
+        relies on atomicity checks this first. The probe object (a few bytes) is left at key.
+        Raises StorageError when the endpoint cannot be reached or written.
+        """
+        body = b"opsbook conditional-write probe; safe to delete\n"
+        result = {"if_none_match": False, "if_match": False, "delete_if_match": False}
+        for _attempt in range(2):  # the first create succeeds when the probe object is new
+            try:
+                self.create_bytes(key, body)
+            except PreconditionFailedError:
+                result["if_none_match"] = True
+                break
+            except ConditionalWriteUnsupportedError:
+                return result
+        if not result["if_none_match"]:
+            return result
+        wrong = "0" * 32
+        for name, call in (
+            ("if_match", lambda: self.replace_bytes(key, body, wrong)),
+            ("delete_if_match", lambda: self.delete_if_match(key, wrong)),
+        ):
+            try:
+                call()
+            except PreconditionFailedError:
+                result[name] = True
+            except ConditionalWriteUnsupportedError:
+                result[name] = False
+        return result
+
+    def _conditional_put(
+        self, key: str, data: bytes, condition: dict[str, str], what: str
+    ) -> dict[str, Any]:
+        full = self.full_key(key)
+        body = bytes(data)
+        for attempt in range(self.conditional_conflict_retries + 1):
+            try:
+                resp = self.client.put_object(
+                    Bucket=self.bucket, Key=full, Body=body, **condition, **self.sse_args()
+                )
+            except (ClientError, BotoCoreError, OSError) as exc:
+                if self._conditional_failure(key, what, exc, attempt):
+                    continue
+            result = _put_result(key, len(body), resp)
+            return {"key": key, "bytes": len(body), "etag": result["etag"]}
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _conditional_failure(self, key: str, what: str, exc: BaseException, attempt: int) -> bool:
+        """Raise the error a failed conditional request means; True: retry it (409)."""
+        where = f"s3://{self.bucket}/{self.full_key(key)}"
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "PreconditionFailed" or status == 412:
+                state = "already exists" if what == "create" else "changed"
+                raise PreconditionFailedError(f"{where}: not {what}d: it {state}") from None
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                raise PreconditionFailedError(f"{where}: not {what}d: it does not exist") from None
+            if code == "ConditionalRequestConflict" or status == 409:
+                if attempt < self.conditional_conflict_retries:
+                    time.sleep(0.1 * (attempt + 1))
+                    return True
+                raise PreconditionFailedError(
+                    f"{where}: not {what}d: concurrent conditional writes kept conflicting"
+                ) from None
+            message = str(error.get("Message", ""))
+            if (
+                code in ("NotImplemented", "501")
+                or status == 501
+                or (code in ("InvalidArgument", "InvalidRequest") and "If-" in message)
+            ):
+                raise ConditionalWriteUnsupportedError(
+                    f"{where}: the S3 endpoint {self.endpoint} does not support conditional "
+                    f"requests ({code}: {message or 'not implemented'})"
+                ) from None
+        raise self.error(key, f"conditional {what} failed", exc) from exc
 
     # ------------------------------------------------------------ internals
 

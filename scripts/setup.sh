@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up opsbook on this machine: the OS packages the sandbox and the tests
-# use (PostgreSQL 15, OpenSSH server, zstd), then a virtualenv in .venv with
+# use (PostgreSQL 15, OpenSSH server, zstd, nginx), then a virtualenv in .venv with
 # opsbook and its dev tools. Safe to re-run: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,8 @@ need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v zstd >/dev/null || need+=(zstd)
+# nginx: the maintenance-mode recipe in docs/maintenance-mode.md is tested with a real nginx.
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -19,7 +21,13 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  # Debian starts services from postinst; the sandbox runs its own instances.
+  # Debian starts services from postinst; the sandbox and the tests run their own instances,
+  # so service starts are refused while installing (policy-rc.d exit 101, as container images do).
+  policy=/usr/sbin/policy-rc.d
+  if [ -z "$sudo" ] && [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 # In dependency order: each may import the ones before it.
-MODULE_UTILS = ("opsbook_pg", "opsbook_storage", "opsbook_backup")
+MODULE_UTILS = ("opsbook_pg", "opsbook_storage", "opsbook_deploy_state", "opsbook_backup")
 
 
 def load_path(name: str, path: Path) -> ModuleType:

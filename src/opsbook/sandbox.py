@@ -42,11 +42,15 @@ from opsbook.lab import (
     sweep,
     write_known_hosts,
 )
+from opsbook.lab.sampleapp import build_release
 
 __all__ = ["Sandbox", "SandboxConfig", "main"]
 
 SANDBOX_DIR = ".sandbox"
 INITIAL_VERSION = "1.0.0"
+# Release artifacts `sandbox up` builds into .sandbox/artifacts/ for the tour's deploy (and
+# for trying deploy.yml by hand): the version the hosts start with and the next one.
+ARTIFACT_VERSIONS = (INITIAL_VERSION, "1.1.0")
 PG_SETTINGS = {"max_connections": 50, "shared_buffers": "64MB"}
 
 Say = Callable[[str], None]
@@ -152,6 +156,8 @@ class Sandbox:
         self.say = say
         self.dir = config.state_dir
         self.backups_dir = self.dir / "backups"
+        self.artifacts_dir = self.dir / "artifacts"
+        self.state_store_dir = self.dir / "state"
         self.known_hosts = self.dir / "ssh" / "known_hosts"
 
     # ------------------------------------------------------------- parts
@@ -190,12 +196,16 @@ class Sandbox:
         """Start whatever is not running; leave the rest as it is."""
         make_lab_dir(self.dir)
         self.backups_dir.mkdir(exist_ok=True)
+        self.state_store_dir.mkdir(exist_ok=True)
         self._up_database()
         hosts = self.hosts()
         for host in hosts:
             self._up_host(host)
         write_known_hosts(self.known_hosts, hosts)
         self.say(f"backups   {self.backups_dir}  ready")
+        for version in ARTIFACT_VERSIONS:
+            build_release(version, self.artifacts_dir)  # deterministic: same bytes every time
+        self.say(f"artifacts {self.artifacts_dir}  {', '.join(ARTIFACT_VERSIONS)}")
         self.say("sandbox is up: try `opsbook run health_check --env local`")
         return 0
 
@@ -307,7 +317,9 @@ def main(action: str, project_dir: Path, purge: bool = False, say: Say = print) 
     except LabError as exc:
         print(f"opsbook: error: {exc}", file=sys.stderr)
         if action == "up":
-            print("opsbook: what did start keeps running; `opsbook sandbox status` shows it",
-                  file=sys.stderr)
+            print(
+                "opsbook: what did start keeps running; `opsbook sandbox status` shows it",
+                file=sys.stderr,
+            )
         return 1
     raise ValueError(f"unknown sandbox action {action!r}")

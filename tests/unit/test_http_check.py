@@ -121,6 +121,35 @@ def test_evaluate_expected_json_keys() -> None:
     ]
 
 
+def test_evaluate_expected_json_values_compared_as_strings() -> None:
+    assert hc.evaluate(resp(), {"version": "2.0.0"}, [200], None, [], {"version": "2.0.0"}) == []
+    assert hc.evaluate(resp(), {"version": 2}, [200], None, [], {"version": "2"}) == []
+    assert hc.evaluate(resp(), {"version": "1.0.0"}, [200], None, [], {"version": "2.0.0"}) == [
+        "version is 1.0.0, expected 2.0.0"
+    ]
+    assert hc.evaluate(resp(), {"v": 1}, [200], None, [], {"version": "2.0.0"}) == [
+        "JSON body lacks key version (expected version=2.0.0)"
+    ]
+    assert hc.evaluate(resp(), None, [200], None, [], {"version": "2.0.0"}) == [
+        "body is not a JSON object (expected version=2.0.0)"
+    ]
+
+
+def test_run_check_waits_for_the_expected_version() -> None:
+    def answer(version: str) -> hc.Response:
+        body = json.dumps({"version": version}).encode()
+        return hc.Response(url="http://h/api/version", status=200, latency_ms=3.0, body=body)
+
+    fetcher = FakeFetcher([answer("1.0.0"), answer("1.0.0"), answer("2.0.0")])
+    result = hc.run_check(
+        params(retries=5, retry_delay_s=0, parse_json=False, expect_json={"version": "2.0.0"}),
+        fetcher,
+        lambda _s: None,
+    )
+    assert result["ok"] is True and result["attempts"] == 3
+    assert result["json"] == {"version": "2.0.0"}
+
+
 def test_describe_error() -> None:
     from urllib.error import URLError
 

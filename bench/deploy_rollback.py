@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Benchmark: deploy and rollback through ansible-playbook for 1, 4 and 16 SSH app hosts.
+
+    .venv/bin/python bench/deploy_rollback.py [--hosts 1,4,16] [--json out.json] [--keep]
+
+Starts real sshd test hosts on 127.0.10.61.. (the opsbook lab: each host runs the sample
+app from <deploy_root>/current), then for each host count N, on the first N hosts:
+
+  baseline   deploy.yml of version N.1.0 (not measured: gives every host a good release)
+  deploy     deploy.yml of version N.2.0 (canary 1, then batches of 50%)
+  rerun      deploy.yml of N.2.0 again: nothing to do, every host already serves it
+  rollback   rollback.yml: back to N.1.0 on every host at once
+
+and prints, for each step, the wall time and the CPU seconds of the whole process tree:
+the controller (ansible-playbook and everything it runs, ssh clients included) plus the
+hosts (every sshd and what its sessions ran: modules, the app restarts). Here the hosts
+share the controller's two cores, so the per-host marginal cost (T16 - T1) / 15 is shown
+beside the totals. The targets of issue 4 are judged at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from opsbook.lab import SshKeyPair, start_app_hosts, stop_all, write_inventory
+from opsbook.lab.sampleapp import build_release
+from tests.harness import VENV_BIN, ansible_env
+
+FIRST_ADDRESS = 61
+HZ = os.sysconf("SC_CLK_TCK")
+STEPS = ("deploy", "rerun", "rollback")
+
+# Targets of issue 4 on this 2-core machine.
+ROLLBACK_4_HOSTS_MAX_S = 10.0
+DEPLOY_MARGINAL_MAX_S = 1.0
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Measured:
+    hosts: int
+    step: str
+    wall_s: float
+    cpu_controller_s: float
+    cpu_hosts_s: float
+
+    @property
+    def cpu_s(self) -> float:
+        return self.cpu_controller_s + self.cpu_hosts_s
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of one process (its reaped children included)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / HZ
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def marginal(per_host: dict[int, float]) -> float | None:
+    """(T_max - T_min) / (max - min) over the host counts measured."""
+    counts = sorted(per_host)
+    if len(counts) < 2:
+        return None
+    low, high = counts[0], counts[-1]
+    return (per_host[high] - per_host[low]) / (high - low)
+
+
+def judge(results: Sequence[Measured]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, wanted, measured, passed) for the issue's three targets."""
+    by = {(m.hosts, m.step): m for m in results}
+    verdicts: list[tuple[str, str, str, bool | None]] = []
+    rollback4 = by.get((4, "rollback"))
+    verdicts.append(
+        (
+            "rollback of 4 hosts",
+            f"< {ROLLBACK_4_HOSTS_MAX_S:.0f} s",
+            f"{rollback4.wall_s:.2f} s" if rollback4 else "not measured",
+            (rollback4.wall_s < ROLLBACK_4_HOSTS_MAX_S) if rollback4 else None,
+        )
+    )
+    deploy_marginal = marginal({m.hosts: m.wall_s for m in results if m.step == "deploy"})
+    verdicts.append(
+        (
+            "deploy marginal cost per added host",
+            f"< {DEPLOY_MARGINAL_MAX_S:.0f} s wall",
+            f"{deploy_marginal:.2f} s" if deploy_marginal is not None else "not measured",
+            (deploy_marginal < DEPLOY_MARGINAL_MAX_S) if deploy_marginal is not None else None,
+        )
+    )
+    reruns = [(by[(n, "rerun")], by[(n, "deploy")]) for n, s in by if s == "rerun"]
+    faster = all(r.wall_s < d.wall_s for r, d in reruns) if reruns else None
+    verdicts.append(
+        (
+            "no-change re-run faster than the first run",
+            "every host count",
+            ", ".join(f"{r.hosts}: {r.wall_s:.2f} s vs {d.wall_s:.2f} s" for r, d in reruns),
+            faster,
+        )
+    )
+    return verdicts
+
+
+def render(results: Sequence[Measured]) -> str:
+    lines = [
+        "| hosts | step | wall s | CPU s (controller + hosts) | CPU s per host |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for m in results:
+        lines.append(
+            f"| {m.hosts} | {m.step} | {m.wall_s:.2f} | {m.cpu_s:.2f} "
+            f"({m.cpu_controller_s:.2f} + {m.cpu_hosts_s:.2f}) | {m.cpu_s / m.hosts:.2f} |"
+        )
+    lines += ["", "| step | marginal wall s per host (T16 - T1) / 15 | marginal CPU s per host |",
+              "|---|---:|---:|"]  # fmt: skip
+    for step in STEPS:
+        wall = marginal({m.hosts: m.wall_s for m in results if m.step == step})
+        cpu = marginal({m.hosts: m.cpu_s for m in results if m.step == step})
+        if wall is not None and cpu is not None:
+            lines.append(f"| {step} | {wall:.2f} | {cpu:.2f} |")
+    lines += ["", "| target | wanted | measured | verdict |", "|---|---|---|---|"]
+    for target, wanted, measured, passed in judge(results):
+        verdict = "n/a" if passed is None else ("pass" if passed else "miss")
+        lines.append(f"| {target} | {wanted} | {measured} | {verdict} |")
+    return "\n".join(lines)
+
+
+class Bench:
+    def __init__(self, counts: Sequence[int], keep: bool) -> None:
+        self.counts = sorted(counts)
+        self.keep = keep
+        self.dir = Path(tempfile.mkdtemp(prefix="opsbook-bench-deploy-"))
+        os.chmod(self.dir, 0o755)  # the hosts' sshd runs as us, the lab may use other users
+        self.hosts: list[Any] = []
+        self.results: list[Measured] = []
+
+    def log(self, message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    def start(self) -> None:
+        key = SshKeyPair(self.dir / "ssh")
+        n = max(self.counts)
+        self.log(f"starting {n} app hosts on 127.0.10.{FIRST_ADDRESS}..{FIRST_ADDRESS + n - 1}")
+        self.hosts = start_app_hosts(n, self.dir / "hosts", key, first_address=FIRST_ADDRESS,
+                                     version="0.1.0")  # fmt: skip
+
+    def stop(self) -> None:
+        stop_all(self.hosts)
+        if self.keep:
+            self.log(f"kept {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def inventory(self, n: int) -> Path:
+        state = self.dir / "state"
+        state.mkdir(exist_ok=True)
+        return write_inventory(
+            self.dir / f"inventory-{n}",
+            self.hosts[:n],
+            None,
+            database_url="postgresql://unused@127.0.0.1:1/unused",
+            backup_storage_url=f"file://{self.dir / 'backups'}",
+            extra_vars={"opsbook_state_url": f"file://{state}"},
+        )
+
+    def playbook(self, name: str, inventory: Path, extravars: dict[str, Any]) -> None:
+        vars_file = self.dir / "extravars.json"
+        vars_file.write_text(json.dumps(extravars))
+        env = ansible_env(self.dir / "oplog.jsonl")
+        argv = [str(VENV_BIN / "ansible-playbook"), f"playbooks/{name}.yml", "-i", str(inventory),
+                "-e", f"@{vars_file}"]  # fmt: skip
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-30:])
+            raise BenchError(f"{name} {extravars} failed (exit {done.returncode}):\n{tail}")
+
+    def measure(
+        self, n: int, step: str, name: str, inventory: Path, extravars: dict[str, Any]
+    ) -> None:
+        sshd_pids = [h.pid for h in self.hosts[:n] if h.pid]
+        hosts_before = sum(process_cpu_seconds(pid) for pid in sshd_pids)
+        controller_before = children_cpu_seconds()
+        started = time.monotonic()
+        self.playbook(name, inventory, extravars)
+        wall = time.monotonic() - started
+        controller = children_cpu_seconds() - controller_before
+        hosts = sum(process_cpu_seconds(pid) for pid in sshd_pids) - hosts_before
+        self.results.append(Measured(n, step, wall, controller, hosts))
+        self.log(
+            f"{n:>2} host(s) {step:<8} {wall:6.2f} s wall, CPU {controller:.2f} + {hosts:.2f} s"
+        )
+
+    def run(self) -> None:
+        artifacts = self.dir / "artifacts"
+        for n in self.counts:
+            inventory = self.inventory(n)
+            old, new = f"{n}.1.0", f"{n}.2.0"
+            paths = {v: build_release(v, artifacts) for v in (old, new)}
+            self.log(f"{n} host(s): baseline deploy of {old}")
+            self.playbook(
+                "deploy", inventory, {"app_version": old, "app_artifact": str(paths[old])}
+            )
+            deploy = {"app_version": new, "app_artifact": str(paths[new])}
+            self.measure(n, "deploy", "deploy", inventory, deploy)
+            self.measure(n, "rerun", "deploy", inventory, deploy)
+            self.measure(n, "rollback", "rollback", inventory, {})
+            served = {h.version() for h in self.hosts[:n]}
+            if served != {old}:
+                raise BenchError(f"after the rollback the hosts serve {served}, expected {old}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", default="1,4,16", help="host counts (default 1,4,16)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the hosts' directory")
+    args = parser.parse_args(argv)
+    counts = [int(v) for v in args.hosts.split(",") if v.strip()]
+    if not counts or min(counts) < 1 or max(counts) > 19:
+        parser.error("--hosts: counts between 1 and 19 (addresses 127.0.10.61-79)")
+    bench = Bench(counts, args.keep)
+    try:
+        bench.start()
+        bench.run()
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bench.stop()
+    print(render(bench.results))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(m) for m in bench.results], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+# Copyright: opsbook contributors
+# Apache-2.0
+"""opsbook deploy filters: the bookkeeping of playbooks/deploy.yml and rollback.yml.
+
+- ``deploy_in_window``: is ``HH:MM`` inside a ``HH:MM-HH:MM`` window (which may wrap midnight)?
+- ``deploy_host_states``: every app host's deploy facts -> one state per host.
+- ``deploy_install_problems``: the hosts a deploy cannot go ahead on, with the reason.
+- ``deploy_batch_failed``: did a batch fail more hosts than max_fail_percentage allows?
+- ``deploy_summary``: the run's status, hosts by outcome and readable lines.
+
+Outcomes of one host: ``unchanged`` (already ran this version and artifact), ``deployed``,
+``failed`` (switched, failed its gate and rolled back, or failed before switching),
+``rolled_back`` (healthy, rolled back because another host's batch failed),
+``rollback_failed`` (the rollback itself failed: look at the host), ``untouched`` (the
+rollout stopped or was aborted before this host's batch), ``unreachable``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+_WINDOW_RE = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
+_HHMM_RE = re.compile(r"^(\d\d):(\d\d)$")
+
+OUTCOMES = (
+    "deployed",
+    "unchanged",
+    "rolled_back",
+    "failed",
+    "rollback_failed",
+    "untouched",
+    "unreachable",
+)
+
+
+def _minutes(hours: str, minutes: str, what: str) -> int:
+    value = int(hours) * 60 + int(minutes)
+    if int(hours) > 23 or int(minutes) > 59:
+        raise AnsibleFilterError(f"{what}: {hours}:{minutes} is not a time of day")
+    return value
+
+
+def deploy_in_window(now_hhmm: str, window: str) -> bool:
+    """True when now_hhmm (UTC) is inside window; an empty window means always.
+
+    ``22:00-02:00`` wraps midnight; the end minute is excluded.
+    """
+    if not window:
+        return True
+    match = _WINDOW_RE.match(str(window).strip())
+    if not match:
+        raise AnsibleFilterError(f"deploy window must be HH:MM-HH:MM, got {window!r}")
+    now = _HHMM_RE.match(str(now_hhmm).strip())
+    if not now:
+        raise AnsibleFilterError(f"time must be HH:MM, got {now_hhmm!r}")
+    start = _minutes(match.group(1), match.group(2), "window start")
+    end = _minutes(match.group(3), match.group(4), "window end")
+    minute = _minutes(now.group(1), now.group(2), "time")
+    if start == end:
+        return True
+    if start < end:
+        return start <= minute < end
+    return minute >= start or minute < end
+
+
+def _get(facts: Any, key: str, default: Any = None) -> Any:
+    try:
+        value = facts[key]
+    except (KeyError, TypeError):
+        return default
+    return default if value is None else value
+
+
+def deploy_host_states(hostvars: Mapping[str, Any], hosts: Iterable[str]) -> dict[str, dict]:
+    """{host: {outcome, error, needed, before, before_version}} from the deploy facts."""
+    states: dict[str, dict[str, Any]] = {}
+    for host in hosts:
+        facts = hostvars[host]
+        reachable = _get(facts, "deploy_reachable")
+        outcome = str(_get(facts, "deploy_outcome", "") or "")
+        error = str(_get(facts, "deploy_error", "") or "").strip()
+        needed = bool(_get(facts, "deploy_needed", True))
+        if reachable is None or (reachable is False and error.startswith("unreachable")):
+            outcome = "unreachable"
+            error = error or "unreachable: the host was not reached"
+        elif reachable is False:
+            outcome = "failed"
+        elif outcome in ("", "pending"):
+            outcome = "untouched" if needed else "unchanged"
+        states[host] = {
+            "outcome": outcome,
+            "error": error,
+            "needed": needed,
+            "before": _get(facts, "deploy_before"),
+            "before_version": _get(facts, "deploy_before_version"),
+            "rolled_back_to": _get(facts, "deploy_rolled_back_to"),
+        }
+    return states
+
+
+def deploy_install_problems(states: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``host: reason`` for every host the deploy cannot go ahead on."""
+    return [
+        f"{host}: {state.get('error') or state.get('outcome')}"
+        for host, state in states.items()
+        if state.get("outcome") in ("unreachable", "failed") or state.get("error")
+    ]
+
+
+def deploy_batch_failed(
+    states: Mapping[str, Mapping[str, Any]],
+    batch: Iterable[str],
+    active: Iterable[str],
+    max_fail_percentage: Any,
+) -> list[str]:
+    """The hosts of ``batch`` that failed, when they exceed max_fail_percentage; else [].
+
+    A host of the batch no longer active (unreachable, removed by Ansible) counts as failed.
+    """
+    batch = list(batch)
+    active = set(active)
+    bad = ("failed", "rolled_back", "rollback_failed", "unreachable")
+    failed = [
+        host
+        for host in batch
+        if host not in active or (states.get(host) or {}).get("outcome") in bad
+    ]
+    if batch and len(failed) * 100 > int(max_fail_percentage) * len(batch):
+        return failed
+    return []
+
+
+def deploy_summary(
+    states: Mapping[str, Mapping[str, Any]],
+    abort_reason: str = "",
+    rollout_failed: bool = False,
+    version: str = "",
+    release_id: str = "",
+) -> dict[str, Any]:
+    """The run's status (succeeded | unchanged | failed | rolled_back | aborted), the hosts
+    by outcome and readable lines saying what happened to each host."""
+    by: dict[str, list[str]] = {name: [] for name in OUTCOMES}
+    for host, state in states.items():
+        by.setdefault(str(state.get("outcome")), []).append(host)
+    if abort_reason:
+        status = "aborted"
+    elif rollout_failed:
+        status = "rolled_back"
+    elif by["failed"] or by["rollback_failed"] or by["unreachable"]:
+        status = "failed"
+    elif by["deployed"]:
+        status = "succeeded"
+    else:
+        status = "unchanged"
+    lines = []
+    for host, state in states.items():
+        outcome = state.get("outcome")
+        line = f"{host}: {outcome}"
+        if outcome in ("failed", "rolled_back") and state.get("rolled_back_to"):
+            line += f", back on release {state['rolled_back_to']}"
+        elif outcome == "deployed":
+            line += f", serving {version} (release {release_id})"
+        elif outcome == "unchanged":
+            line += f", already serving {version}"
+        elif outcome == "untouched" and state.get("before"):
+            line += f", still on release {state['before']}"
+        if state.get("error"):
+            line += f" - {state['error']}"
+        lines.append(line)
+    return {
+        "status": status,
+        "ok": status in ("succeeded", "unchanged"),
+        "hosts": {host: dict(state) for host, state in states.items()},
+        **{name: hosts for name, hosts in by.items()},
+        "lines": lines,
+    }
+
+
+class FilterModule:
+    """opsbook deploy bookkeeping filters."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "deploy_batch_failed": deploy_batch_failed,
+            "deploy_host_states": deploy_host_states,
+            "deploy_in_window": deploy_in_window,
+            "deploy_install_problems": deploy_install_problems,
+            "deploy_summary": deploy_summary,
+        }
