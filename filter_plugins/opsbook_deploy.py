@@ -7,6 +7,7 @@
 - ``deploy_install_problems``: the hosts a deploy cannot go ahead on, with the reason.
 - ``deploy_batch_failed``: did a batch fail more hosts than max_fail_percentage allows?
 - ``deploy_summary``: the run's status, hosts by outcome and readable lines.
+- ``deploy_gate_targets``: the http_gate targets (name, base_url, version) of some hosts.
 
 Outcomes of one host: ``unchanged`` (already ran this version and artifact), ``deployed``,
 ``failed`` (switched, failed its gate and rolled back, or failed before switching),
@@ -180,12 +181,44 @@ def deploy_summary(
     }
 
 
+def deploy_gate_targets(
+    hosts: Iterable[str],
+    hostvars: Mapping[str, Any],
+    version: str | None = None,
+    version_var: str | None = None,
+    only_if: str | None = None,
+) -> list[dict[str, str]]:
+    """``[{name, base_url, version}]`` for http_gate: the version given, or each host's
+    own (the fact ``version_var``, dotted for a key of a dict fact). Hosts whose fact
+    ``only_if`` is not true are left out."""
+    targets = []
+    for host in hosts:
+        facts = hostvars[host]
+        if only_if and not _get(facts, only_if, False):
+            continue
+        wanted: Any = version
+        if version is None and version_var:
+            head, *rest = version_var.split(".")
+            wanted = _get(facts, head, "")
+            for key in rest:
+                wanted = _get(wanted, key, "")
+        targets.append(
+            {
+                "name": host,
+                "base_url": str(_get(facts, "app_base_url", "")),
+                "version": str(wanted or ""),
+            }
+        )
+    return targets
+
+
 class FilterModule:
     """opsbook deploy bookkeeping filters."""
 
     def filters(self) -> dict[str, Any]:
         return {
             "deploy_batch_failed": deploy_batch_failed,
+            "deploy_gate_targets": deploy_gate_targets,
             "deploy_host_states": deploy_host_states,
             "deploy_in_window": deploy_in_window,
             "deploy_install_problems": deploy_install_problems,

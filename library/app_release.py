@@ -35,8 +35,9 @@ description:
     C(good), C(installed) or C(unmanaged) are kept, older ones are removed; C(current) and the
     previous good release (the rollback target) are never removed; C(failed) and
     C(rolled_back) releases do not count towards O(keep_releases) (they are kept while newer
-    than the oldest kept release); a C(failed) release that was never activated is always
-    removed. Leftovers of killed installs (C(releases/.*.partial)) are removed too."
+    than the oldest kept release, at most O(keep_releases) of them); a C(failed) release that
+    was never activated is always removed. Leftovers of killed installs
+    (C(releases/.*.partial)) are removed too."
   - "O(action=remove) removes one release that is not C(current) (a release that failed
     before activation)."
   - "O(action=info) reports everything and changes nothing."
@@ -124,6 +125,19 @@ options:
       - O(action=prune) - how many good/installed releases to keep (at least 1).
     type: int
     default: 5
+  remove_archive:
+    description:
+      - O(action=install) - delete O(archive) afterwards (installed, already installed or
+        failed), so that a deploy needs no separate clean-up task on the host.
+    type: bool
+    default: false
+  prune:
+    description:
+      - O(action=mark) - apply O(keep_releases) in the same call, after the status is set
+        (what O(action=prune) does), so that marking a release good and pruning the old ones
+        cost one module run per host.
+    type: bool
+    default: false
   lock_timeout_s:
     description:
       - Seconds to wait for another opsbook run on this host to release the lock.
@@ -1217,7 +1231,7 @@ class ReleaseManager:
         keep = self.params["keep_releases"]
         previous = self.previous_good(releases, current)
         protected = {current, previous.release_id if previous else None}
-        counted = 0
+        counted = uncounted = 0
         plan = []
         for release in reversed(releases):  # newest first
             rid = release.release_id
@@ -1229,13 +1243,15 @@ class ReleaseManager:
                 counted += 1
                 if counted > keep and rid not in protected:
                     plan.append({"release_id": rid, "reason": f"beyond keep_releases={keep}"})
-            elif counted >= keep and rid not in protected:
-                plan.append(
-                    {
-                        "release_id": rid,
-                        "reason": f"{status}, older than the {keep} kept releases",
-                    }
-                )
+            elif rid not in protected:
+                uncounted += 1
+                if counted >= keep:
+                    reason = f"{status}, older than the {keep} kept releases"
+                elif uncounted > keep:
+                    reason = f"{status}, beyond the {keep} newest failed/rolled back releases"
+                else:
+                    continue
+                plan.append({"release_id": rid, "reason": reason})
         return plan
 
     def prune(self) -> dict[str, Any]:
@@ -1351,6 +1367,8 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "status": {"type": "str", "choices": ["good", "failed"]},
         "to": {"type": "str"},
         "keep_releases": {"type": "int", "default": 5},
+        "remove_archive": {"type": "bool", "default": False},
+        "prune": {"type": "bool", "default": False},
         "lock_timeout_s": {"type": "float", "default": 60.0},
     }
 
@@ -1411,11 +1429,22 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     action = params["action"]
     handler = getattr(manager, action)
     needs_lock = action == "install" or os.path.isdir(manager.layout.root)
-    if action == "info" or check_mode or not needs_lock:
-        result = handler()
-    else:
-        with host_lock(manager.layout, params["lock_timeout_s"]):
+    try:
+        if action == "info" or check_mode or not needs_lock:
             result = handler()
+        else:
+            with host_lock(manager.layout, params["lock_timeout_s"]):
+                result = handler()
+                if action == "mark" and params.get("prune"):
+                    pruned = manager.prune()
+                    result["changed"] = result["changed"] or pruned["changed"]
+                    result["removed"] = pruned.get("removed", [])
+                    result["msg"] = f"{result['msg']}; prune: {pruned['msg']}"
+    finally:
+        archive = params.get("archive")
+        if action == "install" and params.get("remove_archive") and archive and not check_mode:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(archive)
     result.update(summary(manager))
     release_id = result.pop("release_id", None)
     if release_id:

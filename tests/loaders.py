@@ -25,7 +25,13 @@ __all__ = [
 ]
 
 # In dependency order: each may import the ones before it.
-MODULE_UTILS = ("opsbook_pg", "opsbook_storage", "opsbook_deploy_state", "opsbook_backup")
+MODULE_UTILS = (
+    "opsbook_pg",
+    "opsbook_storage",
+    "opsbook_deploy_state",
+    "opsbook_backup",
+    "opsbook_http",
+)
 
 
 def load_path(name: str, path: Path) -> ModuleType:

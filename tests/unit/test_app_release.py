@@ -588,8 +588,12 @@ def test_prune_after_rollbacks_keeps_current_and_its_previous_good(lab: Lab) -> 
         lab.deploy(rid)
     run(lab.root, "rollback")
     run(lab.root, "rollback")  # current r2, previous good r1; r3/r4 rolled back
-    run(lab.root, "prune", keep_releases=1)
+    run(lab.root, "prune", keep_releases=2)
     assert lab.ids() == ["r1", "r2", "r3", "r4"]  # rolled-back r3/r4 are newer than r2
+    run(lab.root, "prune", keep_releases=1)
+    # At most keep_releases rolled-back/failed releases stay (a deploy/rollback loop must not
+    # fill the disk); current and its previous good release always stay.
+    assert lab.ids() == ["r1", "r2", "r4"]
     assert lab.current() == "releases/r2"
 
 
@@ -1011,3 +1015,46 @@ def test_s3_artifact_with_sidecar_and_checksum(
             fetch("s3://arts/app/a.tar.gz", tmp_path / "c2", sha256="4" * 64)
         with pytest.raises(ra.ArtifactError, match="does not exist"):
             fetch("s3://arts/app/missing.tar.gz", cache, sha256="4" * 64)
+
+
+# ============================================================================ deploy shortcuts
+
+
+def test_install_removes_the_copied_archive_when_asked(lab: Lab) -> None:
+    archive = lab.tmp / "copied.tar.gz"
+    archive.write_bytes(lab.artifact("1.0.0").read_bytes())
+    lab.install("1.0.0", archive=archive, remove_archive=True)
+    assert not archive.exists()
+    assert (lab.root / "releases" / "1.0.0" / "app.py").exists()
+    # Also when the install fails (the sha256 does not match): nothing is left behind.
+    again = lab.tmp / "copied-again.tar.gz"
+    again.write_bytes(lab.artifact("2.0.0").read_bytes())
+    with pytest.raises(ar.ReleaseError):
+        lab.install("2.0.0", archive=again, sha256="0" * 64, remove_archive=True)
+    assert not again.exists()
+    assert "2.0.0" not in lab.ids()
+
+
+def test_install_keeps_the_archive_by_default(lab: Lab) -> None:
+    archive = lab.tmp / "kept.tar.gz"
+    archive.write_bytes(lab.artifact("1.0.0").read_bytes())
+    lab.install("1.0.0", archive=archive)
+    assert archive.exists()
+
+
+def test_mark_with_prune_marks_then_applies_keep_releases(lab: Lab) -> None:
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        lab.deploy(version)
+    lab.install("4.0.0")
+    run(lab.root, "activate", release_id="4.0.0")
+    result = run(lab.root, "mark", release_id="4.0.0", status="good", prune=True, keep_releases=2)
+    assert result["changed"] is True
+    assert lab.status()["4.0.0"] == "good"
+    assert sorted(r["release_id"] for r in result["removed"]) == ["1.0.0", "2.0.0"]
+    assert lab.ids() == ["3.0.0", "4.0.0"]
+    # Without prune, mark leaves the other releases alone.
+    lab.install("5.0.0")
+    run(lab.root, "activate", release_id="5.0.0")
+    plain = run(lab.root, "mark", release_id="5.0.0", status="good", keep_releases=1)
+    assert "removed" not in plain
+    assert lab.ids() == ["3.0.0", "4.0.0", "5.0.0"]
