@@ -582,8 +582,7 @@ def test_real_oplog_records_the_run(
     """The real ansible.cfg and callback_plugins/opsbook_oplog.py, unchanged: the
     runner must not hide the project's callbacks, and the log gets our run id."""
     plugin = REPO / "callback_plugins" / "opsbook_oplog.py"
-    if not plugin.is_file():
-        pytest.skip("the operation-log callback is not there yet")
+    assert plugin.is_file()
     real = tmp_path / "real"
     (real / "callback_plugins").mkdir(parents=True)
     (real / "ansible.cfg").write_text((REPO / "ansible.cfg").read_text())
