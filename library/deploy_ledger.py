@@ -224,7 +224,6 @@ msg:
   sample: 2.1.0 succeeded in staging (1 times; last 2024-05-01T12:04:11.120301Z, release ...)
 """
 
-import getpass
 import os
 import re
 from typing import Any
@@ -234,8 +233,9 @@ from ansible.module_utils.opsbook_deploy_state import (
     LEDGER_STATUSES,
     DeployStateError,
     Ledger,
-    env_errors,
     ledger_entry_errors,
+    login_name,
+    state_errors,
 )
 from ansible.module_utils.opsbook_storage import StorageError, open_storage
 
@@ -269,24 +269,14 @@ def fill_defaults(params: dict[str, Any], environ: dict[str, str]) -> dict[str, 
     if not filled.get("run_id"):
         filled["run_id"] = environ.get("OPSBOOK_RUN_ID") or ""
     if not filled.get("operator"):
-        filled["operator"] = environ.get("OPSBOOK_OPERATOR") or _login_name()
+        filled["operator"] = environ.get("OPSBOOK_OPERATOR") or login_name()
     if filled.get("artifact_sha256"):
         filled["artifact_sha256"] = str(filled["artifact_sha256"]).strip().lower()
     return filled
 
 
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 def validate_params(params: dict[str, Any]) -> list[str]:
-    errors = []
-    if not (params.get("url") or "").strip():
-        errors.append("url (opsbook_state_url) must not be empty")
-    errors += env_errors(params.get("env"))
+    errors = state_errors(params)
     if params.get("state") == "record":
         missing = [n for n in ("version", "release_id", "status") if not params.get(n)]
         if missing:

@@ -267,7 +267,6 @@ msg:
   sample: "deploy lock of production acquired: expires 2024-05-01T13:00:00Z"
 """
 
-import getpass
 import os
 from typing import Any
 
@@ -276,7 +275,8 @@ from ansible.module_utils.opsbook_deploy_state import (
     DEFAULT_TTL_S,
     DeployLock,
     DeployStateError,
-    env_errors,
+    login_name,
+    state_errors,
 )
 from ansible.module_utils.opsbook_storage import StorageError, open_storage
 
@@ -311,22 +311,12 @@ def fill_defaults(params: dict[str, Any], environ: dict[str, str]) -> dict[str, 
     if not filled.get("run_id"):
         filled["run_id"] = environ.get("OPSBOOK_RUN_ID") or ""
     if not filled.get("owner"):
-        filled["owner"] = environ.get("OPSBOOK_OPERATOR") or _login_name()
+        filled["owner"] = environ.get("OPSBOOK_OPERATOR") or login_name()
     return filled
 
 
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 def validate_params(params: dict[str, Any]) -> list[str]:
-    errors = []
-    if not (params.get("url") or "").strip():
-        errors.append("url (opsbook_state_url) must not be empty")
-    errors += env_errors(params.get("env"))
+    errors = state_errors(params)
     state = params.get("state") or "present"
     if state == "present" and not params.get("run_id"):
         errors.append("run_id is required to take the lock (opsbook run sets OPSBOOK_RUN_ID)")

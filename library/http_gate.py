@@ -139,7 +139,7 @@ seconds:
   returned: always
   type: float
 msg:
-  description: One line saying how many targets passed.
+  description: One line saying how many targets passed, and the problems of each one that failed.
   returned: always
   type: str
 """
@@ -256,7 +256,7 @@ def run_gate(params: dict[str, Any], run: Any = run_check) -> dict[str, Any]:
         "failed_targets": failed,
         "seconds": round(time.monotonic() - started, 3),
         "msg": f"{len(targets) - len(failed)} of {len(targets)} host(s) passed the health gate"
-        + (f"; failed: {', '.join(failed)}" if failed else ""),
+        + "".join(f"; {name}: {'; '.join(results[name]['problems'])}" for name in failed),
     }
 
 

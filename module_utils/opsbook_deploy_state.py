@@ -49,6 +49,7 @@ the whole ledger.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import random
 import re
@@ -154,6 +155,22 @@ def format_duration(seconds: float) -> str:
     if minutes < 120:
         return f"{minutes} min"
     return f"{minutes // 60} h {minutes % 60} min"
+
+
+def login_name() -> str:
+    """The operator when OPSBOOK_OPERATOR is not set: the login name, or "unknown"."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def state_errors(params: dict[str, Any]) -> list[str]:
+    """Input errors shared by deploy_lock and deploy_ledger: the state URL and the env."""
+    errors = []
+    if not (params.get("url") or "").strip():
+        errors.append("url (opsbook_state_url) must not be empty")
+    return errors + env_errors(params.get("env"))
 
 
 def env_errors(env: Any) -> list[str]:
