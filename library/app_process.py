@@ -208,6 +208,7 @@ msg:
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -215,8 +216,6 @@ import sys
 import tempfile
 import time
 from typing import Any
-
-from ansible.module_utils.basic import AnsibleModule
 
 STATE_DIR = ".opsbook"
 LOCK_FILE = "lock"
@@ -626,24 +625,76 @@ def run(supervisor: Supervisor) -> dict[str, Any]:
         return supervisor.run()
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    params = dict(module.params)
+# ---------------------------------------------------------------- host side of the protocol
+# Ansible puts the task's arguments here (a "jsonargs" module): they were already checked
+# against argument_spec() on the controller by action_plugins/app_process.py.
+ANSIBLE_ARGS = r"""<<INCLUDE_ANSIBLE_MODULE_JSON_ARGS>>"""
+
+
+def host_params(raw: str, spec: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """(params, check_mode) from the JSON arguments; path options expanded here, on the host."""
+    if raw.startswith("<<") or not json.loads(raw).get("_opsbook_checked"):
+        raise SystemExit(
+            exit_json(
+                {
+                    "failed": True,
+                    "msg": "app_process runs through its action plugin "
+                    "(action_plugins/app_process.py): add the project's action_plugins to "
+                    "Ansible's action plugin path",
+                }
+            )
+        )
+    args = json.loads(raw)
+    params: dict[str, Any] = {}
+    for key, option in spec.items():
+        value = args.get(key)
+        if value is None:
+            value = option.get("default")
+        if value is not None and option.get("type") == "path":
+            value = os.path.expanduser(os.path.expandvars(str(value)))
+        params[key] = value
+    return params, bool(args.get("_ansible_check_mode"))
+
+
+def exit_json(result: dict[str, Any]) -> int:
+    """Print the result for Ansible; the exit status (1 when failed)."""
+    result.setdefault("changed", False)
+    print(json.dumps(result, default=str))
+    return 1 if result.get("failed") else 0
+
+
+def main() -> int:
+    params, check_mode = host_params(ANSIBLE_ARGS, argument_spec())
     if not os.path.isabs(params["deploy_root"]):
-        module.fail_json(
-            msg=f"app_process: deploy_root must be absolute, got {params['deploy_root']!r}"
+        return exit_json(
+            {
+                "failed": True,
+                "msg": f"app_process: deploy_root must be absolute, got {params['deploy_root']!r}",
+            }
         )
     if params["timeout_s"] <= 0:
-        module.fail_json(msg="app_process: timeout_s must be > 0")
-    supervisor = Supervisor(params, module.check_mode)
+        return exit_json({"failed": True, "msg": "app_process: timeout_s must be > 0"})
+    supervisor = Supervisor(params, check_mode)
     try:
         result = run(supervisor)
-    except ProcessError as exc:
-        module.fail_json(msg=f"app_process {params['state']}: {exc}", changed=supervisor.acted)
-    except OSError as exc:
-        module.fail_json(msg=f"app_process {params['state']}: {exc}", changed=supervisor.acted)
-    module.exit_json(**result)
+    except (ProcessError, OSError) as exc:
+        return exit_json(
+            {
+                "failed": True,
+                "changed": supervisor.acted,
+                "msg": f"app_process {params['state']}: {exc}",
+            }
+        )
+    except Exception as exc:  # a report, not a traceback the controller cannot read
+        return exit_json(
+            {
+                "failed": True,
+                "changed": supervisor.acted,
+                "msg": f"app_process {params['state']}: unexpected error {exc!r}",
+            }
+        )
+    return exit_json(result)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -301,13 +301,12 @@ import re
 import secrets
 import shutil
 import stat
+import sys
 import tarfile
 import time
 import zlib
 from datetime import datetime, timezone
 from typing import Any
-
-from ansible.module_utils.basic import AnsibleModule
 
 METADATA_FILE = ".opsbook-release.json"
 STATE_DIR = ".opsbook"
@@ -1456,30 +1455,72 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     return result
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    params = dict(module.params)
+# ---------------------------------------------------------------- host side of the protocol
+# Ansible puts the task's arguments here (a "jsonargs" module): they were already checked
+# against argument_spec() on the controller by action_plugins/app_release.py.
+ANSIBLE_ARGS = r"""<<INCLUDE_ANSIBLE_MODULE_JSON_ARGS>>"""
+
+
+def host_params(raw: str, spec: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """(params, check_mode) from the JSON arguments; path options expanded here, on the host."""
+    if raw.startswith("<<") or not json.loads(raw).get("_opsbook_checked"):
+        raise SystemExit(
+            exit_json(
+                {
+                    "failed": True,
+                    "msg": "app_release runs through its action plugin "
+                    "(action_plugins/app_release.py): add the project's action_plugins to "
+                    "Ansible's action plugin path",
+                }
+            )
+        )
+    args = json.loads(raw)
+    params: dict[str, Any] = {}
+    for key, option in spec.items():
+        value = args.get(key)
+        if value is None:
+            value = option.get("default")
+        if value is not None and option.get("type") == "path":
+            value = os.path.expanduser(os.path.expandvars(str(value)))
+        params[key] = value
+    return params, bool(args.get("_ansible_check_mode"))
+
+
+def exit_json(result: dict[str, Any]) -> int:
+    """Print the result for Ansible; the exit status (1 when failed)."""
+    result.setdefault("changed", False)
+    print(json.dumps(result, default=str))
+    return 1 if result.get("failed") else 0
+
+
+def main() -> int:
+    params, check_mode = host_params(ANSIBLE_ARGS, argument_spec())
     errors = validate_params(params)
     if errors:
-        module.fail_json(msg="app_release: invalid input: " + "; ".join(errors), changed=False)
-    try:
-        result = run(params, module.check_mode)
-    except ReleaseError as exc:
-        module.fail_json(msg="app_release {}: {}".format(params["action"], exc), changed=False)
-    except OSError as exc:
-        module.fail_json(
-            msg="app_release {}: {} ({}); see the deploy root {}".format(
-                params["action"],
-                exc.strerror or exc,
-                getattr(exc, "filename", ""),
-                params["deploy_root"],
-            ),
-            changed=False,
+        return exit_json(
+            {"failed": True, "msg": "app_release: invalid input: " + "; ".join(errors)}
         )
-    for warning in result.pop("warnings_list", []):
-        module.warn(warning)
-    module.exit_json(**result)
+    action = params["action"]
+    try:
+        result = run(params, check_mode)
+    except ReleaseError as exc:
+        return exit_json({"failed": True, "msg": f"app_release {action}: {exc}"})
+    except OSError as exc:
+        return exit_json(
+            {
+                "failed": True,
+                "msg": "app_release {}: {} ({}); see the deploy root {}".format(
+                    action, exc.strerror or exc, getattr(exc, "filename", ""), params["deploy_root"]
+                ),
+            }
+        )
+    except Exception as exc:  # a report, not a traceback the controller cannot read
+        return exit_json({"failed": True, "msg": f"app_release {action}: unexpected error {exc!r}"})
+    warnings = result.pop("warnings_list", [])
+    if warnings:
+        result["warnings"] = warnings
+    return exit_json(result)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

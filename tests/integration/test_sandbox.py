@@ -25,7 +25,15 @@ from opsbook.lab._proc import port_is_open
 
 pytestmark = pytest.mark.integration
 
-LINKED = ("playbooks", "roles", "library", "module_utils", "filter_plugins", "callback_plugins")
+LINKED = (
+    "playbooks",
+    "roles",
+    "library",
+    "action_plugins",
+    "module_utils",
+    "filter_plugins",
+    "callback_plugins",
+)
 PG_ADDRESS = "127.0.10.200"
 HOST_ADDRESSES = {"app1": "127.0.10.201", "app2": "127.0.10.202"}
 

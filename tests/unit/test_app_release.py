@@ -651,18 +651,27 @@ def test_a_held_lock_makes_writes_wait_then_fail(lab: Lab) -> None:
 # ============================================================================ as a module
 
 
-def run_module(name: str, args: dict[str, Any], tmp_path: Path) -> tuple[int, dict[str, Any]]:
-    """Run library/<name>.py as Ansible would (arguments file), with module_utils on the path."""
-    args_file = tmp_path / f"{name}-args.json"
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+def run_module(
+    name: str, args: dict[str, Any], tmp_path: Path, check_mode: bool = False
+) -> tuple[int, dict[str, Any]]:
+    """Run library/<name>.py as Ansible runs a jsonargs module: the arguments put into the
+    source, the source piped to the host's Python."""
+    del tmp_path
+    source = (PROJECT_ROOT / "library" / f"{name}.py").read_text()
+    payload = json.dumps({**args, "_ansible_check_mode": check_mode, "_opsbook_checked": True})
+    assert source.count(JSONARGS) == 1
     result = subprocess.run(
-        [str(VENV_BIN / "python"), str(PROJECT_ROOT / "library" / f"{name}.py"), str(args_file)],
+        [HOST_PYTHON, "-"],
+        input=source.replace(JSONARGS, payload),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     return result.returncode, json.loads(result.stdout)
+
+
+JSONARGS = "<<INCLUDE_ANSIBLE_MODULE_JSON_ARGS>>"
 
 
 def test_app_release_runs_as_a_module(lab: Lab, tmp_path: Path) -> None:
@@ -689,7 +698,51 @@ def test_app_release_runs_as_a_module(lab: Lab, tmp_path: Path) -> None:
     assert rc == 1 and "release_id is required with action=mark" in out["msg"]
 
 
-@pytest.mark.parametrize("name", ["app_release", "app_process", "release_artifact"])
+def test_host_modules_are_stdlib_jsonargs_modules() -> None:
+    """No AnsiballZ (its module_utils cost ~0.2 CPU s per run on the host): Ansible must see
+    jsonargs modules, and nothing but the standard library is imported."""
+    for name in ("app_release", "app_process"):
+        source = (PROJECT_ROOT / "library" / f"{name}.py").read_text()
+        assert "ansible.module_utils" not in source and JSONARGS in source
+        result = subprocess.run(
+            [HOST_PYTHON, "-I", "-S", "-c",
+             f"import runpy; runpy.run_path({str(PROJECT_ROOT / 'library' / name)!r} + '.py')"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+
+def test_module_without_its_action_plugin_says_so(tmp_path: Path) -> None:
+    """Run without action_plugins/ (nothing validated): a clear refusal, not a wrong result."""
+    script = (PROJECT_ROOT / "library" / "app_release.py").read_text()
+    unchecked = json.dumps({"deploy_root": str(tmp_path), "action": "info"})
+    for source in (script, script.replace(JSONARGS, unchecked)):
+        done = subprocess.run(
+            [HOST_PYTHON, "-"], input=source, capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert "runs through its action plugin" in json.loads(done.stdout)["msg"]
+
+
+def test_module_check_mode_and_path_expansion(lab: Lab, tmp_path: Path) -> None:
+    archive = lab.artifact("2.1.0")
+    rc, out = run_module(
+        "app_release",
+        {"deploy_root": str(lab.root), "action": "install", "release_id": "2.1.0",
+         "archive": str(archive), "sha256": sha256_file(archive), "version": "2.1.0"},
+        tmp_path,
+        check_mode=True,
+    )  # fmt: skip
+    assert rc == 0 and out["changed"] is True and out["msg"].startswith("would install")
+    assert not (lab.root / "releases" / "2.1.0").exists()
+    rc, out = run_module(
+        "app_release", {"deploy_root": "~/no-such-root", "action": "info"}, tmp_path
+    )
+    assert rc == 0 and out["current"] is None  # ~ expanded on the host, not refused as relative
+
+
+@pytest.mark.parametrize("name", ["app_release", "app_process", "app_service", "release_artifact"])
 def test_ansible_doc_renders(name: str) -> None:
     result = subprocess.run(
         [str(VENV_BIN / "ansible-doc"), "-M", str(PROJECT_ROOT / "library"), name],

@@ -7,6 +7,10 @@ base_dir::
     base_dir/
       host.json          name, address, ports (reused when the host is rebuilt)
       sshd/              sshd_config, host key, pid file, log, authorized_keys, known_hosts
+      home/              the login's HOME on this host (sshd's SetEnv): the host's own
+                         ~/.ansible, and no dotfiles of the machine's real user (a shell
+                         profile that runs e.g. `pyenv init` would add ~0.1 CPU s to every
+                         SSH command, which no clean server pays)
       deploy_root/       releases/, shared/ (what the deploy runbooks manage;
                          another place when deploy_root= is given)
 
@@ -132,6 +136,7 @@ class SshHost:
         self.log_file = self.sshd_dir / "sshd.log"
         self.authorized_keys = self.sshd_dir / "authorized_keys"
         self.known_hosts_file = self.sshd_dir / "known_hosts"
+        self.home = self.base_dir / "home"
         self.deploy_root = Path(deploy_root or self.base_dir / "deploy_root").absolute()
         self.state_file = self.base_dir / "host.json"
         self._state = self._load_state()
@@ -277,6 +282,7 @@ class SshHost:
     def prepare(self) -> None:
         """Create dirs, host key, authorized_keys, known_hosts and sshd_config."""
         self.sshd_dir.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(mode=0o700, exist_ok=True)
         for sub in ("releases", "shared"):
             (self.deploy_root / sub).mkdir(parents=True, exist_ok=True)
         if not self.host_key.exists():
@@ -312,6 +318,9 @@ class SshHost:
                 "MaxStartups 200:30:400",
                 "MaxSessions 100",
                 "Subsystem sftp internal-sftp",
+                # bash sources ~/.bashrc for commands run by sshd: the host's own empty HOME
+                # keeps the machine user's profile out of every module run.
+                f'SetEnv HOME="{self.home}"',
                 "",
             ]
         )
