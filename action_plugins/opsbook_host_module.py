@@ -4,10 +4,10 @@
 
 The modules that run on the app hosts on every deploy are plain Python files that use only the
 standard library and take their arguments as JSON (Ansible's ``jsonargs`` module style), not
-AnsiballZ modules: on the host one is a Python start-up and a few file operations, about 0.02 CPU
-seconds, where an AnsiballZ module first compiles ``ansible.module_utils.basic`` and its
-dependencies from its zip, about 0.2 CPU seconds on every run. A 16-host deploy makes about 80
-such runs.
+AnsiballZ modules. An AnsiballZ module compiles ``ansible.module_utils.basic`` and its
+dependencies from its zip on every run: 0.19 CPU seconds for ``ping`` with the hosts' Python
+3.11. ``app_release`` as a jsonargs module takes 0.07 CPU seconds a run. A deploy makes five
+such runs on each host.
 
 What AnsibleModule would do on the host is done here, on the controller, with Ansible's own
 validator: the task's arguments are checked against the module's ``argument_spec()`` (read from
