@@ -119,6 +119,11 @@ attributes:
       and starts nothing.
   diff_mode:
     support: none
+  action:
+    support: full
+    description: C(action_plugins/app_process.py) checks the arguments on the controller
+      against this module's spec. The module itself runs on the host with the Python standard
+      library only (no AnsiballZ), and refuses to run without its action plugin.
   platform:
     platforms: linux
     description: Reads C(/proc) to find live processes, their sessions and command lines.

@@ -68,10 +68,18 @@ options:
         O(action=activate), O(action=mark) and O(action=remove).
       - Letters, digits and C(. _ + -), starting with a letter or digit, at most 128 characters.
     type: str
+  src:
+    description:
+      - O(action=install) - path B(on the controller) of the release artifact. The action
+        plugin sends it into the task's temporary directory on the host (one transfer) and
+        the module installs it from there and deletes it (as O(archive) with
+        O(remove_archive=true)). Nothing is sent in check mode.
+      - Give O(src) or O(archive), not both.
+    type: path
   archive:
     description:
       - O(action=install) - path B(on the host) of the release artifact, a C(.tar.gz) (or
-        C(.tar), C(.tar.bz2), C(.tar.xz)).
+        C(.tar), C(.tar.bz2), C(.tar.xz)). Use O(src) for an artifact on the controller.
       - Members must be regular files, directories or symlinks staying inside the release;
         absolute paths and C(..) are refused.
     type: path
@@ -153,6 +161,12 @@ attributes:
       run would have installed it) instead of failing.
   diff_mode:
     support: none
+  action:
+    support: full
+    description: C(action_plugins/app_release.py) checks the arguments on the controller
+      against this module's spec, and sends O(src). The module itself runs on the host with
+      the Python standard library only (no AnsiballZ), and refuses to run without its action
+      plugin.
   platform:
     platforms: posix
 notes:
