@@ -60,28 +60,9 @@ requirements:
     interpreter that runs the module
   - pg_dump (and pg_dumpall with O(globals)) of the server's major version or newer
   - the C(zstd) command line tool (package C(zstd))
+extends_documentation_fragment:
+  - opsbook_pg
 options:
-  dsn:
-    description:
-      - libpq connection string, a URI (C(postgresql://user:password@host:5432/db)) or
-        C(key=value) pairs. Secret (C(no_log)); the password never appears in the output
-        nor on a command line.
-      - Shared by every opsbook Postgres module (C(module_utils/opsbook_pg.py)).
-    type: str
-    required: true
-  connect_timeout:
-    description:
-      - Seconds to wait for a connection (the module's and pg_dump's).
-      - Shared by every opsbook Postgres module.
-    type: int
-    default: 10
-  application_name:
-    description:
-      - C(application_name) of the module's session; pg_dump's session gets
-        C(<application_name>-pg_dump).
-      - Shared by every opsbook Postgres module.
-    type: str
-    default: opsbook
   storage_url:
     description:
       - Where backups go, C(s3://bucket/prefix) or C(file:///absolute/path).
@@ -208,6 +189,8 @@ attributes:
     description: Runs where the client tools are and the database is reachable (group
       C(dbadmin) in opsbook).
 notes:
+  - The password of O(dsn) never appears on a command line either; pg_dump's session is named
+    C(<application_name>-pg_dump).
   - The connecting role needs to read every dumped table; row level security is not
     bypassed (C(row_security=off) makes both pg_dump and the row counts fail rather than
     silently skip rows).

@@ -32,26 +32,9 @@ author:
   - opsbook maintainers
 requirements:
   - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
+extends_documentation_fragment:
+  - opsbook_pg
 options:
-  dsn:
-    description:
-      - libpq connection string, a URI (C(postgresql://user:password@host:5432/db)) or
-        C(key=value) pairs. Secret (C(no_log)); the password never appears in the output.
-      - The role needs C(CREATEDB) (or superuser) to create, and must own the database (or be
-        a superuser) to drop it.
-      - Shared by every opsbook Postgres module (C(module_utils/opsbook_pg.py)).
-    type: str
-    required: true
-  connect_timeout:
-    description:
-      - Seconds to wait for the connection. Shared by every opsbook Postgres module.
-    type: int
-    default: 10
-  application_name:
-    description:
-      - C(application_name) of the module's session. Shared by every opsbook Postgres module.
-    type: str
-    default: opsbook
   name:
     description:
       - The database to create or drop.
@@ -111,6 +94,8 @@ attributes:
     platforms: posix
     description: Runs where the database is reachable (group C(dbadmin) in opsbook).
 notes:
+  - The role of O(dsn) needs C(CREATEDB) (or superuser) to create, and must own the database
+    (or be a superuser) to drop it.
   - C(pg_restore) creates, replaces and verifies restored databases; this module only makes
     or removes an (empty) database, for scratch work such as restore drills.
 seealso:

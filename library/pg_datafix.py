@@ -48,27 +48,9 @@ author:
   - opsbook maintainers
 requirements:
   - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
+extends_documentation_fragment:
+  - opsbook_pg
 options:
-  dsn:
-    description:
-      - libpq connection string, a URI (C(postgresql://user:password@host:5432/db)) or
-        C(key=value) pairs. Secret (C(no_log)); the password never appears in the output.
-      - Shared by every opsbook Postgres module (C(module_utils/opsbook_pg.py)).
-      - Not used with O(parse_only=true), but still required.
-    type: str
-    required: true
-  connect_timeout:
-    description:
-      - Seconds to wait for the connection.
-      - Shared by every opsbook Postgres module.
-    type: int
-    default: 10
-  application_name:
-    description:
-      - C(application_name) of the session, as seen in C(pg_stat_activity).
-      - Shared by every opsbook Postgres module.
-    type: str
-    default: opsbook
   path:
     description:
       - The data-fix file, on the host the module runs on. Exactly one of O(path) and
@@ -147,6 +129,7 @@ attributes:
     platforms: posix
     description: Runs on the host that can reach the database (group C(dbadmin) in opsbook).
 notes:
+  - O(dsn) is not used with O(parse_only=true), but is still required.
   - RV(changed) is true when the transaction committed (in check mode - would commit) and a
     counted statement affected rows or a statement other than a query or C(SET) ran. A
     re-run of a fix written with precise C(WHERE) clauses affects no rows and reports no

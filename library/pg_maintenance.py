@@ -53,26 +53,9 @@ author:
 requirements:
   - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
   - PostgreSQL 12 or later (C(REINDEX CONCURRENTLY))
+extends_documentation_fragment:
+  - opsbook_pg
 options:
-  dsn:
-    description:
-      - libpq connection string, a URI (C(postgresql://user:password@host:5432/db)) or
-        C(key=value) pairs. Secret (C(no_log)); the password never appears in the output.
-      - Shared by every opsbook Postgres module (C(module_utils/opsbook_pg.py)).
-    type: str
-    required: true
-  connect_timeout:
-    description:
-      - Seconds to wait for the connection.
-      - Shared by every opsbook Postgres module.
-    type: int
-    default: 10
-  application_name:
-    description:
-      - C(application_name) of the session, as seen in C(pg_stat_activity).
-      - Shared by every opsbook Postgres module.
-    type: str
-    default: opsbook
   schemas:
     description:
       - Only tables and indexes in these schemas. Empty - every schema but the system ones.

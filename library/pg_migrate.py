@@ -62,30 +62,9 @@ author:
   - opsbook maintainers
 requirements:
   - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
+extends_documentation_fragment:
+  - opsbook_pg
 options:
-  dsn:
-    description:
-      - libpq connection string, a URI (C(postgresql://user:password@host:5432/db)) or
-        C(key=value) pairs. Secret (C(no_log)); the password never appears in the output.
-      - Prisma-only URI parameters (C(schema), C(connection_limit), C(pool_timeout),
-        C(pgbouncer), ...) are removed before connecting; C(?schema=) sets the default of
-        O(prisma_schema).
-      - Shared by every opsbook Postgres module (C(module_utils/opsbook_pg.py)).
-    type: str
-    required: true
-  connect_timeout:
-    description:
-      - Seconds to wait for the connection.
-      - Shared by every opsbook Postgres module.
-    type: int
-    default: 10
-  application_name:
-    description:
-      - C(application_name) of the module's session (what RV(lock) reports as the holder of
-        the lock to a run that waits).
-      - Shared by every opsbook Postgres module.
-    type: str
-    default: opsbook
   action:
     description:
       - C(status) reports applied, pending, drift, missing and failed migrations; read-only,
@@ -191,6 +170,11 @@ attributes:
     description: Runs where the migrations directory is and the database is reachable (group
       C(dbadmin) in opsbook).
 notes:
+  - Prisma-only URI parameters of O(dsn) (C(schema), C(connection_limit), C(pool_timeout),
+    C(pgbouncer), ...) are removed before connecting; C(?schema=) sets the default of
+    O(prisma_schema).
+  - The O(application_name) of the session is what RV(lock) reports as the holder of the lock
+    to a run that waits.
   - Session advisory locks do not work through a PgBouncer in transaction pooling mode;
     connect directly (or through session pooling) to migrate.
   - "Prisma layout: on a database whose schema already holds tables but has no

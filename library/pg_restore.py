@@ -54,25 +54,9 @@ requirements:
   - boto3 for s3:// storage
   - the PostgreSQL client tools (C(pg_restore); C(psql) for O(globals)), preferably of the
     server's major version, and C(zstd), on the host that runs the module
+extends_documentation_fragment:
+  - opsbook_pg
 options:
-  dsn:
-    description:
-      - libpq connection string or URI of the server to restore INTO. Secret (C(no_log)).
-      - The module connects to O(maintenance_db) on that server, not to the database the DSN
-        names, so the DSN of the application database itself can be used.
-      - The role needs C(CREATEDB) (or superuser); for O(mode=replace) it must own the target
-        database (or be a superuser) to rename it.
-      - Shared by every opsbook Postgres module (C(module_utils/opsbook_pg.py)).
-    type: str
-    required: true
-  connect_timeout:
-    description: Seconds to wait for each connection (libpq C(connect_timeout)). Shared option.
-    type: int
-    default: 10
-  application_name:
-    description: C(application_name) of the module's own sessions. Shared option.
-    type: str
-    default: opsbook
   maintenance_db:
     description:
       - The database the module connects to for C(CREATE), C(ALTER ... RENAME) and C(DROP
@@ -246,6 +230,11 @@ attributes:
     platforms: posix
     description: Runs on the host that has the PostgreSQL client tools (group C(dbadmin)).
 notes:
+  - O(dsn) names the server to restore B(into). The module connects to O(maintenance_db) on
+    that server, not to the database the DSN names, so the DSN of the application database
+    itself can be used.
+  - The role of O(dsn) needs C(CREATEDB) (or superuser); for O(mode=replace) it must own the
+    target database (or be a superuser) to rename it.
   - The restore works in a scratch database, so the server needs room for a second copy of the
     database while it runs (and keeps one with O(keep_previous=true)).
   - Database-level settings (C(ALTER DATABASE ... SET)), database GRANTs and connection limits

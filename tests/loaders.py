@@ -12,6 +12,9 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import yaml
 
 from tests.harness import PROJECT_ROOT, VENV_BIN
 
@@ -64,6 +67,19 @@ def load_library(name: str) -> ModuleType:
 def load_plugin(directory: str, name: str) -> ModuleType:
     """A controller plugin, e.g. load_plugin("filter_plugins", "opsbook_filters")."""
     return load_path(f"opsbook_test_{name}", PROJECT_ROOT / directory / f"{name}.py")
+
+
+def module_documentation(module: ModuleType) -> dict[str, Any]:
+    """A module's DOCUMENTATION with its doc fragments (doc_fragments/) merged in, as
+    ansible-doc shows it: the module's own options win over a fragment's."""
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    for name in doc.get("extends_documentation_fragment") or []:
+        fragment = load_path(
+            f"opsbook_doc_fragment_{name}", PROJECT_ROOT / "doc_fragments" / f"{name}.py"
+        )
+        options = yaml.safe_load(fragment.ModuleDocFragment.DOCUMENTATION).get("options", {})
+        doc["options"] = {**options, **(doc.get("options") or {})}
+    return doc
 
 
 def _module_utils_path(name: str) -> Path:

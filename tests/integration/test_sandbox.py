@@ -33,6 +33,7 @@ LINKED = (
     "module_utils",
     "filter_plugins",
     "callback_plugins",
+    "doc_fragments",
 )
 PG_ADDRESS = "127.0.10.200"
 HOST_ADDRESSES = {"app1": "127.0.10.201", "app2": "127.0.10.202"}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.harness import ansible_env, run_ansible
-from tests.loaders import load_library
+from tests.loaders import load_library, module_documentation
 
 dfx = load_library("pg_datafix")
 
@@ -504,7 +504,7 @@ def test_validate_params(overrides: dict[str, Any], fragment: str) -> None:
 
 
 def test_documentation_matches_the_argument_spec() -> None:
-    doc = yaml.safe_load(dfx.DOCUMENTATION)
+    doc = module_documentation(dfx)
     assert set(doc["options"]) == set(dfx.argument_spec())
     assert doc["attributes"]["check_mode"]["support"] == "full"
     returned = yaml.safe_load(dfx.RETURN)

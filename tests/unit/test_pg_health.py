@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.harness import ansible_env, run_ansible
-from tests.loaders import load_library, load_module_utils
+from tests.loaders import load_library, load_module_utils, module_documentation
 
 opsbook_pg = load_module_utils("opsbook_pg")
 pgh = load_library("pg_health")
@@ -333,7 +333,7 @@ def test_run_checks_turns_a_failing_check_into_a_password_free_failure() -> None
 
 
 def test_checks_are_documented_and_extensible() -> None:
-    doc = yaml.safe_load(pgh.DOCUMENTATION)
+    doc = module_documentation(pgh)
     assert (
         sorted(doc["options"]["checks"]["choices"])
         == sorted(pgh.CHECKS)

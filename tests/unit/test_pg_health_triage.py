@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.loaders import load_library
+from tests.loaders import load_library, module_documentation
 
 pgh = load_library("pg_health")
 
@@ -393,7 +393,7 @@ def test_validate_new_params(overrides: dict[str, Any], fragment: str) -> None:
 
 
 def test_new_options_are_documented_with_their_defaults() -> None:
-    doc = yaml.safe_load(pgh.DOCUMENTATION)
+    doc = module_documentation(pgh)
     for name, spec in pgh.argument_spec().items():
         assert doc["options"][name].get("default") == spec.get("default"), name
         assert doc["options"][name].get("choices") == spec.get("choices"), name

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.harness import ansible_env, run_ansible
-from tests.loaders import load_library
+from tests.loaders import load_library, module_documentation
 
 pm = load_library("pg_maintenance")
 
@@ -359,7 +359,7 @@ def test_validate_params(overrides: dict[str, Any], fragment: str) -> None:
 
 
 def test_documentation_matches_the_argument_spec() -> None:
-    doc = yaml.safe_load(pm.DOCUMENTATION)
+    doc = module_documentation(pm)
     assert set(doc["options"]) == set(pm.argument_spec())
     for name, spec in pm.argument_spec().items():
         assert doc["options"][name].get("default") == spec.get("default"), name

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library
+from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library, module_documentation
 
 rst = load_library("pg_restore")
 
@@ -502,7 +502,7 @@ def test_largest_first() -> None:
 
 
 def _doc() -> dict[str, Any]:
-    return yaml.safe_load(rst.DOCUMENTATION)
+    return module_documentation(rst)
 
 
 def test_documented_options_match_the_argument_spec() -> None:
