@@ -8,13 +8,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from opsbook.lab import build_release, free_port, http_get, sha256_file
+from opsbook.lab.hosts import HOST_PYTHON
 from tests.harness import ansible_env, run_ansible
 
-HOST_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else "python3"
 
-
-OPLOG = Path("/tmp/opsbook-test-host-module-actions.oplog.jsonl")
+@pytest.fixture(autouse=True)
+def _oplog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operation log of these runs goes to the test's own directory."""
+    monkeypatch.setenv("OPSBOOK_OPLOG", str(tmp_path / "oplog.jsonl"))
 
 
 def adhoc(module: str, args: dict[str, Any], *extra: str) -> tuple[int, dict[str, Any], str]:
@@ -22,7 +26,7 @@ def adhoc(module: str, args: dict[str, Any], *extra: str) -> tuple[int, dict[str
     done = run_ansible(
         ["localhost", "-i", "localhost,", "-c", "local", "-m", module, "-a", json.dumps(args),
          "-e", f"ansible_python_interpreter={HOST_PYTHON}", *extra],
-        env=ansible_env(OPLOG, extra={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}),
+        env=ansible_env(extra={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}),
         timeout=120,
     )  # fmt: skip
     out = done.stdout + done.stderr
