@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up opsbook on this machine: the OS packages the sandbox and the tests
 # use (PostgreSQL 15, OpenSSH server, zstd, nginx), then a virtualenv in .venv with
-# opsbook and its dev tools. Safe to re-run: it only installs what is missing.
+# opsbook and its dev tools at the versions in constraints.txt. Safe to re-run: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,11 +35,14 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
+# The exact versions the suite passed with (constraints.txt; `bash scripts/lock.sh` updates it on
+# purpose). Re-installed whenever pyproject.toml or constraints.txt differ from the last install.
 stamp=.venv/.opsbook-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing opsbook and its dev tools into .venv"
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing opsbook and its dev tools into .venv (versions from constraints.txt)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
-  touch "$stamp"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+  echo "$want" >"$stamp"
 fi
 echo "setup: ready ($(.venv/bin/ansible --version | sed -n 1p), $(/usr/lib/postgresql/15/bin/postgres --version))"

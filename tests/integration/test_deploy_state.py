@@ -798,8 +798,3 @@ def test_maintenance_mode_first_line_describes_it() -> None:
     assert first.startswith("# Switch maintenance mode on or off on the app hosts")
 
 
-def test_modules_render_in_ansible_doc() -> None:
-    for module in ("deploy_lock", "deploy_ledger", "notify_webhook"):
-        proc = run_ansible(["-M", "library", module], tool="ansible-doc", timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        assert "ERROR" not in proc.stderr and "RETURN VALUES" in proc.stdout

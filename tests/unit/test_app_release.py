@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from opsbook.lab import build_release, free_port, http_get, sha256_file
-from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library
+from tests.loaders import PROJECT_ROOT, load_library
 
 ar = load_library("app_release")
 ap = load_library("app_process")
@@ -740,20 +740,6 @@ def test_module_check_mode_and_path_expansion(lab: Lab, tmp_path: Path) -> None:
         "app_release", {"deploy_root": "~/no-such-root", "action": "info"}, tmp_path
     )
     assert rc == 0 and out["current"] is None  # ~ expanded on the host, not refused as relative
-
-
-@pytest.mark.parametrize("name", ["app_release", "app_process", "app_service", "release_artifact"])
-def test_ansible_doc_renders(name: str) -> None:
-    result = subprocess.run(
-        [str(VENV_BIN / "ansible-doc"), "-M", str(PROJECT_ROOT / "library"), name],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
-    )
-    assert result.returncode == 0, result.stderr
-    assert name in result.stdout and "RETURN VALUES" in result.stdout
 
 
 # ============================================================================ app_process

@@ -1,7 +1,7 @@
 """module_utils/opsbook_backup.py, library/pg_backup.py and library/pg_backup_info.py:
 the pure parts (ids, manifests, selection, retention, pg_dump patterns and command lines),
 the catalog and verification on a real file:// storage, the streaming pipeline with
-stand-in producers (no database), and ansible-doc."""
+stand-in producers (no database)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library, load_module_utils
+from tests.loaders import load_library, load_module_utils
 
 storage_mod = load_module_utils("opsbook_storage")
 ob = load_module_utils("opsbook_backup")
@@ -905,30 +905,6 @@ def test_pg_backup_info_states_on_file_storage(storage: Any, tmp_path: Path) -> 
 
     with pytest.raises(pbi.InfoFailed, match="no backup 'nope'"):
         pbi.run(info_params(storage_url=url, state="select", backup_id="nope"), False)
-
-
-# ----------------------------------------------------------------- ansible-doc
-
-
-@pytest.mark.parametrize("module", ["pg_backup", "pg_backup_info"])
-def test_ansible_doc_renders(module: str) -> None:
-    proc = subprocess.run(
-        [str(VENV_BIN / "ansible-doc"), "-M", "library", module],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"),
-            "ANSIBLE_NOCOLOR": "1",
-        },
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "WARNING" not in proc.stderr.upper()
-    assert "RETURN VALUES" in proc.stdout and "EXAMPLES" in proc.stdout
-    assert "check_mode" in proc.stdout
 
 
 # ----------------------------------------------------------------- fetching (pg_restore's)

@@ -1,4 +1,4 @@
-"""library/http_check.py: pure parts, a real local HTTP server, ansible-doc and an ad hoc run."""
+"""library/http_check.py: pure parts, a real local HTTP server and an ad hoc run."""
 
 from __future__ import annotations
 
@@ -355,22 +355,6 @@ def test_run_check_against_a_real_server(server: str) -> None:
 def run_tool(*argv: str) -> subprocess.CompletedProcess[str]:
     """Run an Ansible tool (argv[0]) from the project root, the operation log discarded."""
     return run_ansible(argv[1:], env=ansible_env(oplog=Path(os.devnull)), timeout=120, tool=argv[0])
-
-
-def test_ansible_doc_renders() -> None:
-    proc = run_tool("ansible-doc", "-M", "library", "http_check")
-    assert proc.returncode == 0, proc.stderr
-    assert "[WARNING]" not in proc.stderr and "ERROR" not in proc.stderr
-    for text in (
-        "latency_threshold_ms",
-        "expect_status",
-        "fail_on_problem",
-        "check_mode",
-        "EXAMPLES",
-        "RETURN VALUES",
-        "latency_ms",
-    ):
-        assert text in proc.stdout, text
 
 
 def test_module_runs_in_check_mode_and_reports(server: str) -> None:

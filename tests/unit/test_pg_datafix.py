@@ -1,17 +1,14 @@
 """library/pg_datafix.py: splitting, refusals, bounds, the report, the commit/rollback rule
-(no server needed), and ansible-doc."""
+(no server needed)."""
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.harness import ansible_env, run_ansible
 from tests.loaders import load_library, module_documentation
 
 dfx = load_library("pg_datafix")
@@ -511,19 +508,6 @@ def test_documentation_matches_the_argument_spec() -> None:
     for key in ("outcome", "committed", "failed_check", "statements", "verify", "report_lines"):
         assert key in returned, key
     yaml.safe_load(dfx.EXAMPLES)
-
-
-def test_ansible_doc_renders() -> None:
-    proc = run_ansible(
-        ["-M", "library", "pg_datafix"],
-        env=ansible_env(oplog=Path(os.devnull)),
-        timeout=120,
-        tool="ansible-doc",
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "[WARNING]" not in proc.stderr and "ERROR" not in proc.stderr
-    for text in ("max_rows_per_statement", "lock_timeout", "opsbook:verify", "RETURN VALUES"):
-        assert text in proc.stdout, text
 
 
 def test_report_of_a_fix_that_could_not_connect() -> None:

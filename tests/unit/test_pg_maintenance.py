@@ -1,16 +1,13 @@
 """library/pg_maintenance.py: threshold decisions, the B-tree bloat estimate, leftovers, the
-report (no server needed), and ansible-doc."""
+report (no server needed)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.harness import ansible_env, run_ansible
 from tests.loaders import load_library, module_documentation
 
 pm = load_library("pg_maintenance")
@@ -377,19 +374,3 @@ def test_documentation_matches_the_argument_spec() -> None:
     yaml.safe_load(pm.EXAMPLES)
 
 
-def test_ansible_doc_renders() -> None:
-    proc = run_ansible(
-        ["-M", "library", "pg_maintenance"],
-        env=ansible_env(oplog=Path(os.devnull)),
-        timeout=120,
-        tool="ansible-doc",
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "[WARNING]" not in proc.stderr and "ERROR" not in proc.stderr
-    for text in (
-        "reindex_bloat_percent",
-        "vacuum_full_tables",
-        "pgsql-bloat-estimation",
-        "RETURN VALUES",
-    ):
-        assert text in proc.stdout, text

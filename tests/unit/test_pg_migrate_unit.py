@@ -1,18 +1,17 @@
 """library/pg_migrate.py, the pure parts: splitting SQL into statements, the no-transaction
 marker and the statements that need it, checksums (Prisma's comparison included), scanning
-both layouts, ordering, the analysis of disk against history, and ansible-doc."""
+both layouts, ordering, the analysis of disk against history."""
 
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library
+from tests.loaders import PROJECT_ROOT, load_library
 
 pgm = load_library("pg_migrate")
 
@@ -525,14 +524,3 @@ def test_validate_params() -> None:
     assert "lock_key must be a bigint" in pgm.validate_params(base_params(lock_key=2**64))[0]
 
 
-def test_ansible_doc_renders() -> None:
-    proc = subprocess.run(
-        [str(VENV_BIN / "ansible-doc"), "-M", "library", "pg_migrate"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "no-transaction" in proc.stdout
-    assert "RETURN VALUES" in proc.stdout

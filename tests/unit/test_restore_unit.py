@@ -1,13 +1,12 @@
 """library/pg_restore.py: the pure parts (confirmation rules, names, input validation,
-argv, messages), small process pipelines, the documentation against the argument spec,
-and ansible-doc. No server needed."""
+argv, messages), small process pipelines, the documentation against the argument spec.
+No server needed."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.loaders import PROJECT_ROOT, VENV_BIN, load_library, module_documentation
+from tests.loaders import load_library, module_documentation
 
 rst = load_library("pg_restore")
 
@@ -531,18 +530,3 @@ def test_return_documents_every_result_key() -> None:
     assert yaml.safe_load(rst.EXAMPLES)
 
 
-def test_ansible_doc_renders() -> None:
-    proc = subprocess.run(
-        [str(VENV_BIN / "ansible-doc"), "-M", "library", "pg_restore"],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "[WARNING]" not in proc.stderr and "ERROR" not in proc.stderr
-    for text in ("target_database", "terminate_connections", "keep_previous", "check_mode",
-                 "EXAMPLES", "RETURN VALUES", "previous_database"):  # fmt: skip
-        assert text in proc.stdout, text
