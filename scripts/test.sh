@@ -12,4 +12,6 @@ ruff check .
 echo "== ansible-lint (production profile)"
 ansible-lint --offline -q
 echo "== pytest"
-pytest -q "$@"
+# Test files run in parallel (pytest-xdist), one file per worker at a time: each worker starts its
+# own lab (PostgreSQL, S3, SSH hosts on free ports). OPSBOOK_TEST_WORKERS=0 runs them in one process.
+pytest -q -n "${OPSBOOK_TEST_WORKERS:-auto}" --dist loadfile "$@"
