@@ -41,10 +41,19 @@ description:
     the upload is aborted (S3 C(AbortMultipartUpload); a file is never renamed into
     place), objects already stored by this run are deleted, pg_dump and zstd are killed
     and reaped, and the task fails saying what failed and that no backup was written."
-  - The password never reaches a command line nor a message. pg_dump and pg_dumpall
-    get the DSN without its password as their C(--dbname) connection string (pointed at
-    the exact server the module connected to, so the snapshot can be imported) and the
-    password through a temporary C(0600) passfile (C(PGPASSFILE)), deleted afterwards.
+  - The password never reaches a command line, a message or the disk. pg_dump and
+    pg_dumpall get the DSN without its password as their C(--dbname) connection string
+    (pointed at the exact server the module connected to, so the snapshot can be imported)
+    and the password in their own environment (C(PGPASSWORD) of that child only); no file
+    ever holds it.
+  - "Interrupted is not broken: SIGTERM, SIGINT or SIGHUP (an AWX cancel, Ctrl-C,
+    C(opsbook run --timeout), ansible-playbook forwarding its own signal) abort the upload,
+    delete what this run stored, stop pg_dump and zstd (SIGTERM, then SIGKILL) and fail
+    saying so. pg_dump and zstd die with the module even when it is SIGKILLed
+    (C(PR_SET_PDEATHSIG)), and the module stops itself when the ansible-playbook that
+    started it is gone. What a SIGKILL can still leave - an unfinished S3 multipart upload
+    or a partial file - is found and removed by the next backup to the same storage once it
+    is older than O(stale_after_minutes) (RV(cleaned_up))."
   - "Preflight, before anything is written: the storage is writable (a probe object is
     written and deleted), pg_dump's major version is at least the server's (an older
     pg_dump cannot dump a newer server; a different minor version only warns), and no
@@ -361,7 +370,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -380,7 +388,6 @@ from ansible.module_utils.opsbook_backup import (
     build_manifest,
     client_conninfo,
     find_pg_tool,
-    libpq_passfile,
     make_backup_id,
     object_entry,
     object_key,
@@ -399,11 +406,21 @@ from ansible.module_utils.opsbook_pg import (
     safe_error,
     validate_connection_params,
 )
+from ansible.module_utils.opsbook_proc import (
+    Interrupted,
+    signals_held,
+    spawn,
+    stop,
+    stop_signals,
+    tool_env,
+    watch_ansible,
+)
 from ansible.module_utils.opsbook_storage import StorageError, open_storage, part_size_for
 
 MiB = 1024 * 1024
 PIPE_SIZE = MiB  # F_SETPIPE_SZ: fewer, larger reads (Linux; best effort)
 STDERR_LIMIT = 64 * 1024
+STOP_GRACE_S = 2.0  # pg_dump and zstd stop at once on SIGTERM; SIGKILL after this
 ZSTD_CANDIDATES = ("/usr/bin/zstd", "/usr/local/bin/zstd", "/bin/zstd")
 PG_DUMP_MAGIC = b"PGDMP"
 SSE_CHOICES = ["none", "AES256", "aws:kms"]
@@ -413,10 +430,6 @@ _CONT_LINE_RE = re.compile(r"^(?:[\w.-]+: )?(?:detail|hint|DETAIL|HINT|CONTEXT):
 
 class BackupFailed(Exception):
     """The backup cannot be taken; ``str()`` is a password-free message."""
-
-
-class BackupInterrupted(BaseException):
-    """SIGTERM arrived: unwind (aborting uploads, killing children) and fail."""
 
 
 # ---------------------------------------------------------------------------
@@ -890,44 +903,31 @@ class _Feeder(threading.Thread):
             self.bytes += moved
 
 
-def kill_and_reap(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGKILL each child still running and wait for it (never leaves zombies)."""
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-    for proc in procs:
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=30)
-
-
 @contextlib.contextmanager
 def _children(
     producer_argv: list[str], zstd_argv_: list[str], env: dict[str, str]
 ) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
-    """Start ``producer | zstd``; on any exception kill and reap both."""
+    """Start ``producer | zstd`` (children that die with the module); on any exception
+    stop and reap both."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        producer = subprocess.Popen(
-            producer_argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            bufsize=0,
+        producer = spawn(
+            producer_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0
         )
         procs.append(producer)
-        compressor = subprocess.Popen(
+        compressor = spawn(
             zstd_argv_,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=tool_env(None),
             bufsize=0,
         )
         procs.append(compressor)
         yield producer, compressor
     except BaseException:
-        kill_and_reap(procs)
+        with signals_held():
+            stop(procs, STOP_GRACE_S)
         raise
     finally:
         for proc in procs:
@@ -973,7 +973,8 @@ def stream_compressed(
                 stats.bytes += len(chunk)
         except BaseException:
             feeder.stop.set()
-            kill_and_reap([producer, compressor])
+            with signals_held():
+                stop([producer, compressor], STOP_GRACE_S)
             raise
         finally:
             feeder.join()
@@ -1023,10 +1024,6 @@ def find_zstd() -> str:
     if not found:
         raise BackupFailed("zstd not found on PATH: install the zstd package")
     return found
-
-
-def _raise_interrupted(signum: int, _frame: Any) -> None:
-    raise BackupInterrupted(f"signal {signum}")
 
 
 class BackupRun:
@@ -1274,12 +1271,11 @@ class BackupRun:
             conninfo, password = dump_conninfo(self.params["dsn"], self.conn, self.params)
         except ValueError as exc:
             raise BackupFailed(str(exc)) from None
-        with libpq_passfile(password) as pass_env:
-            env = {**os.environ, **pass_env}
-            globals_entry = None
-            if self.params["globals"]:
-                globals_entry = self.take_globals(backup_id, conninfo, env, facts["database"])
-            return self.take_backup(facts, backup_id, conninfo, env, globals_entry)
+        env = tool_env(password)
+        globals_entry = None
+        if self.params["globals"]:
+            globals_entry = self.take_globals(backup_id, conninfo, env, facts["database"])
+        return self.take_backup(facts, backup_id, conninfo, env, globals_entry)
 
     def take_backup(
         self,
@@ -1421,29 +1417,30 @@ def main() -> None:
     if errors:
         module.fail_json(msg="pg_backup: invalid input: " + "; ".join(errors))
     run = BackupRun(module)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    try:
-        result = run.run()
-    except (BackupFailed, StorageError, BackupInterrupted, KeyboardInterrupt) as exc:
-        what = str(exc)
-        if isinstance(exc, BackupInterrupted | KeyboardInterrupt):
-            what = "interrupted by a signal"
-        elif isinstance(exc, StorageError):
-            what = f"storage: {exc}"
-        note = run.cleanup()
-        module.fail_json(
-            msg=f"pg_backup: {what}; no backup was written (no manifest){note}",
-            changed=False,
-        )
-    except Exception as exc:
-        note = run.cleanup()
-        module.fail_json(
-            msg=f"pg_backup: unexpected error: {run.safe(exc)}; no backup was written "
-            f"(no manifest){note}",
-            changed=False,
-        )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with stop_signals():
+        watch_ansible()
+        try:
+            result = run.run()
+        except (BackupFailed, StorageError, Interrupted, KeyboardInterrupt) as exc:
+            what = str(exc)
+            if isinstance(exc, KeyboardInterrupt):
+                what = "interrupted by SIGINT"
+            elif isinstance(exc, StorageError):
+                what = f"storage: {exc}"
+            with signals_held():
+                note = run.cleanup()
+            module.fail_json(
+                msg=f"pg_backup: {what}; no backup was written (no manifest){note}",
+                changed=False,
+            )
+        except Exception as exc:
+            with signals_held():
+                note = run.cleanup()
+            module.fail_json(
+                msg=f"pg_backup: unexpected error: {run.safe(exc)}; no backup was written "
+                f"(no manifest){note}",
+                changed=False,
+            )
     close_quietly(run.conn)
     for warning in run.warnings:
         module.warn(warning)

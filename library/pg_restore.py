@@ -455,7 +455,6 @@ msg:
 """
 
 import contextlib
-import ctypes
 import os
 import re
 import secrets
@@ -479,7 +478,6 @@ from ansible.module_utils.opsbook_backup import (
     fetch_decompress,
     fetch_object,
     find_pg_tool,
-    libpq_passfile,
     list_catalog,
     load_backup,
     parse_time,
@@ -499,6 +497,16 @@ from ansible.module_utils.opsbook_pg import (
     safe_error,
     scrub_secrets,
     validate_connection_params,
+)
+from ansible.module_utils.opsbook_proc import (
+    Interrupted,
+    StageResult,
+    run_pipeline,
+    signals_held,
+    spawn,
+    stop_signals,
+    tool_env,
+    watch_ansible,
 )
 from ansible.module_utils.opsbook_storage import StorageError, open_storage
 
@@ -521,10 +529,6 @@ TIMINGS = ("fetch_s", "verify_s", "decompress_s", "restore_s", "counts_s", "anal
 
 class RestoreError(Exception):
     """A failure whose message is fit for the operator (never holds a secret)."""
-
-
-class Interrupted(RestoreError):
-    """The module got SIGTERM/SIGINT/SIGHUP; raised so that cleanup runs."""
 
 
 # ---------------------------------------------------------------------------
@@ -668,7 +672,7 @@ def tool_conninfo(dsn: str, dbname: str) -> tuple[str, str | None]:
     """(conninfo for ``dbname`` without the password, the password) for a client tool.
 
     The conninfo goes on the tool's argv (visible in ``ps``); the password goes
-    into a 0600 passfile (``opsbook_backup.libpq_passfile``).
+    into the tool's own environment (``opsbook_proc.tool_env``), never into a file.
     """
     conninfo, password = client_conninfo(dsn)
     return make_conninfo(conninfo, dbname=dbname), password
@@ -841,92 +845,7 @@ def plan_actions(
 
 
 # ---------------------------------------------------------------------------
-# child processes: pipelines whose children never outlive the module
-
-
-def _load_die_with_parent() -> Callable[[], None] | None:
-    """A preexec function asking Linux to SIGKILL the child when the module dies."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: cleanup on signals still applies
-        return None
-    pr_set_pdeathsig = 1
-
-    def die_with_parent() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-    return die_with_parent
-
-
-_DIE_WITH_PARENT = _load_die_with_parent()
-
-
-@dataclass
-class StageResult:
-    name: str
-    returncode: int
-    stderr: str
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def run_pipeline(
-    stages: list[list[str]],
-    env: dict[str, str],
-    err_dir: Path,
-    stdout_path: Path | None = None,
-) -> list[StageResult]:
-    """Run ``stages[0] | stages[1] | ...`` and wait for all; kill and reap them on any exception.
-
-    stderr of every stage goes to a file in ``err_dir`` (no pipe that can fill up);
-    the last stage's stdout goes to ``stdout_path`` (or nowhere).
-    """
-    procs: list[subprocess.Popen[bytes]] = []
-    err_paths: list[Path] = []
-    try:
-        upstream: Any = None
-        for index, argv in enumerate(stages):
-            err_path = err_dir / f"{index}-{Path(argv[0]).name}.stderr"
-            err_paths.append(err_path)
-            with contextlib.ExitStack() as files:
-                err = files.enter_context(open(err_path, "wb"))
-                out: Any = subprocess.PIPE
-                if index == len(stages) - 1:
-                    out = subprocess.DEVNULL
-                    if stdout_path is not None:
-                        out = files.enter_context(open(stdout_path, "wb"))
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=upstream if upstream is not None else subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    env=env,
-                    close_fds=True,
-                    preexec_fn=_DIE_WITH_PARENT,
-                )
-            procs.append(proc)
-            if upstream is not None:
-                upstream.close()  # the child holds its own end of the pipe
-            upstream = proc.stdout
-        for proc in reversed(procs):
-            proc.wait()
-        return [
-            StageResult(Path(argv[0]).name, proc.returncode, _read_text(path))
-            for argv, proc, path in zip(stages, procs, err_paths, strict=True)
-        ]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(OSError):
-                    proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+# child processes (run by opsbook_proc.run_pipeline): why a pipeline failed
 
 
 def pipeline_failure(results: list[StageResult]) -> str | None:
@@ -1217,32 +1136,6 @@ def run_on_connections(
 # ---------------------------------------------------------------------------
 # signals: SIGTERM/SIGINT/SIGHUP become an exception so that cleanup runs
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    def handler(signum: int, _frame: Any) -> None:
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
-
-    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-@contextlib.contextmanager
-def signals_blocked() -> Iterator[None]:
-    """Hold the stop signals while cleaning up (they are delivered afterwards)."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 # ---------------------------------------------------------------------------
 # the restore
 
@@ -1301,7 +1194,6 @@ class RestoreRun:
         self.tools: dict[str, str] = {}
         self.tmp: Path | None = None
         self.storage: Any = None
-        self.pass_env: dict[str, str] = {}
         self.owner: str | None = self.params.get("owner")
 
     # ------------------------------------------------------------ plumbing
@@ -1338,12 +1230,8 @@ class RestoreRun:
 
     def client_env(self, dbname: str) -> tuple[dict[str, str], str]:
         """(environment, conninfo without the password) for a client tool on ``dbname``."""
-        conninfo, _password = tool_conninfo(self.dsn, dbname)
-        env = dict(os.environ)
-        if self.pass_env:  # a DSN password: it wins over an inherited PGPASSWORD
-            env.pop("PGPASSWORD", None)
-            env.update(self.pass_env)
-        return env, conninfo
+        conninfo, password = tool_conninfo(self.dsn, dbname)
+        return tool_env(password), conninfo
 
     @property
     def backup_id(self) -> str:
@@ -1358,33 +1246,30 @@ class RestoreRun:
     def execute(self) -> dict[str, Any]:
         """Run every phase; on failure undo what was done and raise RestoreError saying so."""
         try:
-            with contextlib.ExitStack() as stack:
-                _conninfo, password = client_conninfo(self.dsn)
-                self.pass_env = stack.enter_context(libpq_passfile(password))
-                self.choose_backup()
-                self.preflight()
-                self.tmp = Path(
-                    tempfile.mkdtemp(prefix="opsbook-restore-", dir=self.params["work_dir"])
-                )
-                self.fetch_and_verify()
-                if self.check_mode:
-                    return self.result(restored=False)
-                self.restore()
-                self.verify_counts()
-                self.analyze()
-                self.put_in_place()
-                return self.result(restored=True)
-        except Exception as exc:
+            self.choose_backup()
+            self.preflight()
+            self.tmp = Path(
+                tempfile.mkdtemp(prefix="opsbook-restore-", dir=self.params["work_dir"])
+            )
+            self.fetch_and_verify()
+            if self.check_mode:
+                return self.result(restored=False)
+            self.restore()
+            self.verify_counts()
+            self.analyze()
+            self.put_in_place()
+            return self.result(restored=True)
+        except (Exception, Interrupted) as exc:
             reason = self.describe(exc)
-            with signals_blocked():
+            with signals_held():
                 self.cleanup_failed()
             raise RestoreError(f"{reason}; {self.left_as()}") from None
         finally:
-            with signals_blocked():
+            with signals_held():
                 self.remove_tmp()
 
     def describe(self, exc: BaseException) -> str:
-        if isinstance(exc, RestoreError | PgConnectError | BackupError):
+        if isinstance(exc, RestoreError | PgConnectError | BackupError | Interrupted):
             return self.scrub(str(exc))
         if isinstance(exc, StorageError):
             return self.scrub(f"storage: {exc}")
@@ -1575,7 +1460,6 @@ class RestoreRun:
                 [self.tools["zstd"], "-dcq"],
                 chunk_size=CHUNK_BYTES,
                 env=dict(os.environ),
-                preexec_fn=_DIE_WITH_PARENT,
             )
         except OSError as exc:  # the decompressor or dest; StorageError is not an OSError
             raise RestoreError(
@@ -1619,7 +1503,7 @@ class RestoreRun:
             raise RestoreError(
                 f"backup {self.backup_id}: the archive cannot be read ({self.scrub(failure)})"
             )
-        self.archive = parse_toc(_read_text(toc))
+        self.archive = parse_toc(toc.read_bytes().decode("utf-8", errors="replace"))
         if (self.archive.format or "").upper() != "CUSTOM":
             raise RestoreError(
                 f"backup {self.backup_id}: not a custom-format archive "
@@ -1661,15 +1545,16 @@ class RestoreRun:
         """Apply the globals script with psql; failing statements (a role that exists) become
         warnings. Statements about the connecting role are left out."""
         assert self.tmp is not None
-        out = subprocess.run(
+        zstd = spawn(
             [self.tools["zstd"], "-dcq", "--", str(self.tmp / "globals.sql.zst")],
-            capture_output=True,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
-        if out.returncode != 0:
-            detail = stderr_tail(out.stderr.decode("utf-8", "replace"))
+        stdout, stderr = zstd.communicate()
+        if zstd.returncode != 0:
+            detail = stderr_tail(stderr.decode("utf-8", "replace"))
             raise RestoreError(f"decompressing the globals failed: {detail}")
-        script, dropped = filter_globals(out.stdout.decode("utf-8"), self.role["user"])
+        script, dropped = filter_globals(stdout.decode("utf-8"), self.role["user"])
         path = self.tmp / "globals.sql"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -2034,7 +1919,8 @@ def main() -> None:
             **run.common(),
         )
     try:
-        with signals_raise():
+        with stop_signals():
+            watch_ansible()
             result = run.execute()
     except RestoreError as exc:
         module.fail_json(msg=f"pg_restore: {exc}", restored=False, **run.common())

@@ -30,9 +30,9 @@ Sections:
 * verification: ``verify_backup`` (streams each object, recomputes sha256 and size,
   writes ``<id>/verified.json``);
 * retention: ``plan_retention`` (a pure function) and ``delete_backup``;
-* PostgreSQL client tools: ``client_conninfo``, ``libpq_passfile``, ``find_pg_tool``,
-  ``tool_version`` (the password reaches pg_dump/pg_restore through a 0600 passfile,
-  never argv).
+* PostgreSQL client tools: ``client_conninfo``, ``find_pg_tool``, ``tool_version`` (the
+  password reaches pg_dump/pg_restore in their own environment, ``opsbook_proc.tool_env``:
+  never a file, never argv). Child processes are started and stopped by ``opsbook_proc``.
 
 Modules import it as ``ansible.module_utils.opsbook_backup``.
 """
@@ -51,10 +51,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from ansible.module_utils.opsbook_proc import signals_held, spawn
+from ansible.module_utils.opsbook_proc import stop as stop_children
 
 FORMAT_VERSION = 1
 DATA_OBJECT = "data.pgdump.zst"
@@ -609,7 +612,6 @@ def fetch_decompress(
     chunk_size: int = CHUNK_SIZE,
     queue_chunks: int = 4,
     env: dict[str, str] | None = None,
-    preexec_fn: Callable[[], None] | None = None,
 ) -> DecompressedFetch:
     """Fetch ``key``, hash it and decompress it into the file ``dest`` in ONE pass.
 
@@ -654,15 +656,7 @@ def fetch_decompress(
     try:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(
-                decompress_argv,
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=err,
-                env=env,
-                close_fds=True,
-                preexec_fn=preexec_fn,
-            )
+            proc = spawn(decompress_argv, stdin=subprocess.PIPE, stdout=out, stderr=err, env=env)
             assert proc.stdin is not None
             thread.start()
             feeding = True
@@ -686,10 +680,9 @@ def fetch_decompress(
         done = True
     finally:
         stop.set()
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.kill()
-            proc.wait()
+        if proc is not None:
+            with signals_held():
+                stop_children([proc], grace_s=1.0)
         if proc is not None and proc.stdin is not None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
@@ -1253,7 +1246,8 @@ def client_conninfo(dsn: str, application_name: str | None = None) -> tuple[str,
     """``(conninfo without the password, password or None)`` for a libpq client tool.
 
     Pass the conninfo as ``--dbname=<conninfo>`` (it holds no secret) and the password
-    through ``libpq_passfile``. Raises ``ValueError`` (password-free) for a malformed DSN.
+    in the tool's environment (``opsbook_proc.tool_env``). Raises ``ValueError``
+    (password-free) for a malformed DSN.
     """
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -1263,39 +1257,12 @@ def client_conninfo(dsn: str, application_name: str | None = None) -> tuple[str,
         raise ValueError("the DSN is not a valid libpq connection string") from None
     password = params.pop("password", None)
     if password is not None:
-        params.pop("passfile", None)  # the password is handed over by libpq_passfile
+        params.pop("passfile", None)  # the password is handed over in the environment
     if application_name:
         params["application_name"] = application_name
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None}), (
         str(password) if password is not None else None
     )
-
-
-def _passfile_field(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:")
-
-
-@contextlib.contextmanager
-def libpq_passfile(password: str | None) -> Iterator[dict[str, str]]:
-    """Yield environment additions that hand ``password`` to libpq tools; always cleaned up.
-
-    The password goes into a 0600 temporary passfile (``*:*:*:*:<password>``) named by
-    ``PGPASSFILE``; the file is deleted on exit. With no password, yields ``{}`` (the
-    tools then use the DSN's own ``passfile``, ``~/.pgpass`` or another method).
-    ``PGPASSWORD`` is never used: it would sit in the child's environment.
-    """
-    if not password:
-        yield {}
-        return
-    fd, path = tempfile.mkstemp(prefix="opsbook-pgpass-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(f"*:*:*:*:{_passfile_field(password)}\n")
-        yield {"PGPASSFILE": path}
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 def tool_version(path: str) -> str:

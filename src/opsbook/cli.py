@@ -253,6 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``opsbook`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and getattr(args, "command", None) == "run":
+        # the command itself (not a caller passing arguments in-process): reap what the
+        # modules of a killed run leave behind (see opsbook.runner.reap_orphans)
+        from opsbook.runner import become_subreaper
+
+        become_subreaper()
     try:
         return int(args.handler(args))
     except OpsbookInputError as exc:

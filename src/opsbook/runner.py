@@ -34,6 +34,7 @@ their own, out of reach of runner's process-group kill).
 from __future__ import annotations
 
 import configparser
+import contextlib
 import getpass
 import json
 import logging
@@ -72,6 +73,10 @@ DEFAULT_KEEP_RUNS = 20
 # How often runner's loop wakes up without output: bounds the reaction time to
 # a timeout or a cancel (runner's default is 5 s).
 POLL_INTERVAL_S = 0.5
+# A timeout or a cancel sends ansible-playbook SIGTERM (it forwards it to its workers and
+# their modules, which abort uploads, drop scratch databases and stop their children), waits
+# this long for every process of the run to end, then SIGKILLs what is left.
+STOP_GRACE_S = 10.0
 
 # --- environment allow-list ----------------------------------------------------------
 ENV_ALLOW_NAMES = frozenset(
@@ -457,6 +462,10 @@ class _Run:
         self.extravars_file = private_dir / "env" / "extravars"
         self.extravars_written_at: float | None = None
         self.signal_received: int | None = None
+        self.deadline: float | None = None  # monotonic; set when ansible-playbook starts
+        self.stop_reason: str | None = None  # "timeout" | "canceled" once stopping began
+        self.stop_started: float | None = None
+        self.stop_grace_s = STOP_GRACE_S
         self.stdout: IO[str] | None = None
         self.handler_failed = False
         self.warnings: list[str] = []
@@ -540,16 +549,53 @@ class _Run:
             self.handler_failed = True
 
     def should_cancel(self) -> bool:
-        """runner asks this every loop: a signal or the caller's callback cancels."""
+        """runner asks this every loop (about twice a second, while ansible-playbook runs).
+
+        A signal, the caller's callback or the timeout starts a graceful stop: SIGTERM to
+        ansible-playbook, then True (runner SIGKILLs its process group) only once the grace
+        period is over. Until then the run's processes clean up after themselves."""
+        if self.stop_started is None:
+            reason = self._stop_reason()
+            if reason is None:
+                return False
+            self.begin_stop(reason)
+        assert self.stop_started is not None
+        return time.monotonic() - self.stop_started >= self.stop_grace_s
+
+    def _stop_reason(self) -> str | None:
         if self.signal_received is not None:
-            return True
+            return "canceled"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "timeout"
         if self.user_cancel is None:
-            return False
+            return None
         try:
-            return bool(self.user_cancel())
+            return "canceled" if self.user_cancel() else None
         except Exception:
             log.exception("opsbook: the cancel callback raised; canceling the run")
-            return True
+            return "canceled"
+
+    def begin_stop(self, reason: str) -> None:
+        """SIGTERM ansible-playbook (or, before it runs, every process of the run)."""
+        self.stop_reason = reason
+        self.stop_started = time.monotonic()
+        targets = playbook_processes(self.ident) or find_run_processes(self.ident)
+        log.debug("%s: SIGTERM to %s", reason, targets)
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+
+    def finish_stop(self) -> list[int]:
+        """Wait what is left of the grace period for the run's processes (modules still
+        cleaning up) to end, then SIGKILL the rest; returns the pids killed."""
+        started = self.stop_started if self.stop_started is not None else time.monotonic()
+        deadline = started + self.stop_grace_s
+        while find_run_processes(self.ident) and time.monotonic() < deadline:
+            reap_orphans()
+            time.sleep(0.1)
+        killed = kill_run_processes(self.ident)
+        reap_orphans(wait_s=1.0 if killed else 0.0)
+        return killed
 
     # signals -------------------------------------------------------------------------
     def install_signal_handlers(self) -> dict[int, Any]:
@@ -747,10 +793,13 @@ class RunbookRunner:
         except KeyboardInterrupt:
             runner_status = "canceled"
         finally:
-            if not returned or runner_status not in ("successful", "failed"):
-                killed = kill_run_processes(ident)
+            if state.stop_reason is not None:
+                runner_status = state.stop_reason  # ansible-playbook ended on our SIGTERM
+            if not returned or state.stop_reason is not None:
+                killed = state.finish_stop()
                 if killed:
                     log.debug("killed %d leftover processes of run %s", len(killed), ident)
+            reap_orphans()
             state.cleanup()  # before restoring the handlers: Ctrl-C cannot cut it short
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
@@ -814,6 +863,10 @@ class RunbookRunner:
         if plan.vault_password_file is not None:
             # passed on the command line instead: both would make Ansible read it twice
             run.env_drop.add("ANSIBLE_VAULT_PASSWORD_FILE")
+        if plan.timeout is not None:
+            # opsbook's own deadline, not runner's: runner SIGKILLs at once, leaving modules
+            # no chance to clean up (see _Run.should_cancel)
+            run.deadline = time.monotonic() + plan.timeout
         runner = ansible_runner.run(
             private_data_dir=str(run.private_dir),
             ident=run.ident,
@@ -823,7 +876,6 @@ class RunbookRunner:
             limit=plan.limit,
             cmdline=self._cmdline(plan),
             envvars=envvars,
-            timeout=plan.timeout,
             verbosity=plan.verbosity or None,
             rotate_artifacts=self.keep_runs,
             fact_cache_type="memory",
@@ -884,6 +936,77 @@ def find_run_processes(ident: str, proc: Path = Path("/proc")) -> list[int]:
         except OSError:
             continue
         if marker in environ.split(b"\0") and not cmdline.startswith(b"ssh: "):
+            found.append(int(entry.name))
+    return found
+
+
+def playbook_processes(ident: str) -> list[int]:
+    """The run's ansible-playbook itself: a process of the run whose parent is this process
+    (runner starts it directly; its workers are its own children)."""
+    me = str(os.getpid())
+    found = []
+    for pid in find_run_processes(ident):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[-1].split()[1] == me:
+            found.append(pid)
+    return found
+
+
+# --- orphans: reaped by the CLI, which is their subreaper -----------------------------------
+_PR_SET_CHILD_SUBREAPER = 36
+_SUBREAPER = {"enabled": False}
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of the run's orphans (Linux): a module SIGKILLed with
+    its Ansible worker leaves children that end as zombies where PID 1 does not reap (a
+    container). Only the ``opsbook`` command does this: a Python caller of ``opsbook.run``
+    keeps its own children. Returns whether it took effect."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    _SUBREAPER["enabled"] = True
+    return True
+
+
+def reap_orphans(wait_s: float = 0.0) -> list[int]:
+    """Reap the orphans reparented to this process (a no-op unless it is a subreaper).
+    Call it only once runner has returned (runner's pexpect has then reaped ansible-playbook
+    itself: every child left is an orphan of the run). Waits up to ``wait_s`` for the last
+    of them to end; returns the pids reaped."""
+    if not _SUBREAPER["enabled"]:
+        return []
+    reaped: list[int] = []
+    deadline = time.monotonic() + wait_s
+    while True:
+        orphans = _children_of(os.getpid())
+        for pid in orphans:
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped.append(pid)
+        if not [p for p in orphans if p not in reaped] or time.monotonic() >= deadline:
+            return reaped
+        time.sleep(0.05)
+
+
+def _children_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[-1].split()[1] == str(parent):
             found.append(int(entry.name))
     return found
 

@@ -774,7 +774,7 @@ def test_sigterm_mid_upload_aborts_it_and_reaps_the_children(
             proc.kill()
             proc.wait()
     result = failed(run.results[0])
-    assert "interrupted by a signal" in result["msg"]
+    assert "interrupted by SIGTERM" in result["msg"]
     assert "no backup was written" in result["msg"]
     assert ok(run.results[1])["count"] == 0
     assert s3_keys(s3, prefix) == [] and multipart_uploads(s3, prefix) == []

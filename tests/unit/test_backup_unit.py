@@ -554,16 +554,6 @@ def test_client_conninfo_drops_the_password() -> None:
         ob.client_conninfo("host=x password='unterminated")
 
 
-def test_libpq_passfile_is_private_escaped_and_removed() -> None:
-    with ob.libpq_passfile("pa:ss\\word") as env:
-        path = env["PGPASSFILE"]
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        assert Path(path).read_text() == "*:*:*:*:pa\\:ss\\\\word\n"
-    assert not os.path.exists(path)
-    with ob.libpq_passfile(None) as env:
-        assert env == {}
-
-
 def test_find_pg_tool_prefers_the_server_major() -> None:
     present = {"/usr/lib/postgresql/16/bin/pg_dump", "/opt/pg_dump"}
     exists = present.__contains__
