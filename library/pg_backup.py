@@ -1423,7 +1423,7 @@ def main() -> None:
             result = run.run()
         except (BackupFailed, StorageError, Interrupted, KeyboardInterrupt) as exc:
             what = str(exc)
-            if isinstance(exc, KeyboardInterrupt):
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
                 what = "interrupted by SIGINT"
             elif isinstance(exc, StorageError):
                 what = f"storage: {exc}"

@@ -389,6 +389,7 @@ from ansible.module_utils.opsbook_pg import (
     safe_error,
     validate_connection_params,
 )
+from ansible.module_utils.opsbook_proc import Interrupted, signals_held, stop_signals, watch_ansible
 
 PRISMA_LOCK_KEY = 72707369
 NUMBERED = "numbered"
@@ -1730,6 +1731,7 @@ class Run:
             "lock": self.m.lock,
         }
         self.migrations: list[Migration] = []
+        self.running: tuple[Migration, Script] | None = None  # what a signal interrupts
 
     @property
     def check_mode(self) -> bool:
@@ -1851,9 +1853,11 @@ class Run:
         self.m.ensure_table()
         started = time.monotonic()
         for migration in todo:
+            self.running = (migration, migration.up)
             try:
                 self.result["applied"].append(self.m.apply_one(migration))
                 self.result["changed"] = True
+                self.running = None
             except MigrationFailed as failure:
                 self.reanalyze()
                 done = ", ".join(str(a["version"]) for a in self.result["applied"]) or "none"
@@ -1868,6 +1872,30 @@ class Run:
             f"{fmt_version(analysis.current)}"
         )
         return self.result
+
+    def interrupted_msg(self, exc: BaseException) -> str:
+        """What a stop signal left: the run's own transaction rolled back, the lock released."""
+        what = str(exc) if isinstance(exc, Interrupted) else "interrupted by SIGINT"
+        applied = [str(a["version"]) for a in self.result["applied"] + self.result["reverted"]]
+        done = f"done before it in this run: {', '.join(applied)}" if applied else "nothing "
+        if not applied:
+            done += "was done before it in this run"
+        if self.running is None:
+            return f"{what} ({done}); the advisory lock was released"
+        migration, script = self.running
+        kind = "down migration" if script is migration.down else "migration"
+        if script.transactional:
+            state = "its transaction was rolled back and nothing of it was recorded"
+        else:
+            state = (
+                "it runs outside a transaction: its statements up to the interruption stay "
+                "applied and it is recorded as running - look at the database, then "
+                "action=resolve"
+            )
+        return (
+            f"{what} during {kind} {script.label}: {state}; {done}; the advisory lock was "
+            "released"
+        )
 
     def failure_msg(
         self, migration: Migration, script: Script, failure: MigrationFailed, done: str
@@ -1958,9 +1986,11 @@ class Run:
         started = time.monotonic()
         for migration, record in steps:
             assert migration is not None and migration.down is not None
+            self.running = (migration, migration.down)
             try:
                 self.result["reverted"].append(self.m.down_one(migration, record))
                 self.result["changed"] = True
+                self.running = None
             except MigrationFailed as failure:
                 self.reanalyze()
                 done = ", ".join(str(a["version"]) for a in self.result["reverted"]) or "none"
@@ -2173,7 +2203,17 @@ def main() -> None:
         )
     run = Run(module)
     try:
-        result = run.run()
+        with stop_signals():
+            watch_ansible()
+            result = run.run()
+    except KeyboardInterrupt as exc:  # a stop signal (opsbook_proc.Interrupted) or Ctrl-C
+        with signals_held():
+            close_quietly(run.m.conn)
+        module.fail_json(
+            msg=f"pg_migrate: {run.interrupted_msg(exc)}",
+            changed=bool(run.result.get("applied") or run.result.get("reverted")),
+            **{k: v for k, v in run.snapshot().items() if k != "failed"},
+        )
     except MigrateError as exc:
         close_quietly(run.m.conn)
         data = {**run.result, **exc.extra}

@@ -192,7 +192,32 @@ options:
   keep_failed:
     description:
       - Keep the half-restored scratch database of a failed restore for inspection instead of
-        dropping it.
+        dropping it (it is then marked as kept, and never dropped by O(stale_after_minutes)).
+    type: bool
+    default: false
+  stale_after_minutes:
+    description:
+      - "Scratch databases that an interrupted restore left (SIGKILLed: no cleanup could run)
+        are dropped by the next restore on the same server - only databases opsbook marked
+        as its scratch work (C(COMMENT ON DATABASE) C(opsbook:restore-scratch created=...))
+        that no session uses and that were created more than this many minutes ago
+        (RV(cleaned_up)). A running restore's scratch database always has sessions, and is
+        younger than that when it has none for a moment. 0 drops every unused one (tests)."
+    type: int
+    default: 60
+  drop_previous_after_days:
+    description:
+      - "Drop the previous databases that earlier O(mode=replace) runs kept for
+        O(target_database) (C(<target>__opsbook_old_<UTC time>), by that exact name pattern
+        only - never another database) once they are more than this many days old and no
+        session uses them (RV(previous_dropped_by_age)). The one this run keeps is never
+        dropped. Default - never; the result lists the ones kept (RV(previous_databases))."
+    type: int
+  scratch_target:
+    description:
+      - The target is itself a scratch database (C(restore_drill.yml)'s). It keeps opsbook's
+        scratch marker after the restore, so that when the run dies before dropping it, a later
+        restore drops it once it is stale (see O(stale_after_minutes)).
     type: bool
     default: false
   work_dir:
@@ -333,6 +358,30 @@ previous_dropped:
   returned: always, except on invalid input
   type: bool
   sample: false
+cleaned_up:
+  description: Scratch databases of interrupted restores dropped by this run (in check mode -
+    that it would drop) - database, created (UTC), backup (the backup that restore was
+    restoring).
+  returned: always, except on invalid input
+  type: list
+  elements: dict
+  sample: [{"database": "app__opsbook_restore_4f2a9c", "created": "2024-05-01T10:00:00Z",
+            "backup": "app-20240501T020000Z-1a2b"}]
+previous_databases:
+  description: The previous databases of O(target_database) that replaces kept and that are
+    still there after this run (each - database, replaced_at (UTC)), the newest first; drop one
+    with C(DROP DATABASE) or let O(drop_previous_after_days) drop them.
+  returned: always, except on invalid input
+  type: list
+  elements: dict
+  sample: [{"database": "app__opsbook_old_20240501T101500Z", "replaced_at": "2024-05-01T10:15:00Z"}]
+previous_dropped_by_age:
+  description: Previous databases dropped by O(drop_previous_after_days) (in check mode - that
+    it would drop).
+  returned: always, except on invalid input
+  type: list
+  elements: str
+  sample: [app__opsbook_old_20240301T101500Z]
 open_sessions:
   description: Client sessions on the target at the preflight.
   returned: success
@@ -519,6 +568,15 @@ except ImportError:  # pragma: no cover - reported through HAS_PSYCOPG
 
 SCRATCH_INFIX = "__opsbook_restore_"
 PREVIOUS_INFIX = "__opsbook_old_"
+# COMMENT ON DATABASE of a scratch database while opsbook works in it (and of a drill's target
+# until it is dropped): what a later restore needs to know it may drop it once unused.
+SCRATCH_MARK = "opsbook:restore-scratch"
+KEPT_MARK = "opsbook:kept-failed-restore"
+_SCRATCH_MARK_RE = re.compile(
+    r"^" + re.escape(SCRATCH_MARK) + r" created=(?P<created>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"
+    r"(?: backup=(?P<backup>\S+))?$"
+)
+_PREVIOUS_TIME_RE = re.compile(re.escape(PREVIOUS_INFIX) + r"(?P<ts>\d{8}T\d{6}Z)$")
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1
 TEMPLATE_DATABASES = ("template0", "template1")
 CHUNK_BYTES = 1024 * 1024
@@ -629,6 +687,11 @@ def validate_params(params: dict[str, Any]) -> list[str]:
         errors.append(f"jobs must be >= 1, got {params['jobs']}")
     if params.get("terminate_timeout_s", 1) <= 0:
         errors.append(f"terminate_timeout_s must be > 0, got {params['terminate_timeout_s']}")
+    if (params.get("stale_after_minutes") or 0) < 0:
+        errors.append(f"stale_after_minutes must be >= 0, got {params['stale_after_minutes']}")
+    days = params.get("drop_previous_after_days")
+    if days is not None and days < 1:
+        errors.append(f"drop_previous_after_days must be >= 1 (days), got {days}")
     return errors
 
 
@@ -804,6 +867,52 @@ def leftover_databases(names: list[str], target: str) -> dict[str, list[str]]:
         "scratch": sorted(n for n in names if scratch_re.fullmatch(n)),
         "previous": sorted(n for n in names if previous_re.fullmatch(n)),
     }
+
+
+def scratch_mark(created: datetime, backup_id: str) -> str:
+    """The COMMENT that marks a database as opsbook's scratch work."""
+    stamp = created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{SCRATCH_MARK} created={stamp}" + (f" backup={backup_id}" if backup_id else "")
+
+
+def stale_scratch(
+    rows: list[tuple[str, str | None, int]], now: datetime, older_than_s: float
+) -> list[dict[str, Any]]:
+    """Of ``(name, comment, sessions)`` rows: opsbook's scratch databases that no session
+    uses and that were created ``older_than_s`` or more ago, oldest first."""
+    found = []
+    for name, comment, sessions in rows:
+        match = _SCRATCH_MARK_RE.match(comment or "")
+        if not match or sessions:
+            continue
+        created = datetime.strptime(match["created"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        if (now - created).total_seconds() >= older_than_s:
+            found.append({"database": name, "created": match["created"], "backup": match["backup"]})
+    return sorted(found, key=lambda item: (item["created"], item["database"]))
+
+
+def previous_databases(names: list[str], target: str) -> list[dict[str, str]]:
+    """The previous databases replaces of ``target`` kept (by their exact name pattern), the
+    newest first, each with the UTC time it was replaced at."""
+    kept = []
+    for name in leftover_databases(names, target)["previous"]:
+        match = _PREVIOUS_TIME_RE.search(name)
+        if match:
+            when = datetime.strptime(match["ts"], "%Y%m%dT%H%M%SZ")
+            kept.append({"database": name, "replaced_at": when.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    return sorted(kept, key=lambda item: item["replaced_at"], reverse=True)
+
+
+def previous_older_than(
+    kept: list[dict[str, str]], now: datetime, days: int, keep: str | None
+) -> list[str]:
+    """Of ``previous_databases``: the ones more than ``days`` days old (never ``keep``)."""
+    old = []
+    for item in kept:
+        replaced = datetime.strptime(item["replaced_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        if item["database"] != keep and (now - replaced).total_seconds() > days * 86400:
+            old.append(item["database"])
+    return old
 
 
 def databases_in(backups: list[Any]) -> list[str]:
@@ -992,6 +1101,32 @@ def create_database(cur: Any, name: str, owner: str | None) -> None:
     cur.execute(query)
 
 
+def comment_database(cur: Any, name: str, comment: str | None) -> None:
+    cur.execute(
+        sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            _ident(name), sql.Literal(comment) if comment is not None else sql.SQL("NULL")
+        )
+    )
+
+
+def database_comment(cur: Any, name: str) -> str | None:
+    cur.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+        (name,),
+    )
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+MARKED_DATABASES_SQL = """
+SELECT d.datname, shobj_description(d.oid, 'pg_database'),
+       (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid)::int
+FROM pg_database d
+WHERE shobj_description(d.oid, 'pg_database') LIKE %s
+ORDER BY d.datname
+"""
+
+
 def drop_database(cur: Any, name: str, server_major: int) -> None:
     force = sql.SQL(" WITH (FORCE)") if server_major >= 13 else sql.SQL("")
     cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}{}").format(_ident(name), force))
@@ -1169,6 +1304,9 @@ class RunReport:
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     bytes_fetched: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    cleaned_up: list[dict[str, Any]] = field(default_factory=list)
+    previous_kept: list[dict[str, str]] = field(default_factory=list)
+    previous_dropped_by_age: list[str] = field(default_factory=list)
 
 
 class RestoreRun:
@@ -1326,20 +1464,81 @@ class RestoreRun:
         self.check_work_dir()
 
     def note_leftovers(self, cur: Any) -> None:
-        """Warn about scratch databases of earlier runs that died, and kept previous ones."""
+        """What earlier runs left: opsbook's stale scratch databases (dropped by this run,
+        before it creates its own), unmarked ones (older opsbook versions: reported), and the
+        previous databases replaces kept (listed; dropped by age when asked)."""
+        cur.execute(MARKED_DATABASES_SQL, (SCRATCH_MARK + " %",))
+        self.report.cleaned_up = stale_scratch(
+            cur.fetchall(), datetime.now(UTC), 60.0 * self.params["stale_after_minutes"]
+        )
+        stale = {item["database"] for item in self.report.cleaned_up}
         cur.execute("SELECT datname FROM pg_database")
-        kinds = leftover_databases([row[0] for row in cur.fetchall()], self.target)
-        if kinds["scratch"]:
+        names = [row[0] for row in cur.fetchall()]
+        kinds = leftover_databases(names, self.target)
+        unmarked = [name for name in kinds["scratch"] if name not in stale]
+        if unmarked:
             self.warn(
                 f"scratch databases of earlier restores of {self.target!r} that did not finish: "
-                f"{', '.join(kinds['scratch'])}; drop them when nothing runs"
+                f"{', '.join(unmarked)}; they carry no opsbook marker (an older opsbook, or "
+                "still running): drop them when nothing runs"
             )
-        if kinds["previous"]:
-            self.warn(
-                f"{len(kinds['previous'])} previous database(s) of {self.target!r} kept by "
-                f"earlier replaces: {', '.join(kinds['previous'])}; drop them when no longer "
-                "needed (they take space)"
+        self.report.previous_kept = previous_databases(names, self.target)
+        days = self.params["drop_previous_after_days"]
+        if days:
+            self.report.previous_dropped_by_age = previous_older_than(
+                self.report.previous_kept, datetime.now(UTC), days, keep=None
             )
+
+    def drop_stale(self) -> None:
+        """Drop the stale scratch databases found by the preflight (never one in use)."""
+        dropped = []
+        for item in self.report.cleaned_up:
+            try:
+                with self.cursor() as cur:
+                    cur.execute(MARKED_DATABASES_SQL, (SCRATCH_MARK + " %",))
+                    still = stale_scratch(cur.fetchall(), datetime.now(UTC), 0.0)
+                    if item["database"] not in {x["database"] for x in still}:
+                        continue  # in use again, or gone: leave it
+                    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(
+                        _ident(item["database"])))  # fmt: skip
+                dropped.append(item)
+                self.warn(
+                    f"dropped scratch database {item['database']!r} that an interrupted "
+                    f"restore left (created {item['created']}"
+                    + (f", restoring backup {item['backup']}" if item["backup"] else "")
+                    + ")"
+                )
+            except Exception as exc:
+                self.warn(
+                    f"could not drop the stale scratch database {item['database']!r}: "
+                    f"{safe_error(exc, self.dsn)}"
+                )
+        self.report.cleaned_up = dropped
+
+    def drop_old_previous(self) -> None:
+        """drop_previous_after_days: drop the old previous databases of the target (never the
+        one this run kept, never one in use); then list what is left."""
+        days = self.params["drop_previous_after_days"]
+        with self.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database")
+            kept = previous_databases([row[0] for row in cur.fetchall()], self.target)
+            dropped = []
+            old = (
+                previous_older_than(kept, datetime.now(UTC), days, self.report.previous)
+                if days
+                else []
+            )
+            for name in old:
+                try:
+                    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(_ident(name)))
+                    dropped.append(name)
+                except Exception as exc:
+                    self.warn(
+                        f"could not drop the previous database {name!r} (older than {days} "
+                        f"days): {safe_error(exc, self.dsn)}"
+                    )
+        self.report.previous_dropped_by_age = dropped
+        self.report.previous_kept = [k for k in kept if k["database"] not in dropped]
 
     def check_target(self, cur: Any, target: dict[str, Any] | None) -> None:
         if self.mode == "new":
@@ -1516,9 +1715,12 @@ class RestoreRun:
         with self.timed("restore_s"):
             if self.params["globals"]:
                 self.apply_globals()
+            if self.report.cleaned_up:
+                self.drop_stale()
             with self.cursor() as cur:
                 create_database(cur, self.scratch, self.owner)
                 self.state.scratch_created = True
+                comment_database(cur, self.scratch, scratch_mark(datetime.now(UTC), self.backup_id))
             env, conninfo = self.client_env(self.scratch)
             params = self.params
             restore_argv = pg_restore_argv(
@@ -1661,11 +1863,17 @@ class RestoreRun:
     def put_in_place(self) -> None:
         with self.timed("swap_s"), self.cursor() as cur:
             if self.mode == "new":
-                rename_database(cur, self.scratch, self.target)
+                with cur.connection.transaction():
+                    rename_database(cur, self.scratch, self.target)
+                    if not self.params["scratch_target"]:
+                        comment_database(cur, self.target, None)  # no longer scratch work
                 self.state.swapped = True
-                return
-            self.switch(cur)
-        self.after_switch()
+            else:
+                self.switch(cur)
+        if self.mode == "replace":
+            self.after_switch()
+        if self.mode == "replace" or self.params["drop_previous_after_days"]:
+            self.drop_old_previous()
 
     def switch(self, cur: Any) -> None:
         """Replace: (block and terminate sessions,) then swap the names in one transaction."""
@@ -1692,9 +1900,11 @@ class RestoreRun:
                     describe_sessions(self.target, sessions) + " (opened during the restore); "
                     "set terminate_connections=true to terminate them"
                 )
+        comment = database_comment(cur, self.target)  # the operator's, carried over
         with cur.connection.transaction():
             rename_database(cur, self.target, previous)
             rename_database(cur, self.scratch, self.target)
+            comment_database(cur, self.target, comment)
         self.state.swapped = True
         self.report.previous = previous
 
@@ -1727,7 +1937,11 @@ class RestoreRun:
             with contextlib.suppress(Exception), self.cursor() as cur:
                 allow_connections(cur, self.target, state.target_allowconn)
                 state.target_blocked = False
-        if not state.scratch_created or state.swapped or self.params["keep_failed"]:
+        if not state.scratch_created or state.swapped:
+            return
+        if self.params["keep_failed"]:
+            with contextlib.suppress(Exception), self.cursor() as cur:
+                comment_database(cur, self.scratch, f"{KEPT_MARK}: kept for inspection")
             return
         try:
             with self.cursor() as cur:
@@ -1791,6 +2005,9 @@ class RestoreRun:
             "table_counts_checked": report.counts_checked,
             "table_count_mismatches": report.mismatches,
             "bytes_fetched": report.bytes_fetched,
+            "cleaned_up": report.cleaned_up,
+            "previous_databases": report.previous_kept,
+            "previous_dropped_by_age": report.previous_dropped_by_age,
             "duration_s": round(time.monotonic() - self.started, 3),
             **{name: report.timings.get(name) for name in TIMINGS},
         }
@@ -1890,6 +2107,9 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         owner={"type": "str"},
         keep_previous={"type": "bool", "default": True},
         keep_failed={"type": "bool", "default": False},
+        stale_after_minutes={"type": "int", "default": 60},
+        drop_previous_after_days={"type": "int"},
+        scratch_target={"type": "bool", "default": False},
         work_dir={"type": "path"},
         pg_restore_path={"type": "path"},
         psql_path={"type": "path"},

@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover - exercised only where psycopg is missin
 REDACTED = "********"
 DEFAULT_APPLICATION_NAME = "opsbook"
 DEFAULT_CONNECT_TIMEOUT = 10
+CLIENT_CHECK_INTERVAL = "2s"
 
 # postgresql://user:password@host/db  (also postgres://)
 _URI_USERINFO_RE = re.compile(r"(?P<prefix>postgres(?:ql)?://[^:/?#@\s]*:)(?P<pw>[^@\s/?#]*)(?=@)")
@@ -162,9 +163,28 @@ def connect(
         )
     except Exception as exc:  # psycopg.Error, and ProgrammingError for a malformed DSN
         raise PgConnectError(safe_error(exc, dsn)) from None
+    watch_the_client(conn)
     if read_only:
         conn.read_only = True
     return conn
+
+
+def watch_the_client(conn: Any, interval: str = CLIENT_CHECK_INTERVAL) -> None:
+    """Ask the server (PostgreSQL 14+) to check every ``interval`` during a long statement
+    that this client is still there, and to cancel the statement when it is not: a module
+    SIGKILLed mid-statement (a migration, a count, an ANALYZE) then releases its locks,
+    advisory lock included, within seconds instead of when the statement would have ended.
+    Best effort: an older server, or a pooler that refuses it, is left as it is."""
+    try:
+        if conn.info.server_version < 140000:
+            return
+        conn.execute(f"SET client_connection_check_interval = '{interval}'")
+        if not conn.autocommit:
+            conn.commit()
+    except Exception:
+        with suppress(Exception):
+            if not conn.autocommit:
+                conn.rollback()
 
 
 def connect_with_retries(

@@ -45,11 +45,12 @@ DEFAULT_GRACE_S = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
     """A stop signal arrived: unwind through the cleanup, then fail.
 
-    A BaseException (like KeyboardInterrupt), so that ``except Exception`` in the code it
-    interrupts does not swallow it."""
+    A KeyboardInterrupt, so that ``except Exception`` in the code it interrupts does not
+    swallow it, and so that libraries treat it as they treat Ctrl-C: psycopg cancels the
+    statement running on the server before it re-raises."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum

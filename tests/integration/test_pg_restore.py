@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -394,10 +395,47 @@ def test_replace_with_confirm_replaces_and_keeps_the_previous(
     )
     assert not run.failed, run.msg
     assert run.result["previous_dropped"] is True
-    warnings = " ".join(run.result.get("warnings", []))
-    assert f"1 previous database(s) of {target!r} kept by earlier replaces: {previous}" in warnings
+    assert [k["database"] for k in run.result["previous_databases"]] == [previous]
     assert leftovers(pg, target) == {previous}  # only the first run's previous remains
     assert app_table_checksums(pg.dsn_for(target), APP_TABLES) == file_backup.checksums
+
+
+def test_drop_previous_after_days_drops_only_the_targets_old_previous_databases(
+    pg: PostgresCluster, file_backup: Backup, run_module: ModuleRunner, db_name: Any
+) -> None:
+    target = db_name("prev")
+    pg.create_database(target)
+    pg.execute(f'COMMENT ON DATABASE "{target}" IS \'the app, by the operator\'')
+    old = f"{target}__opsbook_old_20200101T000000Z"  # a replace long ago
+    recent = f"{target}__opsbook_old_{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    decoys = [
+        f"{target}__opsbook_old_notatime",  # not opsbook's name pattern
+        f"{target}x__opsbook_old_20200101T000000Z",  # another database's previous copy
+    ]
+    for name in (old, recent, *decoys):
+        pg.create_database(name)
+    args = restore_args(pg, file_backup, target, mode="replace", confirm=target)
+
+    run = run_module("pg_restore", {**args, "drop_previous_after_days": 30}, check=True)
+    assert not run.failed, run.msg
+    assert run.result["previous_dropped_by_age"] == [old]  # would drop; check mode keeps it
+    assert old in databases(pg)
+
+    run = run_module("pg_restore", {**args, "drop_previous_after_days": 30})
+    assert not run.failed, run.msg
+    previous = run.result["previous_database"]
+    assert run.result["previous_dropped_by_age"] == [old]
+    assert old not in databases(pg)
+    assert {previous, recent, *decoys} <= databases(pg)  # this run's, a young one, not ours
+    assert [k["database"] for k in run.result["previous_databases"]] == sorted(
+        [previous, recent], reverse=True
+    )
+    # the operator's comment moved with the name; no opsbook marker is left on the target
+    comment = pg.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+        params=(target,),
+    )
+    assert comment == [("the app, by the operator",)]
 
 
 def test_replace_of_a_missing_target_is_refused(
@@ -887,7 +925,19 @@ def test_sigterm_mid_restore_cleans_up_and_sigkill_leaves_no_child(
     assert _gone(restoring)
     scratch = leftovers(pg, target)
     assert len(scratch) == 1  # the half-restored scratch database is left behind ...
+    left = scratch.pop()
+    young = run_module("pg_restore", {**args, "target_database": target + "_y"})
+    assert not young.failed, young.msg
+    assert young.result["cleaned_up"] == [] and left in databases(pg)  # not stale yet (60 min)
+    args["stale_after_minutes"] = 0
+    run = run_module("pg_restore", {**args, "target_database": target}, check=True)
+    assert not run.failed, run.msg
+    assert [c["database"] for c in run.result["cleaned_up"]] == [left]  # would drop it
+    assert left in databases(pg)  # ... but check mode drops nothing
     run = run_module("pg_restore", {**args, "target_database": target})
     assert not run.failed, run.msg
+    (cleaned,) = run.result["cleaned_up"]  # ... and the next restore drops it, saying so
+    assert cleaned["database"] == left and cleaned["backup"] == backup_id
+    assert left not in databases(pg)
     warnings = " ".join(run.result.get("warnings", []))
-    assert "earlier restores" in warnings and scratch.pop() in warnings  # ... and reported
+    assert f"dropped scratch database {left!r} that an interrupted restore left" in warnings

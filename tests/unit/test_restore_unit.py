@@ -495,3 +495,55 @@ def test_return_documents_every_result_key() -> None:
     assert yaml.safe_load(rst.EXAMPLES)
 
 
+
+
+# ----------------------------------------------------------------- leftovers of earlier runs
+
+
+def test_scratch_mark_round_trips_and_only_stale_unused_marked_databases_are_picked() -> None:
+    now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    mark = rst.scratch_mark(now - timedelta(hours=2), "app-20240501T020000Z-1a2b")
+    assert mark == (
+        "opsbook:restore-scratch created=2024-05-01T10:00:00Z backup=app-20240501T020000Z-1a2b"
+    )
+    rows = [
+        ("old_unused", mark, 0),
+        ("old_in_use", mark, 1),  # a live restore: sessions
+        ("young", rst.scratch_mark(now - timedelta(minutes=5), ""), 0),
+        ("kept", "opsbook:kept-failed-restore: kept for inspection", 0),
+        ("operators", "opsbook:restore-scratch is what I call it", 0),  # not our format
+        ("plain", None, 0),
+    ]
+    stale = rst.stale_scratch(rows, now, older_than_s=3600)
+    assert stale == [
+        {"database": "old_unused", "created": "2024-05-01T10:00:00Z",
+         "backup": "app-20240501T020000Z-1a2b"}
+    ]  # fmt: skip
+    assert [s["database"] for s in rst.stale_scratch(rows, now, 0)] == ["old_unused", "young"]
+
+
+def test_previous_databases_by_exact_pattern_newest_first_and_by_age() -> None:
+    names = [
+        "app__opsbook_old_20240101T000000Z",
+        "app__opsbook_old_20240420T101500Z",
+        "app__opsbook_old_notatime",
+        "appx__opsbook_old_20200101T000000Z",
+        "app",
+    ]
+    kept = rst.previous_databases(names, "app")
+    assert kept == [
+        {"database": "app__opsbook_old_20240420T101500Z", "replaced_at": "2024-04-20T10:15:00Z"},
+        {"database": "app__opsbook_old_20240101T000000Z", "replaced_at": "2024-01-01T00:00:00Z"},
+    ]
+    now = datetime(2024, 5, 1, tzinfo=UTC)
+    oldest = "app__opsbook_old_20240101T000000Z"
+    assert rst.previous_older_than(kept, now, 30, keep=None) == [oldest]
+    assert rst.previous_older_than(kept, now, 5, keep=oldest) == [
+        "app__opsbook_old_20240420T101500Z"
+    ]
+
+
+def test_stale_after_and_drop_previous_inputs_are_checked() -> None:
+    errors = rst.validate_params(params(stale_after_minutes=-1, drop_previous_after_days=0))
+    assert "stale_after_minutes must be >= 0, got -1" in errors
+    assert "drop_previous_after_days must be >= 1 (days), got 0" in errors
