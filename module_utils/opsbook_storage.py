@@ -19,7 +19,7 @@ the URL's prefix and ``/``-separated:
   failure the multipart upload is aborted and :class:`StorageError` raised.
   Credentials come from the usual boto3 sources and are never logged;
   botocore's ``standard`` retry mode handles transient errors.
-* ``file:///abs/path``: a writer writes ``<key>.tmp-<random>`` in the
+* ``file:///abs/path``: a writer writes ``<key>.opsbook.tmp-<random>`` in the
   destination directory, fsyncs it, renames it into place and fsyncs the
   directory, so a reader sees the whole object or nothing.
 
@@ -45,9 +45,28 @@ Notes:
   version, from ``read_versioned``). On S3 these are conditional requests (If-None-Match /
   If-Match; ``probe_conditional_writes`` detects servers that ignore them); on files a hard
   link of a complete temporary file (create) and flock(2) (replace, delete).
+* A silent S3 endpoint fails fast. A request that moves no bytes for
+  ``stall_timeout`` seconds (7 by default: connecting, sending or waiting for
+  the answer) has stalled: it raises :class:`StorageError` with kind
+  ``stalled`` (``unreachable`` for a connection never made), naming the
+  endpoint, the operation, the key and the seconds, and it is not retried (a
+  silent endpoint would only stall again). Other errors (refused or reset
+  connections, 5xx, throttling) are retried by botocore's standard mode, 3
+  attempts in all. A writer whose upload stalled aborts it with one attempt,
+  so a stalled upload fails within about ``2 * stall_timeout + 1`` seconds
+  (15 s by default; 18 s when refused connections came first) and its
+  message says whether the upload was aborted or which one is left. A
+  reader's stalled stream is not resumed. A slow endpoint that still moves
+  bytes is never failed, however long a transfer takes.
 * A writer killed outright (SIGKILL, power loss) cannot clean up: its temporary
-  file or incomplete multipart upload is never listed and is removed by
-  ``cleanup_incomplete(older_than)`` (or an S3 lifecycle rule).
+  file or incomplete multipart upload is never listed. ``incomplete_uploads(
+  older_than_s)`` finds those opsbook's writer left (an S3 writer records each
+  multipart upload it starts in a small marker object under
+  ``<prefix>/.opsbook-uploads/``, deleted when the upload ends, so an upload
+  anyone else started under the prefix is never taken for opsbook's; a file
+  writer's temporary files carry ``.opsbook.tmp-`` in their names) and
+  ``abort_incomplete(item)`` removes one; ``cleanup_incomplete(older_than)``
+  does both (an S3 lifecycle rule AbortIncompleteMultipartUpload also works).
 
 Modules import it as ``ansible.module_utils.opsbook_storage`` (ansible.cfg sets
 ``module_utils = module_utils``); it needs only the standard library, plus
@@ -60,6 +79,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import json
 import mmap
 import os
 import re
@@ -121,12 +141,20 @@ MAX_CONCURRENCY = 64
 # botocore's retries.max_attempts counts retries: 2 means 3 attempts in all, the AWS SDKs'
 # standard default; with standard backoff a dead endpoint fails within about 3 seconds.
 DEFAULT_MAX_ATTEMPTS = 2
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_READ_TIMEOUT = 60.0
+# No bytes for this long (connect, send or answer) and an S3 request has stalled: botocore's
+# connect_timeout and read_timeout (the socket timeout while sending is the connect timeout).
+# A stalled upload then fails within 2 * 7 + 1 s, abort included (module docstring).
+DEFAULT_STALL_TIMEOUT = 7.0
 SSE_ALGORITHMS = ("AES256", "aws:kms")
 PROBE_PREFIX = ".opsbook-probe-"
-# "<key>.tmp-<16 hex>": a file writer's work in progress, never listed.
+# Where an S3 writer records the multipart uploads it started (one marker object each).
+UPLOAD_MARKER_DIR = ".opsbook-uploads"
+# "<key>.tmp-<16 hex>": a file writer's work in progress, never listed. Today's writers
+# write "<key>.opsbook.tmp-<16 hex>" (_OPSBOOK_TEMP_RE), the only ones incomplete_uploads()
+# takes for opsbook's; the older "<key>.tmp-<16 hex>" stay hidden.
 _TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{16}$")
+_OPSBOOK_TEMP_SUFFIX = ".opsbook.tmp-"
+_OPSBOOK_TEMP_RE = re.compile(r"^(?P<name>.+)\.opsbook\.tmp-[0-9a-f]{16}$")
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 _DELETE_BATCH = 1000
 _READ_RESUMES = 3
@@ -135,10 +163,13 @@ __all__ = [
     "BOTO3_IMPORT_ERROR",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_PART_SIZE",
+    "DEFAULT_STALL_TIMEOUT",
     "HAS_BOTO3",
+    "UPLOAD_MARKER_DIR",
     "ConditionalWriteUnsupportedError",
     "FileStorage",
     "FileWriter",
+    "IncompleteUpload",
     "NotFoundError",
     "ObjectInfo",
     "Part",
@@ -157,6 +188,7 @@ __all__ = [
     "Writer",
     "content_etag",
     "describe_s3_error",
+    "is_stall_error",
     "join_key",
     "make_s3_client",
     "max_buffered_bytes",
@@ -174,7 +206,8 @@ class StorageError(Exception):
     """A storage operation failed. The message names the object and the cause, never secrets.
 
     ``kind`` classifies the cause when known: ``not_found``, ``bucket_missing``,
-    ``access_denied``, ``credentials``, ``unreachable``, ``timeout``, ``invalid``.
+    ``access_denied``, ``credentials``, ``unreachable``, ``stalled`` (the S3 endpoint
+    moved no bytes for the stall timeout), ``invalid``.
     """
 
     def __init__(self, message: str, kind: str | None = None) -> None:
@@ -248,6 +281,34 @@ class Versioned:
     key: str
     data: bytes
     etag: str
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    """An unfinished write that opsbook's own writer started and never ended (a SIGKILL, a
+    power loss, an endpoint that died before the abort): see Storage.incomplete_uploads.
+
+    ``key`` is the object it was to become (relative to the storage, like every key);
+    ``started`` when it started (UTC: S3's Initiated time; for a file, its last write,
+    since a killed writer's file stops changing); ``id`` the multipart upload id (S3) or
+    the temporary file's absolute path (file://); ``kind`` ``multipart_upload`` or
+    ``temp_file``.
+    """
+
+    key: str
+    started: datetime
+    id: str
+    kind: str
+
+    def age_s(self, now: datetime | None = None) -> float:
+        """Seconds since it started."""
+        return ((now or datetime.now(UTC)) - self.started).total_seconds()
+
+    def describe(self) -> str:
+        """One line for a report: what, where, since when (no secrets: none are in it)."""
+        what = "multipart upload" if self.kind == "multipart_upload" else "temporary file"
+        started = self.started.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{self.key} ({what} {self.id}, started {started})"
 
 
 def parse_storage_url(url: str) -> StorageURL:
@@ -677,8 +738,35 @@ class Storage:
         """Write and delete a probe object; raise StorageError saying why that failed."""
         raise NotImplementedError
 
-    def cleanup_incomplete(self, older_than: float = 86400.0) -> int:
-        """Remove leftovers of writers that died (crash, kill) older than older_than seconds."""
+    def incomplete_uploads(self, older_than_s: float) -> list[IncompleteUpload]:
+        """The unfinished writes under this storage that opsbook's own writer started more
+        than older_than_s seconds ago and never committed nor aborted, oldest first.
+
+        A writer killed outright (SIGKILL) cannot abort its upload; the next run finds it
+        here and removes it with abort_incomplete(). S3: the multipart uploads under the
+        prefix (ListMultipartUploads, their Initiated time) that an opsbook writer recorded
+        in its marker object; file://: the writers' ``<key>.opsbook.tmp-<random>`` files
+        (their last write older than older_than_s). Never a committed object, never an
+        upload or file that opsbook's writer did not start, never anything outside the
+        storage. older_than_s protects writers still running: make it longer than the
+        longest write (an upload that is still going on is listed once it is that old).
+        Raises StorageError when the storage cannot be listed.
+        """
+        raise NotImplementedError
+
+    def abort_incomplete(self, item: IncompleteUpload) -> None:
+        """Remove one unfinished write that incomplete_uploads() returned: S3 aborts the
+        multipart upload (its parts are deleted) and deletes its marker; file:// removes
+        the temporary file (and directories it leaves empty). Already gone is no error.
+        Raises StorageError saying what is left when that fails."""
+        raise NotImplementedError
+
+    def cleanup_incomplete(self, older_than: float = 86400.0) -> list[IncompleteUpload]:
+        """abort_incomplete() every item of incomplete_uploads(older_than); returns them.
+
+        On S3 it also deletes markers older than that whose upload has gone (aborted by a
+        lifecycle rule, or the writer died between completing an upload and deleting it).
+        """
         raise NotImplementedError
 
     # Conditional operations on small objects (locks, ledgers). Each either does what it
@@ -724,15 +812,16 @@ def open_storage(
     concurrency: int = DEFAULT_CONCURRENCY,
     *,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     addressing_style: str | None = None,
 ) -> Storage:
     """Open the storage at url (``s3://bucket/prefix`` or ``file:///abs/path``).
 
     endpoint_url, region, sse ('AES256' | 'aws:kms' | None), kms_key_id,
-    part_size, concurrency and the retry/timeout settings apply to s3:// only;
-    server-side encryption asked of a file:// URL is an error.
+    part_size, concurrency, max_attempts (retries after the first attempt) and
+    stall_timeout (seconds without a byte before an S3 request has stalled: see
+    the module docstring) apply to s3:// only; server-side encryption asked of
+    a file:// URL is an error.
     """
     parsed = parse_storage_url(url)
     _check_sse(sse, kms_key_id)
@@ -743,14 +832,13 @@ def open_storage(
                 f"not {parsed.url}"
             )
         return FileStorage(parsed)
-    _check_transfer_settings(part_size, concurrency, max_attempts)
+    _check_transfer_settings(part_size, concurrency, max_attempts, stall_timeout)
     client = make_s3_client(
         endpoint_url,
         region,
         concurrency=concurrency,
         max_attempts=max_attempts,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
+        stall_timeout=stall_timeout,
         addressing_style=addressing_style,
     )
     return S3Storage(
@@ -770,7 +858,9 @@ def _check_sse(sse: str | None, kms_key_id: str | None) -> None:
         raise StorageURLError("kms_key_id is only meaningful with sse='aws:kms'")
 
 
-def _check_transfer_settings(part_size: int, concurrency: int, max_attempts: int) -> None:
+def _check_transfer_settings(
+    part_size: int, concurrency: int, max_attempts: int, stall_timeout: float
+) -> None:
     if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
         raise StorageURLError(
             f"part_size must be between {_human(MIN_PART_SIZE)} and {_human(MAX_PART_SIZE)} "
@@ -782,6 +872,10 @@ def _check_transfer_settings(part_size: int, concurrency: int, max_attempts: int
         )
     if max_attempts < 0:
         raise StorageURLError(f"max_attempts (retries) must be >= 0, got {max_attempts}")
+    if not 0 < stall_timeout <= 600:
+        raise StorageURLError(
+            f"stall_timeout must be more than 0 and at most 600 seconds, got {stall_timeout}"
+        )
 
 
 # ====================================================================== file
@@ -874,14 +968,44 @@ class FileStorage(Storage):
             raise StorageError(f"{self.url} is not writable: {_os_reason(exc)}") from exc
         return {"url": self.url, "probe_key": key, "seconds": round(time.monotonic() - started, 3)}
 
-    def cleanup_incomplete(self, older_than: float = 86400.0) -> int:
-        cutoff = time.time() - older_than
-        count = 0
-        for key, st in list(self._walk("")):
-            if _TEMP_RE.search(key) and st.st_mtime < cutoff:
-                (self.root / key).unlink(missing_ok=True)
-                count += 1
-        return count
+    def incomplete_uploads(self, older_than_s: float) -> list[IncompleteUpload]:
+        cutoff = time.time() - older_than_s
+        found = []
+        for key, st in self._walk(""):
+            directory, _sep, name = key.rpartition("/")
+            match = _OPSBOOK_TEMP_RE.match(name)
+            if match is None or st.st_mtime >= cutoff:
+                continue
+            target = f"{directory}/{match['name']}" if directory else match["name"]
+            found.append(
+                IncompleteUpload(target, _mtime(st.st_mtime), str(self.root / key), "temp_file")
+            )
+        return sorted(found, key=lambda item: (item.started, item.key))
+
+    def abort_incomplete(self, item: IncompleteUpload) -> None:
+        path = Path(item.id)
+        # Only a file writer's temporary file of this storage, whatever the item says.
+        if item.kind != "temp_file" or not _OPSBOOK_TEMP_RE.match(path.name):
+            raise StorageError(f"{self.url}: {item.id} is not an opsbook temporary file")
+        try:
+            relative = path.relative_to(self.root)
+        except ValueError:
+            raise StorageError(f"{self.url}: {item.id} is not under {self.root}") from None
+        normalize_key(relative.as_posix())
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"{self._where(item.key)}: cannot remove the unfinished write {path}: "
+                f"{_os_reason(exc)}; it is left as it was"
+            ) from exc
+        self._prune_empty_dirs(path.parent)
+
+    def cleanup_incomplete(self, older_than: float = 86400.0) -> list[IncompleteUpload]:
+        items = self.incomplete_uploads(older_than)
+        for item in items:
+            self.abort_incomplete(item)
+        return items
 
     # --------------------------------------------------- conditional operations
     # create: a complete temporary file hard-linked to the key (link(2) fails when the key
@@ -991,10 +1115,10 @@ class FileStorage(Storage):
         raise StorageError(f"{self._where(key)}: could not lock it (it keeps changing)")
 
     def _write_temp(self, key: str, path: Path, data: bytes) -> Path:
-        """A complete, fsynced <key>.tmp-<random> beside path."""
+        """A complete, fsynced <key>.opsbook.tmp-<random> beside path."""
         try:
             _makedirs_private(path.parent)
-            temp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(8)}")
+            temp = _temp_path(path)
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot create {self._where(key)}: {_os_reason(exc)}") from exc
@@ -1059,7 +1183,8 @@ class FileStorage(Storage):
 
 
 class FileWriter(Writer):
-    """Writes <key>.tmp-<rand> beside the destination; commit() fsyncs and renames it."""
+    """Writes <key>.opsbook.tmp-<rand> beside the destination; commit() fsyncs and renames
+    it."""
 
     def __init__(self, storage: FileStorage, key: str) -> None:
         self.key = key
@@ -1070,7 +1195,7 @@ class FileWriter(Writer):
         self._state = "open"
         try:
             _makedirs_private(self.path.parent)
-            self.temp_path = self.path.with_name(f"{self.path.name}.tmp-{secrets.token_hex(8)}")
+            self.temp_path = _temp_path(self.path)
             fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             self._state = "failed"
@@ -1138,6 +1263,12 @@ class FileWriter(Writer):
         except StorageError as cleanup:
             note = f"; {cleanup}"
         raise StorageError(f"{self._where}: {what}: {_os_reason(exc)}{note}") from exc
+
+
+def _temp_path(path: Path) -> Path:
+    """Where a file writer writes path before renaming it: ``<name>.opsbook.tmp-<16 hex>``
+    beside it (never listed; incomplete_uploads() recognises it as opsbook's)."""
+    return path.with_name(f"{path.name}{_OPSBOOK_TEMP_SUFFIX}{secrets.token_hex(8)}")
 
 
 def _makedirs_private(directory: Path) -> None:
@@ -1210,14 +1341,16 @@ def make_s3_client(
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     addressing_style: str | None = None,
 ) -> Any:
-    """A boto3 S3 client: standard retries, short connect timeout, credentials from boto3's chain.
+    """A boto3 S3 client: standard retries, stall detection, credentials from boto3's chain.
 
-    With a custom endpoint the addressing style defaults to path-style, which
-    every S3-compatible server understands.
+    stall_timeout is both botocore timeouts: connect_timeout (which is also the socket
+    timeout while a request is sent) and read_timeout (between two bytes of the answer).
+    A request that timed out is not retried (see is_stall_error); other transient
+    errors are, up to max_attempts times. With a custom endpoint the addressing style
+    defaults to path-style, which every S3-compatible server understands.
     """
     if not HAS_BOTO3:
         raise StorageError(
@@ -1228,24 +1361,110 @@ def make_s3_client(
     style = addressing_style or ("path" if endpoint_url else "auto")
     config = BotoConfig(
         retries={"max_attempts": max_attempts, "mode": "standard"},
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
+        connect_timeout=stall_timeout,
+        read_timeout=stall_timeout,
         max_pool_connections=max(10, concurrency + 2),
         s3={"addressing_style": style},
         user_agent_extra="opsbook",
     )
     session = boto3.session.Session()
-    return session.client(
+    client = session.client(
         "s3", endpoint_url=endpoint_url or None, region_name=region, config=config
+    )
+    # Before botocore's own retry handler: the first answer that is not None decides.
+    client.meta.events.register_first(
+        "needs-retry.s3", _retry_veto, unique_id="opsbook-no-retry-after-stall"
+    )
+    return client
+
+
+# Set by single_attempt(): requests this thread makes are not retried.
+_SINGLE_ATTEMPT = threading.local()
+
+
+@contextlib.contextmanager
+def single_attempt() -> Iterator[None]:
+    """Requests made in this block (by this thread) get one attempt, no retries: clean-up
+    after a stall (an abort) must not multiply the wait by the retries."""
+    previous = getattr(_SINGLE_ATTEMPT, "active", False)
+    _SINGLE_ATTEMPT.active = True
+    try:
+        yield
+    finally:
+        _SINGLE_ATTEMPT.active = previous
+
+
+def _retry_veto(caught_exception: BaseException | None = None, **_kwargs: Any) -> bool | None:
+    """botocore ``needs-retry`` handler: False (no retry) after a stall or inside
+    single_attempt(); None leaves the decision to botocore's standard retry handler."""
+    if caught_exception is not None and is_stall_error(caught_exception):
+        return False
+    if getattr(_SINGLE_ATTEMPT, "active", False):
+        return False
+    return None
+
+
+def is_stall_error(exc: BaseException | None) -> bool:
+    """True when exc (or what it wraps) says an S3 request timed out: no bytes came for the
+    stall timeout while connecting (ConnectTimeoutError), while sending (a socket timeout
+    that botocore reports as ConnectionClosedError) or while waiting for the answer or the
+    body (ReadTimeoutError). A StorageError says so with its kind."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StorageError) and exc.kind == "stalled":
+            return True
+        if _is_timeout(exc):
+            return True
+        inner = getattr(exc, "kwargs", {}).get("error")  # botocore keeps urllib3's error here
+        if not isinstance(inner, BaseException) and len(getattr(exc, "args", ())) > 1:
+            inner = exc.args[1]  # urllib3 ProtocolError("Connection aborted.", TimeoutError())
+        if not isinstance(inner, BaseException):
+            inner = exc.__cause__
+        exc = inner
+    return False
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    if not HAS_BOTO3:
+        return isinstance(exc, TimeoutError)
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return False  # a refused or failed connection (urllib3 derives it from its timeout)
+    return isinstance(
+        exc, (ReadTimeoutError, ConnectTimeoutError, urllib3.exceptions.TimeoutError, TimeoutError)
     )
 
 
-def describe_s3_error(exc: BaseException, endpoint: str, bucket: str) -> tuple[str, str | None]:
-    """(reason, kind) of a boto3/botocore error, in words an operator can act on."""
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def describe_s3_error(
+    exc: BaseException,
+    endpoint: str,
+    bucket: str,
+    operation: str | None = None,
+    stall_timeout: float | None = None,
+) -> tuple[str, str | None]:
+    """(reason, kind) of a boto3/botocore error, in words an operator can act on.
+
+    A timeout reads "the S3 endpoint <endpoint> stalled (no bytes for <stall_timeout> s)
+    during <operation>", kind ``stalled`` (``unreachable`` when the connection itself
+    timed out).
+    """
     if HAS_BOTO3 and isinstance(exc, ClientError):
         return _describe_client_error(exc, bucket)
     if not HAS_BOTO3:
         return f"{type(exc).__name__}: {exc}", None
+    during = f" during {operation}" if operation else ""
+    silent = f"no bytes for {_seconds(stall_timeout)} s" if stall_timeout else "no bytes in time"
+    if isinstance(exc, ConnectTimeoutError):
+        return (
+            f"connecting to the S3 endpoint {endpoint} stalled ({silent}){during}",
+            "unreachable",
+        )
+    if is_stall_error(exc):
+        return f"the S3 endpoint {endpoint} stalled ({silent}){during}", "stalled"
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return (
             "no usable AWS credentials found (environment, shared config/credentials file, "
@@ -1254,10 +1473,6 @@ def describe_s3_error(exc: BaseException, endpoint: str, bucket: str) -> tuple[s
         )
     if isinstance(exc, EndpointConnectionError):
         return f"the S3 endpoint {endpoint} is unreachable ({_connect_cause(exc)})", "unreachable"
-    if isinstance(exc, ConnectTimeoutError):
-        return f"connecting to the S3 endpoint {endpoint} timed out", "unreachable"
-    if isinstance(exc, ReadTimeoutError):
-        return f"the S3 endpoint {endpoint} did not answer in time (read timeout)", "timeout"
     if isinstance(exc, ConnectionClosedError):
         return f"the S3 endpoint {endpoint} closed the connection before answering", "unreachable"
     if isinstance(exc, BotoCoreError):
@@ -1305,6 +1520,7 @@ class S3Storage(Storage):
         kms_key_id: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         concurrency: int = DEFAULT_CONCURRENCY,
+        stall_timeout: float | None = None,
     ) -> None:
         _check_sse(sse, kms_key_id)
         self.client = client
@@ -1315,8 +1531,14 @@ class S3Storage(Storage):
         self.kms_key_id = kms_key_id
         self.part_size = part_size
         self.concurrency = concurrency
-        self.endpoint = _scrub_endpoint(
-            getattr(getattr(client, "meta", None), "endpoint_url", None)
+        meta = getattr(client, "meta", None)
+        self.endpoint = _scrub_endpoint(getattr(meta, "endpoint_url", None))
+        configured = getattr(getattr(meta, "config", None), "read_timeout", None)
+        # the client's read timeout is the stall timeout (make_s3_client)
+        self.stall_timeout: float = float(
+            stall_timeout
+            or (configured if isinstance(configured, (int, float)) else 0)
+            or DEFAULT_STALL_TIMEOUT
         )
 
     def describe(self) -> str:
@@ -1345,13 +1567,28 @@ class S3Storage(Storage):
         when = getattr(config, "request_checksum_calculation", None)
         return "CRC32" if when == "when_supported" else None
 
-    def error(self, key: str | None, what: str, exc: BaseException) -> StorageError:
-        """A StorageError naming s3://bucket/key, what was being done and why it failed."""
-        reason, kind = describe_s3_error(exc, self.endpoint, self.bucket)
+    def error(
+        self, key: str | None, what: str, exc: BaseException, operation: str | None = None
+    ) -> StorageError:
+        """A StorageError naming s3://bucket/key, what was being done and why it failed.
+
+        operation (the S3 operation, e.g. "GetObject") defaults to what's first word when
+        that is one; a stall names it.
+        """
+        if operation is None:
+            first = what.split(" ", 1)[0]
+            operation = first if re.fullmatch(r"[A-Z][A-Za-z0-9]+", first) else None
+        reason, kind = describe_s3_error(
+            exc, self.endpoint, self.bucket, operation, self.stall_timeout
+        )
         where = f"s3://{self.bucket}/{self.full_key(key)}" if key else self.url
         if kind == "not_found":
             return NotFoundError(f"{where}: {what}: {reason}")
         return StorageError(f"{where}: {what}: {reason}", kind)
+
+    def describe_error(self, exc: BaseException, operation: str | None) -> tuple[str, str | None]:
+        """(reason, kind) of exc from this storage's endpoint (describe_s3_error)."""
+        return describe_s3_error(exc, self.endpoint, self.bucket, operation, self.stall_timeout)
 
     def open_writer(self, key: str) -> Writer:
         return S3Writer(self, normalize_key(key))
@@ -1366,9 +1603,9 @@ class S3Storage(Storage):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404:
                 return None
-            raise self.error(key, "head failed", exc) from exc
+            raise self.error(key, "HeadObject failed", exc) from exc
         except (BotoCoreError, OSError) as exc:
-            raise self.error(key, "head failed", exc) from exc
+            raise self.error(key, "HeadObject failed", exc) from exc
         return {
             "key": key,
             "bytes": resp["ContentLength"],
@@ -1385,7 +1622,7 @@ class S3Storage(Storage):
                 Bucket=self.bucket, Key=full, Body=bytes(data), **self.sse_args()
             )
         except (ClientError, BotoCoreError, OSError) as exc:
-            raise self.error(key, "PutObject failed", exc) from exc
+            raise self.error(key, f"PutObject failed{_put_outcome(exc)}", exc) from exc
         return _put_result(key, len(data), resp)
 
     def get_bytes(self, key: str) -> bytes:
@@ -1397,11 +1634,12 @@ class S3Storage(Storage):
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         normalize_key(prefix, allow_empty=True, what="prefix")
-        base = f"{self.prefix}/" if self.prefix else ""
+        base = self._base()
+        markers = f"{base}{UPLOAD_MARKER_DIR}/"
         return [
             ObjectInfo(item["Key"][len(base) :], item["Size"], item["LastModified"])
             for item in self._iter_objects(base + prefix)
-            if item["Key"] != base
+            if item["Key"] != base and not item["Key"].startswith(markers)
         ]
 
     def delete(self, key: str) -> None:
@@ -1433,22 +1671,92 @@ class S3Storage(Storage):
             raise StorageError(f"{self.url} is not writable: {reason}", kind) from exc
         return {"url": self.url, "probe_key": key, "seconds": round(time.monotonic() - started, 3)}
 
-    def cleanup_incomplete(self, older_than: float = 86400.0) -> int:
-        base = f"{self.prefix}/" if self.prefix else ""
-        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
-        count = 0
+    # ------------------------------------------------------- unfinished uploads
+    # S3 does not say who started a multipart upload, so each S3Writer records its own in a
+    # marker object, <prefix>/.opsbook-uploads/<sha256(key, upload id)>, written right after
+    # CreateMultipartUpload and deleted once the upload is completed or aborted. An upload
+    # under the prefix without its marker is someone else's and is never listed nor aborted.
+
+    def upload_marker_key(self, full_key: str, upload_id: str) -> str:
+        """The bucket key of the marker of the upload upload_id of full_key."""
+        digest = hashlib.sha256(f"{full_key}\0{upload_id}".encode()).hexdigest()[:40]
+        return f"{self._base()}{UPLOAD_MARKER_DIR}/{digest}"
+
+    def incomplete_uploads(self, older_than_s: float) -> list[IncompleteUpload]:
+        return self._scan_incomplete(older_than_s)[0]
+
+    def abort_incomplete(self, item: IncompleteUpload) -> None:
+        if item.kind != "multipart_upload":
+            raise StorageError(f"{self.url}: {item.describe()} is not a multipart upload")
+        full = self.full_key(item.key)
+        marker = self.upload_marker_key(full, item.id)
         try:
-            paginator = self.client.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
-                for upload in page.get("Uploads", []):
-                    if upload["Initiated"] < cutoff:
-                        self.client.abort_multipart_upload(
-                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                        )
-                        count += 1
-        except (ClientError, BotoCoreError, OSError) as exc:
-            raise self.error(None, "cleaning up incomplete multipart uploads failed", exc) from exc
-        return count
+            self.client.head_object(Bucket=self.bucket, Key=marker)
+        except ClientError as exc:
+            if _describe_client_error(exc, self.bucket)[1] == "not_found":
+                return  # gone already (another run's clean-up), or never opsbook's: untouched
+            raise self._incomplete_error(item, "HeadObject", exc) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise self._incomplete_error(item, "HeadObject", exc) from exc
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=item.id)
+        except ClientError as exc:
+            if _describe_client_error(exc, self.bucket)[1] != "not_found":  # NoSuchUpload: gone
+                raise self._incomplete_error(item, "AbortMultipartUpload", exc) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise self._incomplete_error(item, "AbortMultipartUpload", exc) from exc
+        # The upload is gone; a marker that cannot be deleted now is by cleanup_incomplete().
+        with contextlib.suppress(ClientError, BotoCoreError, OSError):
+            self.client.delete_object(Bucket=self.bucket, Key=marker)
+
+    def cleanup_incomplete(self, older_than: float = 86400.0) -> list[IncompleteUpload]:
+        items, stale_markers = self._scan_incomplete(older_than)
+        for item in items:
+            self.abort_incomplete(item)
+        for start in range(0, len(stale_markers), _DELETE_BATCH):
+            self._delete_batch(stale_markers[start : start + _DELETE_BATCH])
+        return items
+
+    def _scan_incomplete(self, older_than_s: float) -> tuple[list[IncompleteUpload], list[str]]:
+        """(opsbook's uploads started before the cutoff, markers older than it whose upload
+        is gone)."""
+        base = self._base()
+        marker_dir = f"{base}{UPLOAD_MARKER_DIR}/"
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        markers = {item["Key"]: item["LastModified"] for item in self._iter_objects(marker_dir)}
+        if not markers:
+            return [], []  # no writer of opsbook's left anything (one request, not two)
+        found, live = [], set()
+        for upload in self._iter_uploads(base):
+            full = upload["Key"]
+            if not full.startswith(base) or full.startswith(marker_dir):
+                continue
+            marker = self.upload_marker_key(full, upload["UploadId"])
+            if marker not in markers:
+                continue  # not started by opsbook's writer
+            live.add(marker)
+            # The later of the two: some S3-compatible servers report a made-up Initiated
+            # (moto: always 2010-11-10), and the marker is written just after the upload
+            # started, so neither ever makes an upload look older than it is.
+            started = max(upload["Initiated"], markers[marker])
+            if started < cutoff:
+                found.append(
+                    IncompleteUpload(
+                        full[len(base) :], started, upload["UploadId"], "multipart_upload"
+                    )
+                )
+        stale = sorted(k for k, modified in markers.items() if k not in live and modified < cutoff)
+        return sorted(found, key=lambda item: (item.started, item.key)), stale
+
+    def _incomplete_error(
+        self, item: IncompleteUpload, operation: str, exc: BaseException
+    ) -> StorageError:
+        reason, kind = self.describe_error(exc, operation)
+        return StorageError(
+            f"s3://{self.bucket}/{self.full_key(item.key)}: aborting the unfinished multipart "
+            f"upload {item.id} failed ({operation}): {reason}; it is left as it was",
+            kind,
+        )
 
     # --------------------------------------------------- conditional operations
     # S3 conditional writes: PutObject If-None-Match: * (create only if absent), PutObject
@@ -1572,6 +1880,10 @@ class S3Storage(Storage):
 
     # ------------------------------------------------------------ internals
 
+    def _base(self) -> str:
+        """The bucket key prefix of every key of this storage ("" at the bucket's root)."""
+        return f"{self.prefix}/" if self.prefix else ""
+
     def _iter_objects(self, full_prefix: str) -> Iterator[dict[str, Any]]:
         try:
             paginator = self.client.get_paginator("list_objects_v2")
@@ -1583,7 +1895,16 @@ class S3Storage(Storage):
             for page in pages:
                 yield from page.get("Contents", [])
         except (ClientError, BotoCoreError, OSError) as exc:
-            raise self.error(None, f"listing {full_prefix!r} failed", exc) from exc
+            raise self.error(None, f"listing {full_prefix!r} failed", exc, "ListObjectsV2") from exc
+
+    def _iter_uploads(self, full_prefix: str) -> Iterator[dict[str, Any]]:
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                yield from page.get("Uploads", [])
+        except (ClientError, BotoCoreError, OSError) as exc:
+            what = f"listing the multipart uploads under {full_prefix!r} failed"
+            raise self.error(None, what, exc, "ListMultipartUploads") from exc
 
     def _delete_batch(self, keys: list[str]) -> None:
         try:
@@ -1597,6 +1918,14 @@ class S3Storage(Storage):
         if errors:
             shown = ", ".join(f"{e.get('Key')} ({e.get('Code')})" for e in errors[:5])
             raise StorageError(f"{self.url}: {len(errors)} objects could not be deleted: {shown}")
+
+
+def _put_outcome(exc: BaseException) -> str:
+    """What a failed PutObject left: an error answer means nothing was stored; without an
+    answer the server may have stored the object before the answer was lost."""
+    if HAS_BOTO3 and isinstance(exc, ClientError):
+        return " (nothing was stored)"
+    return " (no answer came: the object may or may not have been stored)"
 
 
 def _put_result(key: str, size: int, resp: dict[str, Any]) -> dict[str, Any]:
@@ -1634,6 +1963,8 @@ class S3Writer(Writer):
         self._lock = threading.Lock()
         self._failure: tuple[int, BaseException] | None = None
         self._state = "open"
+        self._marker: str | None = None  # the marker object of our multipart upload
+        self._completing = False
 
     @property
     def closed(self) -> bool:
@@ -1668,8 +1999,8 @@ class S3Writer(Writer):
         if self._state != "open":
             return
         self._state = "aborted"
-        note = self._cleanup()
-        if note:
+        nothing_left, note = self._cleanup()
+        if not nothing_left:
             raise StorageError(f"{self._where}: upload aborted{note}")
 
     # ------------------------------------------------------------ internals
@@ -1716,11 +2047,42 @@ class S3Writer(Writer):
                 Bucket=self._bucket, Key=self._full_key, **args
             )
         except (ClientError, BotoCoreError, OSError) as exc:
-            self._fail("CreateMultipartUpload failed", exc)
+            self._fail("CreateMultipartUpload failed", exc, "CreateMultipartUpload")
         self._upload_id = resp["UploadId"]
+        self._write_marker()
         self._executor = ThreadPoolExecutor(
             max_workers=self._concurrency, thread_name_prefix="opsbook-s3-part"
         )
+
+    def _write_marker(self) -> None:
+        """Record the upload as opsbook's (see S3Storage.incomplete_uploads)."""
+        assert self._upload_id is not None
+        marker = self._s3.upload_marker_key(self._full_key, self._upload_id)
+        body = json.dumps(
+            {
+                "key": self.key,
+                "bucket_key": self._full_key,
+                "upload_id": self._upload_id,
+                "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "writer": "opsbook_storage.S3Writer",
+            }
+        ).encode()
+        try:
+            self._client.put_object(
+                Bucket=self._bucket, Key=marker, Body=body, **self._s3.sse_args()
+            )
+        except (ClientError, BotoCoreError, OSError) as exc:
+            self._fail(
+                "recording the multipart upload in its marker object failed", exc, "PutObject"
+            )
+        self._marker = marker
+
+    def _drop_marker(self) -> None:
+        """Delete the marker once the upload has ended (a marker left is pruned later)."""
+        marker, self._marker = self._marker, None
+        if marker is not None:
+            with contextlib.suppress(ClientError, BotoCoreError, OSError):
+                self._client.delete_object(Bucket=self._bucket, Key=marker)
 
     def _upload_part(self, number: int, part: Part) -> None:
         """Upload thread: one part. Its buffer goes back to the pool before the slot is freed
@@ -1764,7 +2126,7 @@ class S3Writer(Writer):
     def _raise_if_part_failed(self) -> None:
         if self._failure is not None:
             number, exc = self._failure
-            self._fail(f"upload of part {number} failed", exc)
+            self._fail(f"upload of part {number} failed", exc, "UploadPart")
 
     def _put_single(self) -> dict[str, Any]:
         part = self._buffer.take()
@@ -1777,7 +2139,7 @@ class S3Writer(Writer):
                 **self._s3.sse_args(),
             )
         except (ClientError, BotoCoreError, OSError) as exc:
-            self._fail("PutObject failed", exc)
+            self._fail(f"PutObject failed{_put_outcome(exc)}", exc, "PutObject")
         finally:
             body.close()
             if part is not None:
@@ -1790,6 +2152,7 @@ class S3Writer(Writer):
         parts = [self._parts[n] for n in sorted(self._parts)]
         if len(parts) != self._next_part - 1:
             self._fail(f"only {len(parts)} of {self._next_part - 1} parts were uploaded", None)
+        self._completing = True
         try:
             resp = self._client.complete_multipart_upload(
                 Bucket=self._bucket,
@@ -1798,49 +2161,63 @@ class S3Writer(Writer):
                 MultipartUpload={"Parts": parts},
             )
         except (ClientError, BotoCoreError, OSError) as exc:
-            self._fail("CompleteMultipartUpload failed", exc)
+            self._fail("CompleteMultipartUpload failed", exc, "CompleteMultipartUpload")
         self._state = "committed"
+        self._drop_marker()
         self.result = _put_result(self.key, self.bytes_written, resp)
         self.result["parts"] = len(parts)
         return self.result
 
-    def _fail(self, what: str, exc: BaseException | None) -> NoReturn:
-        """Abort the upload (after in-flight parts end) and raise a StorageError."""
+    def _fail(self, what: str, exc: BaseException | None, operation: str | None = None) -> NoReturn:
+        """Abort the upload (after in-flight parts end) and raise a StorageError saying what
+        failed, why, and what is left."""
         self._state = "failed"
-        note = self._cleanup()
+        _nothing_left, note = self._cleanup(stalled=is_stall_error(exc))
         if exc is None:
             reason, kind = "", None
         else:
-            reason, kind = describe_s3_error(exc, self._s3.endpoint, self._bucket)
+            reason, kind = self._s3.describe_error(exc, operation)
             reason = f": {reason}"
         written = f" after {self.bytes_written} bytes written" if self.bytes_written else ""
         message = f"{self._where}: {what}{written}{reason}{note}"
         raise StorageError(message, kind) from exc
 
-    def _cleanup(self) -> str:
+    def _cleanup(self, stalled: bool = False) -> tuple[bool, str]:
         """Drop buffered data, wait for in-flight parts, abort the multipart upload.
 
-        Returns "" when nothing is left behind, else a note saying what is.
+        After a stall (of this request or of a part) the abort gets a single attempt, so
+        that a silent endpoint costs one more stall_timeout, not one per retry. Returns
+        (True, note) when nothing is left behind, else (False, note saying what is left).
         """
         self._buffer.clear()
         self._wait_for_parts()
         self._pool.close()
         if self._upload_id is None:
-            return ""
+            return True, ""
+        failure = self._failure
+        stalled = stalled or (failure is not None and is_stall_error(failure[1]))
         try:
-            self._client.abort_multipart_upload(
-                Bucket=self._bucket, Key=self._full_key, UploadId=self._upload_id
-            )
+            with single_attempt() if stalled else contextlib.nullcontext():
+                self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=self._full_key, UploadId=self._upload_id
+                )
         except (ClientError, BotoCoreError, OSError) as exc:
-            reason, _kind = describe_s3_error(exc, self._s3.endpoint, self._bucket)
-            if "NoSuchUpload" in reason:
-                return ""
-            return (
-                f"; AbortMultipartUpload failed too ({reason}): the incomplete upload "
-                f"{self._upload_id} may remain until removed (cleanup_incomplete() or a bucket "
-                "lifecycle rule AbortIncompleteMultipartUpload)"
-            )
-        return ""
+            reason, kind = self._s3.describe_error(exc, "AbortMultipartUpload")
+            if kind == "not_found" and self._completing:
+                return False, (
+                    f"; the multipart upload {self._upload_id} is gone from the server: "
+                    "CompleteMultipartUpload may have stored the object after all"
+                )
+            if kind != "not_found":  # NoSuchUpload: aborted already
+                return False, (
+                    f"; AbortMultipartUpload failed too ({reason}): the incomplete upload "
+                    f"{self._upload_id} is left until removed (incomplete_uploads() and "
+                    "abort_incomplete() on a later run, or a bucket lifecycle rule "
+                    "AbortIncompleteMultipartUpload)"
+                )
+        if not stalled:
+            self._drop_marker()
+        return True, f"; the multipart upload {self._upload_id} was aborted"
 
 
 class S3Reader:
@@ -1848,7 +2225,10 @@ class S3Reader:
 
     A broken connection mid-object is resumed (up to 3 times) with a Range
     request pinned to the object's ETag, so a restore of a large backup
-    survives a transient network error without re-reading from the start.
+    survives a transient network error without re-reading from the start. A
+    stalled stream (no bytes for the stall timeout) is not resumed: the read
+    raises StorageError (kind ``stalled``) naming the endpoint, GetObject, the
+    key and where in the object it stopped.
     """
 
     def __init__(self, storage: S3Storage, key: str) -> None:
@@ -1874,9 +2254,9 @@ class S3Reader:
             except FlexibleChecksumError as exc:
                 raise self._s3.error(self.key, "checksum mismatch while reading", exc) from exc
             except _STREAM_ERRORS as exc:
-                if attempt == _READ_RESUMES:
+                if attempt == _READ_RESUMES or is_stall_error(exc):
                     what = f"reading failed at byte {self._pos} of {self.size}"
-                    raise self._s3.error(self.key, what, exc) from exc
+                    raise self._s3.error(self.key, what, exc, "GetObject") from exc
                 self._resume()
         self._pos += len(data)
         return data

@@ -3,8 +3,10 @@
 Round trips (multipart and single PutObject), server-side encryption headers, the writer's
 memory bound and throughput, failures mid-upload (an exception in the block, a part or
 CompleteMultipartUpload refused, the server killed) leaving no object and no multipart
-upload, listing/deletion, resumed reads, write probes, and the module imported the way an
-Ansible module imports it.
+upload, the unfinished uploads a killed writer leaves (found and aborted, never anyone
+else's), listing/deletion, resumed reads, write probes, an endpoint that goes silent or
+slow (through tests/tcp_proxy.py), and the module imported the way an Ansible module
+imports it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import tracemalloc
 import uuid
@@ -28,6 +31,7 @@ from botocore.awsrequest import AWSResponse
 from opsbook.lab import S3_CREDENTIALS, MotoS3Server
 from tests.harness import VENV_BIN, ansible_env, run_ansible
 from tests.loaders import load_module_utils
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -476,15 +480,109 @@ def test_missing_objects(open_s3: Callable[..., Any]) -> None:
         storage.open_reader("nope/data")
 
 
-def test_cleanup_incomplete_aborts_orphaned_uploads(
+KILLED_WRITER = """
+import os, signal, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+import opsbook_storage as st
+storage = st.open_storage(sys.argv[2], endpoint_url=sys.argv[3], region="us-east-1",
+                          part_size=5 << 20, concurrency=1)
+writer = storage.open_writer("db-1/data.pgdump.zst")
+writer.write(os.urandom(6 << 20))  # part 1 goes up, 1 MiB stays buffered
+writer._wait_for_parts()
+print(writer.upload_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # neither committed nor aborted: the upload stays
+"""
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll condition until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_incomplete_uploads_lists_only_what_opsbook_writers_left(
     s3: MotoS3Server, open_s3: Callable[..., Any], prefix: str
 ) -> None:
-    storage = open_s3()
+    storage = open_s3("backups", part_size=5 * MiB)
     client = s3.client()
-    client.create_multipart_upload(Bucket=BUCKET, Key=f"{prefix}/db-9/data")  # a killed backup
-    assert len(leftover_uploads(client, prefix)) == 1
-    assert storage.cleanup_incomplete(older_than=0) == 1
-    assert leftover_uploads(client, prefix) == []
+    # Never listed: completed objects (one multipart), other people's uploads inside the
+    # prefix, beside it (a sibling prefix sharing its first characters) and outside it.
+    storage.put_bytes("db-0/manifest.json", b"{}")
+    with storage.open_writer("db-0/data") as writer:
+        writer.write(os.urandom(6 * MiB))
+    assert writer.result["parts"] == 2
+    foreign = [
+        client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+        for key in (f"{prefix}/backups/db-9/data", f"{prefix}/backups2/x", f"{prefix}-other/x")
+    ]
+    killed = subprocess.run(
+        [
+            str(VENV_BIN / "python"),
+            "-c",
+            KILLED_WRITER,
+            str(Path(st.__file__)),
+            storage.url,
+            s3.endpoint_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ},
+    )
+    assert killed.returncode == -9, killed.stderr
+    upload_id = killed.stdout.strip()
+    assert upload_id in [u["UploadId"] for u in leftover_uploads(client, f"{prefix}/backups/")]
+    assert storage.list() == [o for o in storage.list() if o.key.startswith("db-0/")]
+
+    assert storage.incomplete_uploads(older_than_s=60) == []  # not that old yet
+    [item] = wait_for(lambda: storage.incomplete_uploads(older_than_s=1), 10, "the upload to age")
+    assert (item.key, item.id, item.kind) == ("db-1/data.pgdump.zst", upload_id, "multipart_upload")
+    assert 0 < item.age_s() < 60  # the marker's time, not moto's made-up Initiated (2010)
+
+    storage.abort_incomplete(item)
+    remaining = [u["UploadId"] for u in leftover_uploads(client, prefix)]
+    assert upload_id not in remaining and sorted(remaining) == sorted(foreign)
+    assert object_keys(client, f"{prefix}/backups/{st.UPLOAD_MARKER_DIR}/") == []
+    storage.abort_incomplete(item)  # gone already: no error, nothing else touched
+    assert storage.cleanup_incomplete(older_than=0) == []
+    assert sorted(u["UploadId"] for u in leftover_uploads(client, prefix)) == sorted(foreign)
+    assert [o.key for o in storage.list()] == ["db-0/data", "db-0/manifest.json"]
+    assert storage.get_bytes("db-0/manifest.json") == b"{}"
+    keys = (f"{prefix}/backups/db-9/data", f"{prefix}/backups2/x", f"{prefix}-other/x")
+    for upload, key in zip(foreign, keys, strict=True):
+        client.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload)
+
+
+def test_cleanup_incomplete_prunes_markers_of_uploads_already_gone(
+    s3: MotoS3Server, open_s3: Callable[..., Any], prefix: str
+) -> None:
+    storage = open_s3(part_size=5 * MiB)
+    client = s3.client()
+    writer = storage.open_writer("db-1/data")
+    writer.write(os.urandom(6 * MiB))
+    writer._wait_for_parts()
+    # The upload vanishes behind opsbook's back (a lifecycle rule): its marker is stale.
+    client.abort_multipart_upload(
+        Bucket=BUCKET, Key=f"{prefix}/db-1/data", UploadId=writer.upload_id
+    )
+    markers = object_keys(client, f"{prefix}/{st.UPLOAD_MARKER_DIR}/")
+    assert len(markers) == 1 and storage.list() == []  # a marker is never listed
+    assert storage.incomplete_uploads(older_than_s=0) == []
+    assert storage.cleanup_incomplete(older_than=3600) == []  # too young to prune
+    assert object_keys(client, f"{prefix}/{st.UPLOAD_MARKER_DIR}/") == markers
+    wait_for(
+        lambda: (
+            storage.cleanup_incomplete(older_than=1) == []
+            and not object_keys(client, f"{prefix}/{st.UPLOAD_MARKER_DIR}/")
+        ),
+        10,
+        "the stale marker to be pruned",
+    )
 
 
 # ===================================================================== reads
@@ -531,6 +629,200 @@ def test_reader_never_mixes_two_versions(open_s3: Callable[..., Any]) -> None:
     with pytest.raises(st.StorageError, match="PreconditionFailed"):
         reader.read(MiB)
     reader.close()
+
+
+# ====================================== a silent or slow endpoint (tests/tcp_proxy.py)
+
+
+@pytest.fixture
+def proxy(s3: MotoS3Server) -> Iterator[TcpProxy]:
+    """A proxy in front of the session's S3 server that a test can stall or throttle."""
+    with TcpProxy(s3.host, s3.port) as tcp_proxy:
+        yield tcp_proxy
+
+
+class Requests:
+    """Every request the storage's client sends (each attempt), with the time it went."""
+
+    def __init__(self, storage: Any) -> None:
+        self.sent: list[tuple[float, str, str]] = []
+        storage.client.meta.events.register("before-send.s3", self._record)
+
+    def _record(self, request: Any, **_kwargs: Any) -> None:
+        self.sent.append((time.monotonic(), request.method, request.url.split("?", 1)[-1]))
+
+    def assert_none_sent_twice(self) -> None:
+        """No request was retried: a stalled one is not (each part, each abort sent once)."""
+        seen = [(method, query) for _t, method, query in self.sent if method != "GET"]
+        assert len(seen) == len(set(seen)), seen
+
+
+def test_stalled_endpoint_fails_uploads_and_downloads_within_20_s(
+    s3: MotoS3Server, proxy: TcpProxy, prefix: str
+) -> None:
+    """With the default settings, everything in flight when the endpoint goes silent fails
+    within 20 s, saying which endpoint, operation and key stalled and what was left."""
+    storage = st.open_storage(
+        f"s3://{BUCKET}/{prefix}",
+        endpoint_url=proxy.url,
+        region="us-east-1",
+        part_size=5 * MiB,
+        concurrency=2,
+    )
+    limit = st.DEFAULT_STALL_TIMEOUT
+    storage.put_bytes("db-0/data", os.urandom(8 * MiB))
+    requests = Requests(storage)
+    outcome: dict[str, tuple[float, BaseException | None]] = {}
+    stalled_at: list[float] = []
+    go = threading.Event()
+
+    def record(name: str, work: Callable[[], Any]) -> None:
+        try:
+            work()
+            error = None
+        except st.StorageError as exc:
+            error = exc
+        outcome[name] = (time.monotonic() - stalled_at[0] if stalled_at else -1, error)
+
+    writer = storage.open_writer("db-1/data")
+
+    def upload() -> None:
+        for chunk in random_chunks(400 * MiB):  # far more than gets through
+            writer.write(chunk)
+        writer.commit()
+
+    reader = storage.open_reader("db-0/data")
+
+    def download() -> None:
+        go.wait(30)
+        while reader.read(MiB):
+            pass
+
+    threads = [
+        threading.Thread(target=record, args=("upload", upload)),
+        threading.Thread(target=record, args=("download", download)),
+    ]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: writer.upload_id and writer.bytes_written > 12 * MiB, 30, "parts to go up")
+    assert reader.read(MiB)  # the download is under way too
+    proxy.stall()
+    stalled_at.append(time.monotonic())
+    go.set()
+    put = threading.Thread(
+        target=record, args=("put_bytes", lambda: storage.put_bytes("db-1/manifest", b"{}"))
+    )
+    put.start()
+    for thread in [*threads, put]:
+        thread.join(40)
+    assert not any(thread.is_alive() for thread in [*threads, put]), outcome
+    uploads_left = leftover_uploads(s3.client(), prefix)  # on the server, not via the proxy
+    proxy.kill()  # whatever the proxy still holds never reaches the server
+    for name, (elapsed, error) in outcome.items():
+        print(f"\n{name}: failed {elapsed:.1f} s after the stall: {error}")
+
+    stalled = f"the S3 endpoint {proxy.url} stalled (no bytes for {limit:g} s) during"
+    elapsed, error = outcome["upload"]
+    assert error is not None and elapsed < 20, outcome["upload"]
+    message = str(error)
+    assert message.startswith(f"s3://{BUCKET}/{prefix}/db-1/data: upload of part ")
+    assert f"{stalled} UploadPart" in message and error.kind == "stalled"
+    # The abort got one attempt on the silent endpoint, and the message says what is left.
+    assert f"AbortMultipartUpload failed too ({stalled} AbortMultipartUpload)" in message
+    assert [u["UploadId"] for u in uploads_left] == [writer.upload_id]
+    assert f"the incomplete upload {writer.upload_id} is left" in message
+
+    elapsed, error = outcome["download"]
+    assert error is not None and elapsed < 20, outcome["download"]
+    assert str(error).startswith(f"s3://{BUCKET}/{prefix}/db-0/data: reading failed at byte ")
+    assert f"{stalled} GetObject" in str(error) and error.kind == "stalled"
+
+    elapsed, error = outcome["put_bytes"]
+    assert error is not None and elapsed < 20, outcome["put_bytes"]
+    assert str(error).startswith(f"s3://{BUCKET}/{prefix}/db-1/manifest: PutObject failed")
+    assert "may or may not have been stored" in str(error)
+    assert f"{stalled} PutObject" in str(error) and error.kind == "stalled"
+
+    # Nothing was retried; the reader did not resume its stalled stream (no second GET).
+    requests.assert_none_sent_twice()
+    assert [method for _t, method, _q in requests.sent].count("GET") == 1
+    assert SECRET not in repr(outcome)
+    # What the dead writer left is found and removed by the next run.
+    [item] = open_s3_direct(s3, prefix).cleanup_incomplete(older_than=0)
+    assert item.id == writer.upload_id and item.key == "db-1/data"
+    assert leftover_uploads(s3.client(), prefix) == []
+
+
+def open_s3_direct(s3: MotoS3Server, prefix: str, **kwargs: Any) -> Any:
+    """The same storage, straight to the server (not through the proxy)."""
+    return st.open_storage(
+        f"s3://{BUCKET}/{prefix}", endpoint_url=s3.endpoint_url, region="us-east-1", **kwargs
+    )
+
+
+def test_upload_that_stalls_then_resumes_within_the_limit_succeeds(
+    s3: MotoS3Server, proxy: TcpProxy, prefix: str
+) -> None:
+    storage = st.open_storage(
+        f"s3://{BUCKET}/{prefix}",
+        endpoint_url=proxy.url,
+        region="us-east-1",
+        part_size=5 * MiB,
+        concurrency=2,
+    )
+    requests = Requests(storage)
+    data = os.urandom(18 * MiB)
+    pause = st.DEFAULT_STALL_TIMEOUT - 3  # silent for 4 s, under the 7 s limit
+    with storage.open_writer("db-1/data") as writer:
+        writer.write(data[: 11 * MiB])  # parts 1 and 2 go up
+        proxy.stall()
+        timer = threading.Timer(pause, proxy.resume)
+        timer.start()
+        started = time.monotonic()
+        writer.write(data[11 * MiB :])  # blocks: both upload slots are held by the stall
+        result = writer.commit()
+        took = time.monotonic() - started
+    timer.join()
+    assert took >= pause - 0.5  # it did wait out the silence
+    assert result["parts"] == 4 and result["bytes"] == len(data)
+    assert open_s3_direct(s3, prefix).get_bytes("db-1/data") == data
+    requests.assert_none_sent_twice()
+    assert leftover_uploads(s3.client(), prefix) == []
+    assert object_keys(s3.client(), prefix) == [f"{prefix}/db-1/data"]  # the marker is gone
+
+
+def test_slow_but_live_endpoint_is_never_failed(
+    s3: MotoS3Server, proxy: TcpProxy, prefix: str
+) -> None:
+    """Requests far longer than the stall timeout succeed while bytes keep moving."""
+    limit = 1.5
+    storage = st.open_storage(
+        f"s3://{BUCKET}/{prefix}",
+        endpoint_url=proxy.url,
+        region="us-east-1",
+        part_size=12 * MiB,
+        concurrency=1,
+        stall_timeout=limit,
+    )
+    requests = Requests(storage)
+    ended: list[float] = []
+    storage.client.meta.events.register(
+        "after-call.s3.UploadPart", lambda **_kw: ended.append(time.monotonic())
+    )
+    data = os.urandom(13 * MiB)
+    # 4 MiB/s: the 12 MiB part takes about 3 s, twice the stall timeout. (The client's own
+    # send buffer, a few MiB on loopback, drains in well under the limit at this rate.)
+    proxy.throttle(4 * MiB)
+    with storage.open_writer("db-1/data") as writer:
+        writer.write(data)
+    part_1 = next(t for t, method, query in requests.sent if "partNumber=1&" in f"{query}&")
+    assert ended[0] - part_1 > 2 * limit, "the part was not slow: the test proves nothing"
+    proxy.throttle(6 * MiB)  # a download has no send buffer to drain: about 2.2 s
+    started = time.monotonic()
+    with storage.open_reader("db-1/data") as reader:
+        assert sha256_of(reader) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert time.monotonic() - started > limit
+    requests.assert_none_sent_twice()
 
 
 # ============================================================== write probes

@@ -1,6 +1,7 @@
 """module_utils/opsbook_storage.py without a server: URL parsing, part splitting, the S3
-writer's memory bound and failure handling (against an in-process fake client), and the
-file backend (atomic writes, crash safety, listing, deletion, write probe)."""
+writer's memory bound and failure handling (against an in-process fake client), stall
+classification and the retry veto, and the file backend (atomic writes, crash safety,
+unfinished writes, listing, deletion, write probe)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+import urllib3.exceptions
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 from tests.loaders import load_module_utils
 
@@ -131,6 +139,8 @@ def test_join_key() -> None:
         ({"concurrency": 0}, "concurrency"),
         ({"concurrency": 65}, "concurrency"),
         ({"max_attempts": -1}, "max_attempts"),
+        ({"stall_timeout": 0}, "stall_timeout"),
+        ({"stall_timeout": 601}, "stall_timeout"),
     ],
 )
 def test_open_storage_validates_settings(kwargs: dict[str, Any], words: str) -> None:
@@ -158,17 +168,91 @@ def test_describe_never_shows_endpoint_credentials() -> None:
     assert "aws:kms" in text and "alias/backups" not in text
 
 
-def test_client_uses_standard_retries_and_short_timeouts() -> None:
+def test_client_uses_standard_retries_and_the_stall_timeout() -> None:
     storage = st.open_storage(
         "s3://bucket", endpoint_url="http://127.0.0.1:9", region="us-east-1", concurrency=12
     )
     config = storage.client.meta.config
     # retries.max_attempts=2 (botocore counts retries): 3 attempts in all
     assert config.retries == {"mode": "standard", "total_max_attempts": 3}
-    assert config.connect_timeout == st.DEFAULT_CONNECT_TIMEOUT <= 10
-    assert config.read_timeout == st.DEFAULT_READ_TIMEOUT
+    # No bytes for the stall timeout while connecting, sending or waiting: stalled.
+    assert config.connect_timeout == config.read_timeout == st.DEFAULT_STALL_TIMEOUT
+    assert storage.stall_timeout == st.DEFAULT_STALL_TIMEOUT
+    # The worst case of a stalled upload, abort included (module docstring): the part
+    # (two fast failures with standard backoff up to 1 s and 2 s, then the stall, plus 1 s
+    # of Expect: 100-continue) and one attempt at the abort.
+    worst = (1 + 2 + st.DEFAULT_STALL_TIMEOUT + 1) + st.DEFAULT_STALL_TIMEOUT
+    assert worst < 20
     assert config.max_pool_connections >= 14
     assert config.s3 == {"addressing_style": "path"}
+    assert st.open_storage("s3://bucket", stall_timeout=2.5).client.meta.config.read_timeout == 2.5
+
+
+def _needs_retry(client: Any, exc: BaseException) -> Any:
+    """What botocore's endpoint would decide after a failed UploadPart attempt: the first
+    answer of the needs-retry handlers that is not None (None: no retry, a number: retry
+    after that delay)."""
+    from botocore.hooks import first_non_none_response
+
+    operation = client.meta.service_model.operation_model("UploadPart")
+    responses = client.meta.events.emit(
+        "needs-retry.s3.UploadPart",
+        response=None,
+        endpoint=None,
+        operation=operation,
+        attempts=1,
+        caught_exception=exc,
+        request_dict={"context": {"retries": {"attempt": 1}}},
+    )
+    return first_non_none_response(responses)
+
+
+def _send_timeout() -> ConnectionClosedError:
+    """What botocore raises when sending a request times out (the socket's send blocked)."""
+    protocol = urllib3.exceptions.ProtocolError("Connection aborted.", TimeoutError("timed out"))
+    return ConnectionClosedError(endpoint_url="http://h:1/b/k", error=protocol)
+
+
+def _read_timeout() -> ReadTimeoutError:
+    inner = urllib3.exceptions.ReadTimeoutError(None, "/b/k", "Read timed out.")
+    return ReadTimeoutError(endpoint_url="http://h:1/b/k", error=inner)
+
+
+def _refused() -> EndpointConnectionError:
+    inner = urllib3.exceptions.NewConnectionError(None, "Connection refused")
+    return EndpointConnectionError(endpoint_url="http://h:1/b/k", error=inner)
+
+
+def test_a_stalled_request_is_never_retried_other_failures_are() -> None:
+    client = st.open_storage("s3://bucket", endpoint_url="http://127.0.0.1:9").client
+    for stall in (_read_timeout(), _send_timeout(), ConnectTimeoutError(endpoint_url="x")):
+        assert _needs_retry(client, stall) is False, stall
+    for transient in (_refused(), ConnectionClosedError(endpoint_url="http://h:1/b/k")):
+        delay = _needs_retry(client, transient)
+        assert isinstance(delay, (int, float)) and delay >= 0, transient
+    with st.single_attempt():  # clean-up after a stall: one attempt, whatever the error
+        assert _needs_retry(client, _refused()) is False
+    assert isinstance(_needs_retry(client, _refused()), (int, float))  # and only inside
+
+
+@pytest.mark.parametrize(
+    ("exc", "stalled"),
+    [
+        (_read_timeout(), True),
+        (_send_timeout(), True),
+        (ConnectTimeoutError(endpoint_url="http://h:1"), True),
+        (urllib3.exceptions.ReadTimeoutError(None, "/k", "Read timed out."), True),
+        (TimeoutError("timed out"), True),
+        (st.StorageError("s3://b/k: GetObject failed: ... stalled", kind="stalled"), True),
+        (_refused(), False),  # urllib3 derives NewConnectionError from its timeout class
+        (ConnectionClosedError(endpoint_url="http://h:1/b/k"), False),
+        (ConnectionResetError(104, "Connection reset by peer"), False),
+        (ClientError({"Error": {"Code": "SlowDown"}}, "UploadPart"), False),
+        (st.StorageError("s3://b/k: refused", kind="unreachable"), False),
+    ],
+)
+def test_is_stall_error(exc: BaseException, stalled: bool) -> None:
+    assert st.is_stall_error(exc) is stalled
 
 
 # ============================================================= part splitting
@@ -389,6 +473,7 @@ class FakeS3:
         self.fail: dict[str, Callable[[dict[str, Any]], BaseException | None]] = {}
         self.in_flight = 0
         self.max_in_flight = 0
+        self.abort_single_attempt: list[bool] = []  # per abort: inside single_attempt()?
         self._lock = threading.Lock()
 
     def _record(self, op: str, kwargs: dict[str, Any]) -> None:
@@ -436,9 +521,18 @@ class FakeS3:
         return {"ETag": f'"multi-{len(numbers)}"'}
 
     def abort_multipart_upload(self, **kw: Any) -> dict[str, Any]:
+        self.abort_single_attempt.append(getattr(st._SINGLE_ATTEMPT, "active", False))
         self._record("AbortMultipartUpload", kw)
         self.uploads.pop(kw["UploadId"], None)
         return {}
+
+    def delete_object(self, **kw: Any) -> dict[str, Any]:
+        self._record("DeleteObject", kw)
+        self.objects.pop(kw["Key"], None)
+        return {}
+
+    def markers(self) -> list[str]:
+        return [key for key in self.objects if f"/{st.UPLOAD_MARKER_DIR}/" in f"/{key}"]
 
 
 def _sse_echo(kw: dict[str, Any]) -> dict[str, Any]:
@@ -490,6 +584,14 @@ def test_multipart_upload_parts_in_order_with_sse_and_checksums() -> None:
     assert [p["PartNumber"] for p in complete] == [1, 2, 3, 4]
     assert all(p["ChecksumCRC32"] == "crc==" for p in complete)
     assert fake.uploads == {}
+    # The upload was recorded as opsbook's right after it started, the record deleted at
+    # the end (with the same encryption as the data: a bucket policy may demand it).
+    ops = fake.ops()
+    assert ops[:2] == ["CreateMultipartUpload", "PutObject"] and ops[-1] == "DeleteObject"
+    marker = fake.calls[1][1]
+    assert marker["Key"].startswith(f"{st.UPLOAD_MARKER_DIR}/")
+    assert marker["ServerSideEncryption"] == "aws:kms"
+    assert fake.calls[-1][1]["Key"] == marker["Key"] and fake.markers() == []
 
 
 def test_no_checksum_arguments_when_botocore_checksums_are_off() -> None:
@@ -548,8 +650,10 @@ def test_part_failure_aborts_and_raises_naming_the_object() -> None:
     assert "s3://bucket/prod/db/data" in message
     assert "part 2" in message and "access denied" in message
     assert info.value.kind == "access_denied"
-    assert fake.ops()[-1] == "AbortMultipartUpload"
-    assert fake.uploads == {} and "prod/db/data" not in fake.objects
+    assert fake.ops()[-2:] == ["AbortMultipartUpload", "DeleteObject"]  # upload, then marker
+    assert "multipart upload upload-1 was aborted" in message
+    assert fake.abort_single_attempt == [False]  # not a stall: the abort may be retried
+    assert fake.uploads == {} and "prod/db/data" not in fake.objects and fake.markers() == []
     assert writer.closed
     with pytest.raises(st.StorageError, match="already failed"):
         writer.write(b"more")
@@ -584,8 +688,8 @@ def test_failed_complete_aborts() -> None:
     writer.write(os.urandom(2 * PART))
     with pytest.raises(st.StorageError, match=r"CompleteMultipartUpload failed.*InvalidPart"):
         writer.commit()
-    assert fake.ops()[-1] == "AbortMultipartUpload"
-    assert fake.uploads == {}
+    assert fake.ops()[-2:] == ["AbortMultipartUpload", "DeleteObject"]
+    assert fake.uploads == {} and fake.markers() == []
 
 
 def test_failed_abort_is_reported_with_the_leftover_upload() -> None:
@@ -599,7 +703,8 @@ def test_failed_abort_is_reported_with_the_leftover_upload() -> None:
     message = str(info.value)
     assert "unreachable" in message and info.value.kind == "unreachable"
     assert "AbortMultipartUpload failed too" in message and "upload-1" in message
-    assert "lifecycle" in message
+    assert "lifecycle" in message and "incomplete_uploads()" in message
+    assert len(fake.markers()) == 1  # kept: the next run finds the upload by it
 
 
 def test_failed_single_put_raises() -> None:
@@ -610,6 +715,74 @@ def test_failed_single_put_raises() -> None:
     with pytest.raises(st.StorageError, match="bucket 'bucket' does not exist") as info:
         writer.commit()
     assert info.value.kind == "bucket_missing"
+    assert "PutObject failed (nothing was stored)" in str(info.value)
+
+
+def test_stalled_part_aborts_once_and_says_so() -> None:
+    fake = FakeS3()
+    fake.fail["UploadPart"] = lambda kw: _read_timeout() if kw["PartNumber"] == 2 else None
+    storage = st.S3Storage(
+        st.parse_storage_url("s3://bucket/prod"), fake, part_size=PART, stall_timeout=7
+    )
+    writer = storage.open_writer("db/data")
+    with pytest.raises(st.StorageError) as info:
+        writer.write(os.urandom(6 * PART))
+    message = str(info.value)
+    assert info.value.kind == "stalled" and st.is_stall_error(info.value)
+    assert message.startswith("s3://bucket/prod/db/data: upload of part 2 failed")
+    assert "the S3 endpoint http://fake-s3:9000 stalled (no bytes for 7 s) during UploadPart" in (
+        message
+    )
+    assert "the multipart upload upload-1 was aborted" in message
+    assert fake.abort_single_attempt == [True]  # one attempt: a silent endpoint costs 7 s once
+    assert fake.uploads == {}
+    # After a stall the marker is not deleted (one request fewer on a silent endpoint);
+    # the upload being gone, incomplete_uploads() never lists it (cleanup_incomplete prunes it).
+    assert len(fake.markers()) == 1
+
+
+def test_stalled_single_put_says_the_object_may_exist() -> None:
+    fake = FakeS3()
+    fake.fail["PutObject"] = lambda _kw: _send_timeout()
+    storage = st.S3Storage(st.parse_storage_url("s3://bucket"), fake, stall_timeout=3)
+    with pytest.raises(st.StorageError) as info:
+        storage.put_bytes("manifest.json", b"{}")
+    message = str(info.value)
+    assert message.startswith("s3://bucket/manifest.json: PutObject failed (no answer came")
+    assert "stalled (no bytes for 3 s) during PutObject" in message
+    assert info.value.kind == "stalled"
+
+
+def test_a_lost_complete_answer_is_not_reported_as_nothing_left() -> None:
+    fake = FakeS3()
+
+    def complete_then_lose_the_answer(kw: dict[str, Any]) -> BaseException:
+        fake.uploads.pop(kw["UploadId"])  # the server completed it...
+        return _read_timeout()  # ...but its answer never came
+
+    fake.fail["CompleteMultipartUpload"] = complete_then_lose_the_answer
+    fake.fail["AbortMultipartUpload"] = lambda _kw: client_error(
+        "NoSuchUpload", 404, "AbortMultipartUpload"
+    )
+    writer = fake_storage(fake).open_writer("x")
+    writer.write(os.urandom(2 * PART))
+    with pytest.raises(st.StorageError) as info:
+        writer.commit()
+    message = str(info.value)
+    assert "CompleteMultipartUpload failed" in message and "stalled" in message
+    assert "may have stored the object after all" in message
+    assert "was aborted" not in message
+
+
+def test_marker_failure_aborts_the_upload() -> None:
+    fake = FakeS3()
+    fake.fail["PutObject"] = lambda _kw: client_error("AccessDenied", 403, "PutObject")
+    writer = fake_storage(fake).open_writer("x")
+    with pytest.raises(st.StorageError) as info:
+        writer.write(os.urandom(2 * PART))
+    assert "recording the multipart upload in its marker object failed" in str(info.value)
+    assert fake.ops() == ["CreateMultipartUpload", "PutObject", "AbortMultipartUpload"]
+    assert fake.uploads == {}
 
 
 def test_too_many_parts_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -618,7 +791,7 @@ def test_too_many_parts_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     writer = fake_storage(fake).open_writer("x")
     with pytest.raises(st.StorageError, match="exceeds 2 parts of 5 MiB"):
         writer.write(os.urandom(4 * PART))
-    assert fake.ops()[-1] == "AbortMultipartUpload"
+    assert fake.ops()[-2:] == ["AbortMultipartUpload", "DeleteObject"]
 
 
 @pytest.mark.parametrize(
@@ -695,7 +868,7 @@ def test_file_nothing_visible_before_commit(files: Any, tmp_path: Path) -> None:
     directory = tmp_path / "backups" / "db-1"
     assert not (directory / "data").exists()
     [temp] = list(directory.iterdir())
-    assert st._TEMP_RE.search(temp.name) and temp.name.startswith("data.tmp-")
+    assert st._TEMP_RE.search(temp.name) and temp.name.startswith("data.opsbook.tmp-")
     assert files.list() == [] and files.head("db-1/data") is None
     writer.commit()
     assert [p.name for p in directory.iterdir()] == ["data"]
@@ -733,6 +906,11 @@ os._exit(9)  # the process dies before commit (kill -9, OOM, power loss)
 """
 
 
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
 def test_file_crash_before_commit_leaves_no_final_file(files: Any, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", CRASH_SCRIPT, str(st.__file__), files.url],
@@ -747,11 +925,54 @@ def test_file_crash_before_commit_leaves_no_final_file(files: Any, tmp_path: Pat
     assert files.head("db-1/data.pgdump.zst") is None
     assert files.list() == []  # the leftover temp file is never listed
     [leftover] = list(directory.iterdir())
-    assert files.cleanup_incomplete(older_than=3600) == 0  # too recent
-    old = time.time() - 7200
-    os.utime(leftover, (old, old))
-    assert files.cleanup_incomplete(older_than=3600) == 1
-    assert not leftover.exists()
+    assert files.cleanup_incomplete(older_than=3600) == []  # too recent
+    _age(leftover, 7200)
+    [removed] = files.cleanup_incomplete(older_than=3600)
+    assert removed.key == "db-1/data.pgdump.zst" and removed.id == str(leftover)
+    assert not leftover.exists() and not directory.exists()  # emptied directory pruned
+
+
+def test_file_incomplete_uploads_finds_only_what_opsbook_writers_left(
+    files: Any, tmp_path: Path
+) -> None:
+    root = tmp_path / "backups"
+    files.put_bytes("db-1/manifest.json", b"{}")  # a completed object
+    _age(root / "db-1" / "manifest.json", 7200)
+    left_open = files.open_writer("db-1/data.pgdump.zst")  # as a SIGKILL leaves it
+    left_open.write(b"x" * 1000)
+    temp = left_open.temp_path
+    assert temp.name.startswith("data.pgdump.zst.opsbook.tmp-")
+    # Not opsbook's: another tool's temporary files (also the older "<key>.tmp-<hex>"
+    # form, which list() keeps hiding), and a file outside the storage.
+    foreign = [root / "db-1" / "data.tmp-0123456789abcdef", root / "db-1" / "x.part"]
+    outside = tmp_path / "elsewhere.opsbook.tmp-0123456789abcdef"
+    for path in [*foreign, outside]:
+        path.write_bytes(b"not mine")
+        _age(path, 7200)
+
+    assert files.incomplete_uploads(older_than_s=3600) == []  # written just now
+    _age(temp, 7200)
+    assert files.incomplete_uploads(older_than_s=7300) == []  # not that old
+    [item] = files.incomplete_uploads(older_than_s=3600)
+    assert (item.key, item.id, item.kind) == ("db-1/data.pgdump.zst", str(temp), "temp_file")
+    assert 7100 < item.age_s() < 7300 and item.started.tzinfo is not None
+    assert "db-1/data.pgdump.zst (temporary file" in item.describe()
+
+    files.abort_incomplete(item)
+    assert not temp.exists()
+    files.abort_incomplete(item)  # already gone: no error
+    assert files.incomplete_uploads(older_than_s=0) == []
+    assert all(path.exists() for path in [*foreign, outside])
+    assert files.get_bytes("db-1/manifest.json") == b"{}"
+    # An item naming anything but an opsbook temporary file of this storage is refused.
+    for bad in (
+        st.IncompleteUpload("elsewhere", item.started, str(outside), "temp_file"),
+        st.IncompleteUpload("db-1/x.part", item.started, str(foreign[1]), "temp_file"),
+        st.IncompleteUpload("db-1/manifest.json", item.started, str(root / "db-1"), "temp_file"),
+    ):
+        with pytest.raises(st.StorageError, match="not"):
+            files.abort_incomplete(bad)
+    assert outside.exists() and foreign[1].exists()
 
 
 def test_file_list_delete_and_delete_prefix(files: Any, tmp_path: Path) -> None:
