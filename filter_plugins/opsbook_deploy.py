@@ -8,6 +8,9 @@
 - ``deploy_batch_failed``: did a batch fail more hosts than max_fail_percentage allows?
 - ``deploy_summary``: the run's status, hosts by outcome and readable lines.
 - ``deploy_gate_targets``: the http_gate targets (name, base_url, version) of some hosts.
+- ``rollback_target_missing``: the hosts whose releases hold no ``rollback_to`` (read-only).
+- ``rollback_gate_targets``, ``rollback_host_states``, ``rollback_summary``: a rollback's gate
+  targets, each host's outcome (from what it registered) and the summary.
 
 Outcomes of one host: ``unchanged`` (already ran this version and artifact), ``deployed``,
 ``failed`` (switched, failed its gate and rolled back, or failed before switching),
@@ -212,6 +215,113 @@ def deploy_gate_targets(
     return targets
 
 
+def rollback_target_missing(
+    hostvars: Mapping[str, Any], hosts: Iterable[str], to: Any, info_var: str = "rollback_info"
+) -> list[str]:
+    """``host, host (releases there: ...)`` for the hosts whose releases (app_release info, the
+    fact ``info_var``) hold no release id and no version ``to`` - hosts with the same releases
+    on one line. Hosts not read (unreachable) are left out: the rollback reports them."""
+    wanted = str(to)
+    by_listing: dict[str, list[str]] = {}
+    for host in hosts:
+        info = _get(hostvars[host], info_var)
+        if not isinstance(info, Mapping) or info.get("unreachable") or info.get("failed"):
+            continue
+        releases = list(info.get("releases") or [])
+        if any(wanted in (str(r.get("release_id")), str(r.get("version"))) for r in releases):
+            continue
+        there = ", ".join(
+            f"{r.get('release_id')} ({r.get('version')}, {r.get('status')}"
+            + (", current)" if r.get("current") else ")")
+            for r in releases
+        )
+        by_listing.setdefault(there or "none", []).append(host)
+    return [f"{', '.join(names)} (releases there: {there})" for there, names in by_listing.items()]
+
+
+def rollback_gate_targets(
+    hostvars: Mapping[str, Any], hosts: Iterable[str], check_mode: bool = False
+) -> list[dict[str, str]]:
+    """http_gate targets of a rollback: each host whose switch and restart went through, on
+    the version it serves now (in check mode nothing moved: /health only)."""
+    targets = []
+    for host in hosts:
+        facts = hostvars[host]
+        switch = _get(facts, "rollback_switch")
+        restart = _get(facts, "app_service_result", {})
+        if not isinstance(switch, Mapping) or _get(facts, "rollback_error"):
+            continue
+        if switch.get("unreachable") or switch.get("failed") or _get(restart, "unreachable"):
+            continue
+        targets.append(
+            {
+                "name": host,
+                "base_url": str(_get(facts, "app_base_url", "")),
+                "version": "" if check_mode else str(switch.get("current_version") or ""),
+            }
+        )
+    return targets
+
+
+def rollback_host_states(hostvars: Mapping[str, Any], hosts: Iterable[str]) -> dict[str, dict]:
+    """{host: {outcome, from, to, to_version, error}} of a rollback, from what each host
+    registered (rollback_switch, app_service_result, rollback_gate) and the errors its rescue
+    recorded: rolled_back | unchanged | failed | unreachable."""
+    states: dict[str, dict[str, Any]] = {}
+    for host in hosts:
+        facts = hostvars[host]
+        switch = _get(facts, "rollback_switch")
+        switch = switch if isinstance(switch, Mapping) else {}
+        restart = _get(facts, "app_service_result", {})
+        gate = _get(facts, "rollback_gate", {})
+        by_host = _get(gate, "by_host", {}) if isinstance(gate, Mapping) else {}
+        state = {
+            "outcome": "rolled_back" if switch.get("changed") else "unchanged",
+            "from": str(switch.get("from") or ""),
+            "to": str(switch.get("to") or ""),
+            "to_version": str(switch.get("current_version") or ""),
+            "error": "",
+        }
+        error = str(_get(facts, "rollback_error", "") or "")
+        gate_error = str(_get(facts, "rollback_gate_error", "") or "")
+        if not switch:
+            state.update(outcome="unreachable", error="the host was not reached")
+        elif switch.get("unreachable") or _get(restart, "unreachable"):
+            message = switch.get("msg") if switch.get("unreachable") else _get(restart, "msg")
+            state.update(outcome="unreachable", error=f"unreachable: {str(message).strip()}")
+        elif error or switch.get("failed"):
+            state.update(outcome="failed", error=error or str(switch.get("msg") or ""))
+        elif gate_error:
+            state.update(outcome="failed", error=f"health gate: {gate_error}")
+        elif host in by_host and not by_host[host].get("ok"):
+            problems = "; ".join(by_host[host].get("problems") or [])
+            state.update(outcome="failed", error=f"health gate: {problems}")
+        if state["outcome"] in ("failed", "unreachable"):
+            state["to_version"] = state["to_version"] if switch.get("changed") else ""
+        states[host] = state
+    return states
+
+
+def rollback_summary(states: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """ok (every host rolled back or already there), the versions served, one line a host."""
+    lines = []
+    for host, state in states.items():
+        line = f"{host}: {state.get('outcome')}"
+        if state.get("to"):
+            line += f" from {state.get('from')} to {state.get('to')} ({state.get('to_version')})"
+        if state.get("error"):
+            line += f" - {state['error']}"
+        lines.append(line)
+    return {
+        "ok": all(s.get("outcome") in ("rolled_back", "unchanged") for s in states.values()),
+        "versions": sorted(
+            {str(s.get("to_version")) for s in states.values() if s.get("to_version")}
+        ),
+        "releases": sorted({str(s.get("to")) for s in states.values() if s.get("to")}),
+        "lines": lines,
+    }
+
+
 class FilterModule:
     """opsbook deploy bookkeeping filters."""
 
@@ -223,4 +333,8 @@ class FilterModule:
             "deploy_in_window": deploy_in_window,
             "deploy_install_problems": deploy_install_problems,
             "deploy_summary": deploy_summary,
+            "rollback_gate_targets": rollback_gate_targets,
+            "rollback_host_states": rollback_host_states,
+            "rollback_summary": rollback_summary,
+            "rollback_target_missing": rollback_target_missing,
         }

@@ -114,6 +114,12 @@ options:
       - Region of the bucket.
     type: str
 attributes:
+  action:
+    support: full
+    description:
+      An action plugin (action_plugins/deploy_ledger.py) runs this module's code inside the task's
+      worker on the controller's local connection - no module process, no payload written to
+      disk; on any other connection the module runs the ordinary way.
   check_mode:
     support: full
     description: O(state=record) reports the entry it would write and writes nothing;
@@ -311,18 +317,22 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     )
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    params = fill_defaults(module.params, dict(os.environ))
+def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The module's work on validated parameters: the result, with ``failed`` on a failure.
+    main() runs it in a module process; on the controller the action plugin
+    (action_plugins/deploy_ledger.py) runs it in the task's worker."""
+    params = fill_defaults(params, dict(os.environ))
     errors = validate_params(params)
     if errors:
-        module.fail_json(
-            msg="deploy_ledger: invalid input: " + "; ".join(errors) + "; nothing was recorded"
-        )
+        return {
+            "failed": True,
+            "changed": False,
+            "msg": "deploy_ledger: invalid input: " + "; ".join(errors) + "; nothing was recorded",
+        }
     try:
-        result = run(params, module.check_mode)
+        return run(params, check_mode)
     except DeployStateError as exc:
-        module.fail_json(msg=f"deploy_ledger: {exc}", **{"changed": False, **exc.details})
+        return {"changed": False, **exc.details, "failed": True, "msg": f"deploy_ledger: {exc}"}
     except StorageError as exc:
         what = (
             "recording the entry failed (an entry is one object: it is either there whole or "
@@ -330,7 +340,14 @@ def main() -> None:
             if params.get("state") == "record"
             else "reading the ledger failed"
         )
-        module.fail_json(msg=f"deploy_ledger: {what}: {exc}", changed=False)
+        return {"failed": True, "changed": False, "msg": f"deploy_ledger: {what}: {exc}"}
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    result = execute(module.params, module.check_mode)
+    if result.pop("failed", False):
+        module.fail_json(**result)
     module.exit_json(**result)
 
 

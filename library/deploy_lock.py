@@ -88,6 +88,14 @@ options:
         now + O(ttl_s) (a heartbeat for long runs).
     type: bool
     default: false
+  holder_pid:
+    description:
+      - With O(state=present), the process that holds the lock for the run on the controller.
+        It is recorded in the lock with the process's start (boot id and start time), so that
+        a later run on the same controller tells a crashed or killed run's lock (its process
+        is gone) from a live one, and says so. On the controller the action plugin sets it to
+        the C(ansible-playbook) process; unset, the lock records no process.
+    type: int
   break_lock:
     description:
       - With O(state=present), replace another run's live lock (or an unreadable lock object);
@@ -126,6 +134,12 @@ options:
       - Region of the bucket.
     type: str
 attributes:
+  action:
+    support: full
+    description:
+      An action plugin (action_plugins/deploy_lock.py) runs this module's code inside the task's
+      worker on the controller's local connection - no module process, no payload written to
+      disk; on any other connection the module runs the ordinary way.
   check_mode:
     support: full
     description: Reads the lock and reports what would happen (RV(action), RV(acquirable));
@@ -292,6 +306,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "playbook": {"type": "str", "default": ""},
         "ttl_s": {"type": "int", "default": DEFAULT_TTL_S},
         "refresh": {"type": "bool", "default": False},
+        "holder_pid": {"type": "int"},
         "break_lock": {"type": "bool", "default": False},
         "break_hint": {"type": "str", "default": "break_lock=true"},
         "conditional_writes": {
@@ -354,6 +369,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
             reason=params.get("reason") or "",
             ttl_s=params.get("ttl_s") or DEFAULT_TTL_S,
             playbook=params.get("playbook") or "",
+            pid=params.get("holder_pid") or None,
             break_lock=bool(params.get("break_lock")),
             refresh=bool(params.get("refresh")),
             check_mode=check_mode,
@@ -380,22 +396,39 @@ def storage_failure(params: dict[str, Any], exc: StorageError) -> str:
     )
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    params = fill_defaults(module.params, dict(os.environ))
+def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The module's work on validated parameters: the result, with ``failed`` on a failure and
+    ``warnings``. main() runs it in a module process; on the controller the action plugin
+    (action_plugins/deploy_lock.py) runs it in the task's worker."""
+    params = fill_defaults(params, dict(os.environ))
     errors = validate_params(params)
     if errors:
-        module.fail_json(
-            msg="deploy_lock: invalid input: " + "; ".join(errors) + "; nothing was changed"
-        )
+        return {
+            "failed": True,
+            "changed": False,
+            "msg": "deploy_lock: invalid input: " + "; ".join(errors) + "; nothing was changed",
+        }
     try:
-        result = run(params, module.check_mode)
+        result = run(params, check_mode)
     except DeployStateError as exc:
-        module.fail_json(msg=f"deploy_lock: {exc}", **{"changed": False, **exc.details})
+        return {"changed": False, **exc.details, "failed": True, "msg": f"deploy_lock: {exc}"}
     except StorageError as exc:
-        module.fail_json(msg=f"deploy_lock: {storage_failure(params, exc)}", changed=False)
-    for warning in result.pop("warnings_", []):
+        return {
+            "failed": True,
+            "changed": False,
+            "msg": f"deploy_lock: {storage_failure(params, exc)}",
+        }
+    result["warnings"] = result.pop("warnings_", [])
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    result = execute(module.params, module.check_mode)
+    for warning in result.pop("warnings", []):
         module.warn(warning)
+    if result.pop("failed", False):
+        module.fail_json(**result)
     module.exit_json(**result)
 
 

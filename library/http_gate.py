@@ -81,6 +81,12 @@ options:
     type: bool
     default: false
 attributes:
+  action:
+    support: full
+    description:
+      An action plugin (action_plugins/http_gate.py) runs this module's code inside the task's
+      worker on the controller's local connection - no module process, no payload written to
+      disk; on any other connection the module runs the ordinary way.
   check_mode:
     support: full
     description: Read-only; it runs the same in check mode.
@@ -260,13 +266,26 @@ def run_gate(params: dict[str, Any], run: Any = run_check) -> dict[str, Any]:
     }
 
 
+def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The module's work on validated parameters (read-only: the same in check mode); the
+    result, with ``failed`` on invalid input or, with fail_on_problem, a failed target. main()
+    runs it in a module process; on the controller the action plugin
+    (action_plugins/http_gate.py) runs it in the task's worker."""
+    del check_mode
+    errors = input_errors(params)
+    if errors:
+        msg = "http_gate: invalid input: " + "; ".join(errors)
+        return {"failed": True, "changed": False, "msg": msg}
+    result = run_gate(params)
+    if params["fail_on_problem"] and not result["ok"]:
+        result["failed"] = True
+    return result
+
+
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    errors = input_errors(module.params)
-    if errors:
-        module.fail_json(msg="http_gate: invalid input: " + "; ".join(errors))
-    result = run_gate(module.params)
-    if module.params["fail_on_problem"] and not result["ok"]:
+    result = execute(module.params, module.check_mode)
+    if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)
 

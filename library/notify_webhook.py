@@ -108,6 +108,12 @@ options:
     type: bool
     default: false
 attributes:
+  action:
+    support: full
+    description:
+      An action plugin (action_plugins/notify_webhook.py) runs this module's code inside the task's
+      worker on the controller's local connection - no module process, no payload written to
+      disk; on any other connection the module runs the ordinary way.
   check_mode:
     support: full
     description: Nothing is sent in check mode; RV(payload) shows what would be.
@@ -385,23 +391,42 @@ def run(params: dict[str, Any], check_mode: bool, post: Callable = default_post)
     return result
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    errors = validate_params(module.params)
+def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The module's work on validated parameters: the result, with ``failed`` (only with
+    fail_on_error) and ``warnings``; never the URL. main() runs it in a module process; on the
+    controller the action plugin (action_plugins/notify_webhook.py) runs it in the task's
+    worker."""
+    errors = validate_params(params)
     if errors:
         msg = "notify_webhook: invalid input: " + "; ".join(errors) + "; nothing sent"
-        if module.params["fail_on_error"]:
-            module.fail_json(msg=msg)
-        module.warn(msg + " (the run goes on)")
-        module.exit_json(
-            changed=False, delivered=False, status=None, attempts=0, webhook="", payload={}, msg=msg
-        )
-    result = run(module.params, module.check_mode)
-    result["msg"] = scrub(result["msg"], module.params.get("url") or "")
+        if params["fail_on_error"]:
+            return {"failed": True, "changed": False, "msg": msg}
+        return {
+            "changed": False,
+            "delivered": False,
+            "status": None,
+            "attempts": 0,
+            "webhook": "",
+            "payload": {},
+            "msg": msg,
+            "warnings": [msg + " (the run goes on)"],
+        }
+    result = run(params, check_mode)
+    result["msg"] = scrub(result["msg"], params.get("url") or "")
     if not result["delivered"] and result["attempts"]:
-        if module.params["fail_on_error"]:
-            module.fail_json(**result)
-        module.warn(result["msg"] + " (the run goes on)")
+        if params["fail_on_error"]:
+            return {**result, "failed": True}
+        result["warnings"] = [result["msg"] + " (the run goes on)"]
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    result = execute(module.params, module.check_mode)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
+    if result.pop("failed", False):
+        module.fail_json(**result)
     module.exit_json(**result)
 
 

@@ -14,8 +14,10 @@ deploy can read what succeeded in staging::
 
 The lock
 --------
-One JSON object ``{format_version, owner, run_id, reason, playbook, host, acquired_at,
-expires_at, ttl_s, nonce}``. Taking it is atomic:
+One JSON object ``{format_version, owner, run_id, reason, playbook, host, pid, pid_start,
+acquired_at, expires_at, ttl_s, nonce}`` (``pid``: the run's ansible-playbook process on the
+controller ``host``, with its start - boot id and start time - so that a later run on the same
+controller can tell a crashed run's lock from a live one). Taking it is atomic:
 
 * ``file://``: the object is created by hard-linking a complete temporary file (``link(2)``
   fails when the lock exists), and replaced or deleted under ``flock(2)`` after checking its
@@ -112,6 +114,7 @@ __all__ = [
     "iso",
     "ledger_entry_errors",
     "parse_iso",
+    "process_identity",
     "utcnow",
 ]
 
@@ -198,6 +201,8 @@ class LockRecord:
     reason: str = ""
     playbook: str = ""
     host: str = ""
+    pid: int = 0
+    pid_start: str = ""
     acquired_at: str = ""
     expires_at: str = ""
     ttl_s: int = 0
@@ -213,6 +218,8 @@ class LockRecord:
         "reason",
         "playbook",
         "host",
+        "pid",
+        "pid_start",
         "acquired_at",
         "expires_at",
         "ttl_s",
@@ -264,6 +271,28 @@ class LockRecord:
         expires = self.expires()
         return self.corrupt is None and expires is not None and expires <= now
 
+    def holder_alive(self, hostname: str | None = None, proc: str = "/proc") -> bool | None:
+        """Whether the process that took the lock still runs: None when this controller cannot
+        tell (another host, no pid recorded), else True or False."""
+        here = socket.gethostname() if hostname is None else hostname
+        if not isinstance(self.pid, int) or not self.pid or not self.pid_start:
+            return None
+        if self.host != here:
+            return None
+        return process_identity(int(self.pid), proc) == self.pid_start
+
+    def holder_state(self, hostname: str | None = None, proc: str = "/proc") -> str:
+        """'its process ... is no longer running ...' / '... still runs' / '' (cannot tell)."""
+        alive = self.holder_alive(hostname, proc)
+        if alive is None:
+            return ""
+        if alive:
+            return f"the Ansible process that took it (pid {self.pid} on {self.host}) still runs"
+        return (
+            f"the Ansible process that took it (pid {self.pid} on {self.host}) is no longer "
+            "running: that run crashed or was killed, and nothing released its lock"
+        )
+
     def describe(self, now: datetime) -> str:
         """'run R of alice (playbook deploy, reason "x"), acquired T, expires T2 (in 47 min)'."""
         if self.corrupt:
@@ -289,6 +318,23 @@ class LockRecord:
             f"run {self.run_id} of {self.owner or 'an unknown operator'} ({', '.join(bits)}), "
             f"acquired {self.acquired_at or '?'}, expires {self.expires_at}{when}"
         )
+
+
+def process_identity(pid: int, proc: str = "/proc") -> str:
+    """'<boot id>:<start time>' of a live process, '' when there is none (or no /proc): the
+    same pid after a reboot or a reuse is another process."""
+    try:
+        with open(f"{proc}/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()
+        with open(f"{proc}/{int(pid)}/stat", encoding="utf-8", errors="replace") as handle:
+            stat = handle.read()
+    except (OSError, ValueError):
+        return ""
+    fields = stat[stat.rfind(")") + 2 :].split()
+    # after "pid (comm) ": state is field 3, starttime field 22 -> index 19 here
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return ""
+    return f"{boot}:{fields[19]}"
 
 
 def decide_acquire(
@@ -450,6 +496,7 @@ class DeployLock:
         ttl_s: int = DEFAULT_TTL_S,
         playbook: str = "",
         host: str | None = None,
+        pid: int | None = None,
         break_lock: bool = False,
         refresh: bool = False,
         check_mode: bool = False,
@@ -475,6 +522,8 @@ class DeployLock:
                 reason=reason,
                 playbook=playbook,
                 host=host,
+                pid=int(pid or 0),
+                pid_start=process_identity(pid) if pid else "",
                 acquired_at=current.acquired_at if action == "refresh" and current else iso(now),
                 expires_at=iso(now + timedelta(seconds=int(ttl_s))),
                 ttl_s=int(ttl_s),
@@ -534,15 +583,23 @@ class DeployLock:
         if current.corrupt:
             message = (
                 f"{self.env} is locked by an unreadable lock object {self.where} "
-                f"({current.corrupt}); nothing was changed. Inspect it, then break the lock "
-                f"with {self.break_hint}."
+                f"({current.corrupt}); nothing was changed. Inspect it, then break the lock: "
+                f"{self.break_hint}."
             )
         else:
+            state = current.holder_state()
+            alive = current.holder_alive()
+            if alive is False:
+                advice = f"Break its lock: {self.break_hint}"
+            else:
+                advice = (
+                    "Wait for that run to finish or for the lock to expire; only if that run is "
+                    f"dead (killed or crashed), break its lock: {self.break_hint}"
+                )
             message = (
-                f"{self.env} is locked: the deploy lock is held by {current.describe(now)}; "
-                f"nothing was changed. Wait for that run to finish or for the lock to expire; "
-                f"only if that run is dead, break the lock with {self.break_hint}. "
-                f"Lock object: {self.where}"
+                f"{self.env} is locked: the deploy lock is held by {current.describe(now)}"
+                + (f"; {state}" if state else "")
+                + f"; nothing was changed. {advice}. Lock object: {self.where}"
             )
         return LockHeldError(
             message,
@@ -551,6 +608,7 @@ class DeployLock:
             env=self.env,
             acquired=False,
             acquirable=False,
+            holder_alive=None if current.corrupt else current.holder_alive(),
         )
 
     # ------------------------------------------------------------ release

@@ -207,6 +207,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         verbosity=min(args.verbose, 6),
     )
     redact = runner.scrubber(plan).redact
+    for warning in plan.warnings:
+        print(f"opsbook: warning: {redact(warning)}", file=sys.stderr, flush=True)
     progress = Progress(sys.stdout, redact=redact)
     mode = " in check mode" if plan.check else ""
     print(f"opsbook: running {plan.runbook.name} on {plan.env}{mode}", flush=True)

@@ -8,6 +8,10 @@ Runbooks: ``playbooks/<name>.yml`` except ``site.yml`` and files starting with
 ``_``; a runbook's one-line description is its first line, ``# <description>``.
 
 Inventories: ``<$OPSBOOK_INVENTORY_ROOT or <project>/inventories>/<env>/``.
+
+Inputs: each runbook declares its inputs in ``playbooks/vars/inputs/<runbook>.yml`` (its
+preflight checks them: action_plugins/opsbook_inputs.py); :func:`unknown_input_warnings` reads
+the same declarations to warn about ``-e`` names a runbook does not know, before it runs.
 """
 
 from __future__ import annotations
@@ -15,15 +19,28 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from opsbook.exitcodes import OpsbookInputError
 
 PROJECT_ENV = "OPSBOOK_PROJECT_DIR"
 INVENTORY_ROOT_ENV = "OPSBOOK_INVENTORY_ROOT"
 RUNS_DIR_ENV = "OPSBOOK_RUNS_DIR"
+
+# Where the runbooks declare their inputs, the top-level key of a declaration, the
+# declaration every runbook includes, extra-var prefixes never warned about (Ansible's own,
+# AWX's job variables) - as action_plugins/opsbook_inputs.py reads them.
+INPUTS_DIR = ("playbooks", "vars", "inputs")
+INPUTS_KEY = "opsbook_inputs"
+INPUTS_COMMON = "common"
+IGNORED_INPUT_PREFIXES = ("ansible_", "awx_", "tower_")
+#: set for the playbook once opsbook has warned, so that its preflight does not warn again
+INPUT_WARNINGS_SHOWN_ENV = "OPSBOOK_INPUT_WARNINGS_SHOWN"
 
 # Runbook and environment names: no path separators, no leading dot or dash.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -151,3 +168,74 @@ def resolve_env(root: Path, name: str) -> Path:
             "--env", f"unknown environment {name!r}; known environments in {root}: {listing}"
         )
     return (root / name).resolve()
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+
+
+def input_declaration(project: Path, runbook: str) -> dict[str, Any] | None:
+    """The declaration of a runbook's inputs, or None when it has none (or it is unreadable:
+    the runbook's preflight then says what is wrong)."""
+    if not _NAME_RE.match(runbook or ""):
+        return None
+    data = _read_yaml(project.joinpath(*INPUTS_DIR, f"{runbook}.yml"))
+    if not isinstance(data, dict) or not isinstance(data.get(INPUTS_KEY), dict):
+        return None
+    return data[INPUTS_KEY]
+
+
+def _role_input_names(project: Path, role: str) -> set[str]:
+    data = _read_yaml(project / "roles" / role / "meta" / "argument_specs.yml")
+    specs = (data or {}).get("argument_specs") if isinstance(data, dict) else None
+    names: set[str] = set()
+    for entry in (specs or {}).values():
+        names |= set(((entry or {}).get("options") or {}).keys())
+    return names
+
+
+def known_inputs(project: Path, runbook: str) -> set[str] | None:
+    """Every input name a runbook accepts (its options, its roles' inputs, those of the
+    runbooks it includes, the common ones), or None when it declares none."""
+    declaration = input_declaration(project, runbook)
+    if declaration is None:
+        return None
+    names: set[str] = set()
+    seen: set[str] = set()
+    pending: list[dict[str, Any]] = [declaration]
+    common = input_declaration(project, INPUTS_COMMON)
+    if common is not None:
+        pending.append(common)
+    while pending:
+        current = pending.pop()
+        name = str(current.get("runbook"))
+        if name in seen:
+            continue
+        seen.add(name)
+        names |= set((current.get("options") or {}).keys())
+        for role in current.get("role_inputs") or []:
+            names |= _role_input_names(project, str(role))
+        for other in current.get("include") or []:
+            included = input_declaration(project, str(other))
+            if included is not None:
+                pending.append(included)
+    return names
+
+
+def unknown_input_warnings(project: Path, runbook: str, names: Iterable[str]) -> list[str]:
+    """One warning per ``-e`` name the runbook does not declare, with the closest declared
+    name (difflib); none when the runbook declares no inputs."""
+    known = known_inputs(project, runbook)
+    if known is None:
+        return []
+    warnings = []
+    for name in sorted(set(names)):
+        if name in known or name.startswith(IGNORED_INPUT_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "it is ignored"
+        warnings.append(f"-e {name}: {runbook} has no input of that name; {hint}")
+    return warnings

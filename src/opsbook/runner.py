@@ -172,6 +172,8 @@ class RunPlan:
     secrets: frozenset[str]
     envvars: dict[str, str]
     verbosity: int
+    #: -e names the runbook does not declare, with the closest declared name (warned, not refused)
+    warnings: tuple[str, ...] = ()
 
 
 # --- pure helpers --------------------------------------------------------------------
@@ -708,6 +710,10 @@ class RunbookRunner:
             raise OpsbookInputError("verbosity", f"must be 0..6, got {verbosity!r}")
         vault_file = resolve_vault_password_file(vault_password_file, os.environ)
         extra_env = {str(k): str(v) for k, v in (envvars or {}).items()}
+        warnings = _project.unknown_input_warnings(self.project_dir, book.name, variables)
+        if _project.known_inputs(self.project_dir, book.name) is not None:
+            # said here, before the run: the runbook's preflight need not say it again
+            extra_env[_project.INPUT_WARNINGS_SHOWN_ENV] = "1"
         known = (
             set(secrets)
             | secrets_in_vars(variables)
@@ -727,6 +733,7 @@ class RunbookRunner:
             secrets=frozenset(known),
             envvars=extra_env,
             verbosity=verbosity,
+            warnings=tuple(warnings),
         )
 
     # execution -----------------------------------------------------------------------
@@ -908,7 +915,7 @@ class RunbookRunner:
             limit=plan.limit,
             private_data_dir=run.private_dir,
             ansible_rc=ansible_rc,
-            warnings=run.warnings,
+            warnings=[*plan.warnings, *run.warnings],
         )
 
 
