@@ -56,8 +56,13 @@ Notes:
   so a stalled upload fails within about ``2 * stall_timeout + 1`` seconds
   (15 s by default; 18 s when refused connections came first) and its
   message says whether the upload was aborted or which one is left. A
-  reader's stalled stream is not resumed. A slow endpoint that still moves
-  bytes is never failed, however long a transfer takes.
+  reader's stalled stream is not resumed. Measured through a proxy that goes
+  silent mid-transfer (tests/integration/test_storage.py): a multipart upload
+  failed 14.0 s later, PutObject 8.0 s, a download 7.0 s. A slow endpoint
+  that still moves bytes is never failed, however long a transfer takes; but
+  the client's own send buffer (Linux grows it up to 4 MiB) drains while it
+  waits for the answer, so an upload must move at least about 4 MiB per
+  ``stall_timeout`` (0.6 MiB/s at 7 s): raise it for a slower link.
 * A writer killed outright (SIGKILL, power loss) cannot clean up: its temporary
   file or incomplete multipart upload is never listed. ``incomplete_uploads(
   older_than_s)`` finds those opsbook's writer left (an S3 writer records each
@@ -289,10 +294,11 @@ class IncompleteUpload:
     power loss, an endpoint that died before the abort): see Storage.incomplete_uploads.
 
     ``key`` is the object it was to become (relative to the storage, like every key);
-    ``started`` when it started (UTC: S3's Initiated time; for a file, its last write,
-    since a killed writer's file stops changing); ``id`` the multipart upload id (S3) or
-    the temporary file's absolute path (file://); ``kind`` ``multipart_upload`` or
-    ``temp_file``.
+    ``started`` when it started (UTC; S3: the later of the upload's Initiated time and
+    its marker's, since some S3-compatible servers report a made-up Initiated; a file:
+    its last write, since a killed writer's file stops changing); ``id`` the multipart
+    upload id (S3) or the temporary file's absolute path (file://); ``kind``
+    ``multipart_upload`` or ``temp_file``.
     """
 
     key: str
@@ -744,12 +750,13 @@ class Storage:
 
         A writer killed outright (SIGKILL) cannot abort its upload; the next run finds it
         here and removes it with abort_incomplete(). S3: the multipart uploads under the
-        prefix (ListMultipartUploads, their Initiated time) that an opsbook writer recorded
-        in its marker object; file://: the writers' ``<key>.opsbook.tmp-<random>`` files
-        (their last write older than older_than_s). Never a committed object, never an
-        upload or file that opsbook's writer did not start, never anything outside the
-        storage. older_than_s protects writers still running: make it longer than the
-        longest write (an upload that is still going on is listed once it is that old).
+        prefix (ListMultipartUploads) that an opsbook writer recorded in its marker object
+        (one ListObjectsV2 when there is none, else both); file://: the writers'
+        ``<key>.opsbook.tmp-<random>`` files (their last write older than older_than_s).
+        Never a committed object, never an upload or file that opsbook's writer did not
+        start, never anything outside the storage. older_than_s protects writers still
+        running: make it longer than the longest write (an S3 upload still going on is
+        listed once it is that old; S3 times have whole seconds and the server's clock).
         Raises StorageError when the storage cannot be listed.
         """
         raise NotImplementedError

@@ -11,6 +11,7 @@ imports it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -639,6 +640,29 @@ def proxy(s3: MotoS3Server) -> Iterator[TcpProxy]:
     """A proxy in front of the session's S3 server that a test can stall or throttle."""
     with TcpProxy(s3.host, s3.port) as tcp_proxy:
         yield tcp_proxy
+
+
+def test_proxy_kill_reaches_a_client_waiting_for_an_answer() -> None:
+    """The cause of the "S3 killed mid-upload" test's 1-in-4 60 s runs, kept fixed: a
+    client that sent its request and waits for the answer sees the proxy's kill at once
+    (it used to see nothing and wait out its own read timeout)."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    with TcpProxy("127.0.0.1", silent.getsockname()[1]) as tcp_proxy:
+        client = socket.create_connection(("127.0.0.1", tcp_proxy.port))
+        client.sendall(b"PUT /b/k?partNumber=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        client.settimeout(10)
+        wait_for(lambda: tcp_proxy.forwarded > 0, 5, "the request to reach the server")
+        started = time.monotonic()
+        tcp_proxy.kill()
+        with contextlib.suppress(ConnectionResetError):
+            assert client.recv(100) == b""  # the end of the stream (or a reset)
+        assert time.monotonic() - started < 1
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", tcp_proxy.port), timeout=2)
+    client.close()
+    silent.close()
 
 
 class Requests:
