@@ -201,6 +201,7 @@ __all__ = [
     "open_storage",
     "parse_storage_url",
     "part_size_for",
+    "single_attempt",
 ]
 
 
