@@ -10,9 +10,12 @@ Then the production gates: staging gate, hotfix, deploy window.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
+import signal
+import subprocess
 import tarfile
 import threading
 import time
@@ -25,6 +28,7 @@ import pytest
 from opsbook.lab import AppHost, SshKeyPair, start_app_hosts, stop_all
 from opsbook.lab.sampleapp import APP_SOURCE, build_release, sha256_file
 from opsbook.lab.sshd import SshHost
+from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
 from tests.integration.stats_helper import StatsRun, run_with_stats
 
 pytestmark = pytest.mark.integration
@@ -146,10 +150,22 @@ def inventory(make_inventory: Any, deploy_hosts: list[AppHost], state_dir: Path,
 
 @pytest.fixture
 def deploy(run_playbook: Any, tmp_path: Path, artifacts: dict[str, Path], inventory: Any):
-    def run(version: str, env: str = "test", check: bool = False, **extravars: Any) -> StatsRun:
+    def run(
+        version: str,
+        env: str = "test",
+        check: bool = False,
+        args: tuple[str, ...] = (),
+        **extravars: Any,
+    ) -> StatsRun:
         variables = {"app_version": version, "app_artifact": str(artifacts[version]), **extravars}
         return run_with_stats(
-            run_playbook, tmp_path, "deploy", inventory(env), extravars=variables, check=check
+            run_playbook,
+            tmp_path,
+            "deploy",
+            inventory(env),
+            extravars=variables,
+            check=check,
+            args=args,
         )
 
     return run
@@ -163,6 +179,17 @@ def rollback(run_playbook: Any, tmp_path: Path, inventory: Any):
         )
 
     return run
+
+
+def lock_file(state_dir: Path, env: str = "local") -> Path:
+    """Where deploy_lock keeps the lock of env on the file:// state URL (the inventory "test"
+    is a sandbox-like one: its opsbook_env is local)."""
+    return state_dir / "locks" / env / "deploy.json"
+
+
+def switch_batches(run: StatsRun) -> int:
+    """How many batches the switch play ran (its header is printed once per batch)."""
+    return run.stdout.count("PLAY [Deploy | switch, canary first")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -206,8 +233,9 @@ def test_deploy_v1_then_v2(
     deploy: Any, deploy_hosts: list[AppHost], artifacts: dict[str, Path], webhook: Webhook
 ) -> None:
     assert versions(deploy_hosts) == ["0.9.0"] * 3
-    first = deploy("1.0.0")
+    first = deploy("1.0.0", args=("-e", "deploy_batch=50%"))  # text, as -e gives it
     assert first.rc == 0, first.output
+    assert switch_batches(first) == 3  # the canary, then 50% of 3 hosts: one at a time
     assert versions(deploy_hosts) == ["1.0.0"] * 3
     pids_v1 = [snapshot(h)["pid"] for h in deploy_hosts]
 
@@ -250,8 +278,9 @@ def test_check_mode_changes_nothing(
 ) -> None:
     before = [snapshot(h) for h in deploy_hosts]
     state_before = sorted(p.relative_to(state_dir).as_posix() for p in state_dir.rglob("*"))
-    dry = deploy("4.0.0", check=True)
+    dry = deploy("4.0.0", check=True, args=("-e", "deploy_batch=2"))  # "2", text as -e gives it
     assert dry.rc == 0, dry.output
+    assert switch_batches(dry) == 2  # the canary, then the 2 others
     assert [snapshot(h) for h in deploy_hosts] == before
     assert sorted(p.relative_to(state_dir).as_posix() for p in state_dir.rglob("*")) == state_before
 
@@ -410,3 +439,174 @@ def test_bad_input_is_refused_before_anything(
     assert wrong_sum.rc != 0
     assert "sha256" in wrong_sum.output
     assert [snapshot(h) for h in deploy_hosts] == before
+
+
+# --------------------------------------------------------------------------- bad input, the lock
+
+
+def test_deploy_batch_abc_is_refused_in_the_preflight(
+    deploy: Any, deploy_hosts: list[AppHost], state_dir: Path
+) -> None:
+    before = [snapshot(h) for h in deploy_hosts]
+    refused = deploy("6.0.0", args=("-e", "deploy_batch=abc"))
+    assert refused.rc != 0
+    assert "deploy refused, nothing was changed: 1 problem with its inputs" in refused.output
+    assert (
+        "deploy_batch='abc' is not valid: deploy_batch accepts a number of hosts (at least 1) "
+        "or a percentage of the hosts from 1% to 100%" in refused.output
+    )
+    assert "Unexpected Exception" not in refused.output
+    assert not lock_file(state_dir).exists()  # no lock taken
+    assert set(refused.hosts) == {"localhost"}  # no task ran on an app host
+    assert [snapshot(h) for h in deploy_hosts] == before  # nothing installed
+
+
+def test_deploy_keep_releases_0_is_refused_before_any_switch(
+    deploy: Any, deploy_hosts: list[AppHost], state_dir: Path
+) -> None:
+    before = [snapshot(h) for h in deploy_hosts]
+    refused = deploy("6.0.0", deploy_keep_releases=0, deploy_canary=0)
+    assert refused.rc != 0
+    assert "deploy refused, nothing was changed: 2 problems with its inputs" in refused.output
+    assert "deploy_keep_releases=0 is out of range: deploy_keep_releases accepts" in refused.output
+    assert "deploy_canary=0 is out of range" in refused.output  # every problem, at once
+    assert not lock_file(state_dir).exists()
+    assert set(refused.hosts) == {"localhost"}
+    assert [snapshot(h) for h in deploy_hosts] == before  # no canary switched
+
+
+def test_rollback_to_an_unknown_release_is_refused_listing_the_releases(
+    rollback: Any, deploy_hosts: list[AppHost], state_dir: Path
+) -> None:
+    before = [snapshot(h) for h in deploy_hosts]
+    refused = rollback(rollback_to="9.9.9")
+    assert refused.rc != 0
+    assert (
+        "Rollback refused, nothing was changed and the deploy lock was released: "
+        "release 9.9.9 is unknown: no release id or version 9.9.9 on" in refused.output
+    )
+    for host in deploy_hosts:
+        current = os.path.basename(os.readlink(host.current_link))
+        assert host.name in refused.output
+        assert f"{current} ({host.version()}, good, current)" in refused.output
+    assert "releases there: " in refused.output
+    assert not lock_file(state_dir).exists()  # taken, then released by the report play
+    assert [snapshot(h) for h in deploy_hosts] == before  # read-only
+    assert refused.stats["rollback"] == {"refused": refused.stats["rollback"]["refused"]}
+
+
+def test_a_failure_after_the_lock_releases_it(
+    deploy: Any, rollback: Any, deploy_hosts: list[AppHost], state_dir: Path
+) -> None:
+    """The report play's ledger write fails (the ledger directory is a file): the deploy and
+    then the rollback both fail saying so, and neither keeps the lock."""
+    start = versions(deploy_hosts)
+    ledger = state_dir / "ledger" / "local"  # the "test" inventory's opsbook_env
+    saved = ledger.with_name("local.saved")
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    if ledger.exists():
+        ledger.rename(saved)
+    ledger.write_text("not a directory\n")
+    try:
+        deployed = deploy("6.0.0")
+        assert deployed.rc != 0
+        assert "deploy_ledger: recording the entry failed" in deployed.output
+        assert versions(deploy_hosts) == ["6.0.0"] * 3  # the deploy itself went through
+        assert not lock_file(state_dir).exists()
+
+        back = rollback()
+        assert back.rc != 0
+        assert "deploy_ledger: recording the entry failed" in back.output
+        assert versions(deploy_hosts) == start
+        assert not lock_file(state_dir).exists()
+    finally:
+        ledger.unlink()
+        if saved.exists():
+            saved.rename(ledger)
+
+
+def test_a_crashed_runs_lock_is_reported_with_the_commands_to_break_it(
+    rollback: Any,
+    deploy_hosts: list[AppHost],
+    state_dir: Path,
+    inventory: Any,
+    artifacts: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """ansible-playbook is killed (SIGKILL) while its deploy holds the lock: nothing can
+    release it. The next run names that run and says it is dead, with the exact commands."""
+    marker = f"opsbook-crash-{os.getpid()}-{time.monotonic_ns()}"
+    variables = tmp_path / "crash-vars.json"
+    variables.write_text(
+        json.dumps(
+            {
+                "app_version": "5.0.0",
+                "app_artifact": str(artifacts["5.0.0"]),
+                "opsbook_reason": "crash test",
+            }
+        )
+    )
+    argv = [str(VENV_BIN / "ansible-playbook"), "playbooks/deploy.yml", "-i",
+            str(inventory()), "-e", f"@{variables}"]  # fmt: skip
+    env = ansible_env(tmp_path / "oplog.jsonl", {"OPSBOOK_TEST_MARKER": marker})
+    output = tmp_path / "crashed-deploy.log"
+    with output.open("w") as sink:
+        proc = subprocess.Popen(
+            argv, cwd=PROJECT_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not lock_file(state_dir).exists():
+            assert proc.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, "the deploy never took the lock"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        for pid in processes_with(marker):  # its workers: nothing must release the lock
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    held = json.loads(lock_file(state_dir).read_text())
+    assert held["pid"] == proc.pid and held["reason"] == "deploy 5.0.0: crash test"
+
+    refused = rollback()
+    assert refused.rc != 0
+    for text in (
+        "local is locked: the deploy lock is held by run " + held["run_id"],
+        f"of {held['owner']} (playbook deploy",
+        'reason "deploy 5.0.0: crash test"',
+        f"expires {held['expires_at']}",
+        f"(pid {proc.pid} on {held['host']}) is no longer running: that run crashed or was killed",
+        "Break its lock: opsbook run rollback --env test -e break_lock=true",
+        "(or: ansible-playbook -i ",
+        "playbooks/rollback.yml -e break_lock=true",
+    ):
+        assert text in refused.output, (text, refused.output)
+    assert json.loads(lock_file(state_dir).read_text())["run_id"] == held["run_id"]
+
+    start = versions(deploy_hosts)
+    broken = rollback(break_lock=True)
+    assert broken.rc == 0, broken.output
+    assert "broke the lock of run " + held["run_id"] in broken.output
+    assert versions(deploy_hosts) != start  # it rolled back
+    assert not lock_file(state_dir).exists()  # and released the lock it took
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids whose environment holds OPSBOOK_TEST_MARKER=<marker> (not ssh masters)."""
+    wanted = f"OPSBOOK_TEST_MARKER={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if wanted in environ and not cmdline.startswith(b"ssh"):
+            found.append(int(entry.name))
+    return found

@@ -410,3 +410,30 @@ def test_summary_renders_multiline_outputs_as_blocks() -> None:
     )
     text = render_summary(result)
     assert "summary: |-\n      line 1\n      line 2" in text
+
+
+def test_run_warns_about_undeclared_extra_vars_before_running(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opsbook import runner as rn
+
+    inputs = project / "playbooks" / "vars" / "inputs"
+    inputs.mkdir(parents=True)
+    (inputs / "deploy.yml").write_text(
+        "opsbook_inputs:\n  runbook: deploy\n  options:\n"
+        "    deploy_batch: {type: count_or_percent, description: batch size}\n"
+    )
+    seen: list[rn.RunPlan] = []
+
+    def execute(self: rn.RunbookRunner, plan: rn.RunPlan, **_kw: object) -> RunResult:
+        seen.append(plan)
+        return _result(status="successful", rc=0, failures=[])
+
+    monkeypatch.setattr(rn.RunbookRunner, "execute", execute)
+    assert cli.main(["run", "deploy", "--env", "dev", "-e", "deploy_btach=2"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == (
+        "opsbook: warning: -e deploy_btach: deploy has no input of that name; "
+        "did you mean deploy_batch?"
+    )
+    assert seen and seen[0].extravars == {"deploy_btach": 2}  # a warning, not a refusal

@@ -113,3 +113,89 @@ def test_gate_targets() -> None:
         {"name": "a", "base_url": "http://a:8080", "version": "1.0"},
         {"name": "b", "base_url": "http://b:8080", "version": "0.9"},
     ]
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def release(rid: str, version: str, status: str = "good", current: bool = False) -> dict:
+    return {"release_id": rid, "version": version, "status": status, "current": current}
+
+
+def test_rollback_target_missing_lists_what_each_host_holds() -> None:
+    same = {"releases": [release("1.0.0-a", "1.0.0"), release("2.0.0-b", "2.0.0", current=True)]}
+    hostvars = {
+        "app1": {"rollback_info": same},
+        "app2": {"rollback_info": same},
+        "app3": {"rollback_info": {"releases": [release("1.0.0-a", "1.0.0")]}},
+        "down": {"rollback_info": {"unreachable": True, "msg": "ssh: timeout"}},
+        "limited": {},
+    }
+    hosts = list(hostvars)
+    assert fd.rollback_target_missing(hostvars, hosts, "1.0.0") == []
+    assert fd.rollback_target_missing(hostvars, hosts, "1.0.0-a") == []
+    assert fd.rollback_target_missing(hostvars, hosts, "2.0.0-b") == [
+        "app3 (releases there: 1.0.0-a (1.0.0, good))"
+    ]
+    assert fd.rollback_target_missing(hostvars, hosts, "9.9.9") == [
+        "app1, app2 (releases there: 1.0.0-a (1.0.0, good), 2.0.0-b (2.0.0, good, current))",
+        "app3 (releases there: 1.0.0-a (1.0.0, good))",
+    ]
+
+
+def rolled(host: str, changed: bool = True, **kw: Any) -> dict[str, Any]:
+    switch = {"changed": changed, "from": "2.0.0-b", "to": "1.0.0-a", "current_version": "1.0.0"}
+    return {"app_base_url": f"http://{host}:8080", "rollback_switch": {**switch, **kw}}
+
+
+def test_rollback_gate_targets_only_hosts_switched_and_restarted() -> None:
+    hostvars = {
+        "app1": rolled("app1"),
+        "app2": rolled("app2", changed=False),
+        "app3": {**rolled("app3"), "rollback_error": "restart failed"},
+        "app4": rolled("app4", unreachable=True),
+        "app5": {**rolled("app5"), "app_service_result": {"unreachable": True}},
+        "app6": {},
+    }
+    targets = fd.rollback_gate_targets(hostvars, list(hostvars))
+    assert targets == [
+        {"name": "app1", "base_url": "http://app1:8080", "version": "1.0.0"},
+        {"name": "app2", "base_url": "http://app2:8080", "version": "1.0.0"},
+    ]
+    checked = fd.rollback_gate_targets(hostvars, ["app1"], check_mode=True)
+    assert checked[0]["version"] == ""  # nothing moved in check mode: /health only
+
+
+def test_rollback_host_states_from_what_each_host_registered() -> None:
+    gate = {"by_host": {"app1": {"ok": True}, "app2": {"ok": False, "problems": ["/health: 500"]}}}
+    hostvars = {
+        "app1": {**rolled("app1"), "rollback_gate": gate},
+        "app2": {**rolled("app2"), "rollback_gate": gate},
+        "app3": {**rolled("app3", failed=True, msg="no good release"), "rollback_error": "x"},
+        "app4": rolled("app4", unreachable=True, msg="ssh: refused "),
+        "app5": {**rolled("app5", changed=False), "rollback_gate_error": "gate crashed"},
+        "app6": {},
+    }
+    states = fd.rollback_host_states(hostvars, list(hostvars))
+    assert {h: s["outcome"] for h, s in states.items()} == {
+        "app1": "rolled_back",
+        "app2": "failed",
+        "app3": "failed",
+        "app4": "unreachable",
+        "app5": "failed",
+        "app6": "unreachable",
+    }
+    assert states["app1"] == {
+        "outcome": "rolled_back", "from": "2.0.0-b", "to": "1.0.0-a", "to_version": "1.0.0",
+        "error": "",
+    }  # fmt: skip
+    assert states["app2"]["error"] == "health gate: /health: 500"
+    assert states["app4"]["error"] == "unreachable: ssh: refused"
+    assert states["app5"]["error"] == "health gate: gate crashed"
+    assert states["app6"]["error"] == "the host was not reached"
+    summary = fd.rollback_summary(states)
+    assert summary["ok"] is False
+    assert summary["releases"] == ["1.0.0-a"] and summary["versions"] == ["1.0.0"]
+    assert summary["lines"][0] == "app1: rolled_back from 2.0.0-b to 1.0.0-a (1.0.0)"
+    good = fd.rollback_summary({h: states[h] for h in ("app1",)})
+    assert good["ok"] is True

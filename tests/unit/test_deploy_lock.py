@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
+import socket
+import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -403,6 +406,45 @@ def test_acquire_reenter_refuse_with_a_clear_message(storage: Any) -> None:
     assert info.value.details["lock"]["run_id"] == "run-A"
     assert info.value.details["acquirable"] is False
     assert json.loads(storage.get_bytes("locks/production/deploy.json")) == stored
+
+
+def test_process_identity_tells_a_live_process_from_a_gone_one() -> None:
+    mine = ds.process_identity(os.getpid())
+    assert re.fullmatch(r"[0-9a-f-]{36}:[0-9]+", mine)
+    assert ds.process_identity(os.getpid()) == mine  # stable while it lives
+    child = subprocess.Popen(["true"])  # a process that exits at once
+    child.wait()
+    assert ds.process_identity(child.pid) == ""
+    assert ds.process_identity(os.getpid(), proc="/nonexistent") == ""
+
+
+def test_a_lock_whose_process_is_gone_is_reported_as_a_crashed_runs(storage: Any) -> None:
+    here = socket.gethostname()
+    child = subprocess.Popen(["sleep", "30"])  # stands for an ansible-playbook
+    try:
+        lock = make_lock(storage, Clock())
+        lock.acquire(owner="alice", run_id="run-A", host=here, pid=child.pid, reason="r 1")
+        held = ds.LockRecord.parse(storage.get_bytes("locks/production/deploy.json"))
+        assert held.pid == child.pid and held.pid_start == ds.process_identity(child.pid)
+        assert held.holder_alive() is True
+        with pytest.raises(ds.LockHeldError) as live:
+            acquire(lock, "run-B")
+        assert f"(pid {child.pid} on {here}) still runs" in str(live.value)
+        assert "Wait for that run to finish" in str(live.value)
+        assert live.value.details["holder_alive"] is True
+    finally:
+        child.kill()
+        child.wait()
+    assert held.holder_alive() is False
+    assert held.holder_alive(hostname="another-controller") is None  # cannot tell from here
+    with pytest.raises(ds.LockHeldError) as dead:
+        acquire(lock, "run-B")
+    message = str(dead.value)
+    assert f"(pid {child.pid} on {here}) is no longer running: that run crashed" in message
+    assert "Break its lock: -e deploy_lock_break=true" in message
+    assert "Wait for" not in message
+    # a lock without a recorded process (an older one) is judged as before
+    assert ds.LockRecord(run_id="x", host=here).holder_alive() is None
 
 
 def test_expired_lock_is_taken_over_and_reported(storage: Any) -> None:

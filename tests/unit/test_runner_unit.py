@@ -616,3 +616,28 @@ def test_find_run_processes(tmp_path: Path) -> None:
     (tmp_path / "self").mkdir()
     assert sorted(rn.find_run_processes("run-1", proc=tmp_path)) == [10, 11]
     assert rn.find_run_processes("run-1", proc=tmp_path / "missing") == []
+
+
+def test_plan_warns_about_undeclared_extra_vars_and_tells_the_playbook(project: Path) -> None:
+    inputs = project / "playbooks" / "vars" / "inputs"
+    inputs.mkdir(parents=True)
+    (inputs / "deploy.yml").write_text(
+        "opsbook_inputs:\n  runbook: deploy\n  options:\n"
+        "    app_version: {type: str, description: the version}\n"
+    )
+    (inputs / "common.yml").write_text(
+        "opsbook_inputs:\n  runbook: common\n  options:\n"
+        "    opsbook_reason: {type: str, description: why}\n"
+    )
+    runner = rn.RunbookRunner(project)
+    plan = runner.plan(
+        "deploy", "dev", {"app_verison": "1.0", "awx_job_id": 3, "app_version": "1"}, reason="x"
+    )
+    assert plan.warnings == (
+        "-e app_verison: deploy has no input of that name; did you mean app_version?",
+    )
+    assert plan.envvars[proj.INPUT_WARNINGS_SHOWN_ENV] == "1"
+    (inputs / "deploy.yml").unlink()  # no declaration: nothing to judge, the playbook decides
+    undeclared = runner.plan("deploy", "dev", {"app_verison": "1.0"})
+    assert undeclared.warnings == ()
+    assert proj.INPUT_WARNINGS_SHOWN_ENV not in undeclared.envvars

@@ -1,0 +1,87 @@
+"""deploy.yml and rollback.yml, read as data: once the deploy lock is taken, no play can end
+the run before the report play releases it.
+
+Ansible stops a playbook when every host of a play (or of a serial batch) failed, and a failed
+host takes no part in later plays: a failure after the lock that is not rescued would leave
+the lock held for its whole TTL. So after the lock every task is a block with a rescue (or an
+always), a read that cannot fail (failed_when: false), a meta task, or an include of a file
+made only of such tasks; the report play releases the lock in an always before its final
+checks fail the run. The integration tests (tests/integration/test_deploy.py) run the paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.loaders import PROJECT_ROOT
+
+PLAYBOOKS = PROJECT_ROOT / "playbooks"
+
+
+def role_call(task: dict[str, Any]) -> tuple[str, str] | None:
+    for key in ("ansible.builtin.import_role", "ansible.builtin.include_role"):
+        if key in task:
+            return task[key]["name"], task[key].get("tasks_from", "main")
+    return None
+
+
+def walk(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every task, blocks and their rescue/always included."""
+    found = []
+    for task in tasks or []:
+        found.append(task)
+        for part in ("block", "rescue", "always"):
+            found += walk(task.get(part) or [])
+    return found
+
+
+def calls(tasks: list[dict[str, Any]], role: tuple[str, str]) -> bool:
+    return any(role_call(t) == role for t in walk(tasks))
+
+
+def safe(task: dict[str, Any], base: Path) -> bool:
+    """The task cannot fail its host."""
+    if "block" in task:
+        return bool(task.get("rescue") or task.get("always"))
+    if task.get("failed_when") is False:
+        return True
+    if "ansible.builtin.meta" in task:
+        return True
+    include = task.get("ansible.builtin.include_tasks")
+    if include:
+        included = yaml.safe_load((base / include).read_text())
+        return all(safe(t, base) for t in included)
+    return False
+
+
+ACQUIRE = ("deploy_lock", "acquire")
+RELEASE = ("deploy_lock", "release")
+
+
+@pytest.mark.parametrize("name", ["deploy", "rollback"])
+def test_after_the_lock_no_play_can_end_the_run_before_it_is_released(name: str) -> None:
+    plays = yaml.safe_load((PLAYBOOKS / f"{name}.yml").read_text())
+    lock_play = next(i for i, p in enumerate(plays) if calls(p["tasks"], ACQUIRE))
+    tasks = plays[lock_play]["tasks"]
+    holder = next(i for i, t in enumerate(tasks) if calls([t], ACQUIRE))
+    if holder < len(tasks) - 1:  # tasks follow the lock in its play: its rescue releases it
+        assert "block" in tasks[holder] and calls(tasks[holder]["rescue"], RELEASE), name
+    later, report = plays[lock_play + 1 : -1], plays[-1]
+    assert later, name
+    for play in later:
+        assert not play.get("any_errors_fatal"), play["name"]
+        for task in play["tasks"]:
+            assert safe(task, PLAYBOOKS), f"{name}: {play['name']}: {task['name']}"
+    first, *rest = report["tasks"]
+    assert calls(first.get("always") or [], RELEASE), f"{name}: the report releases in always"
+    assert all("ansible.builtin.fail" in t for t in rest), f"{name}: only the verdict follows"
+
+
+def test_the_safety_rule_catches_an_unrescued_task() -> None:
+    assert not safe({"name": "x", "ansible.builtin.set_fact": {"a": 1}}, PLAYBOOKS)
+    assert not safe({"name": "x", "block": [{"name": "y"}]}, PLAYBOOKS)
+    assert safe({"name": "x", "block": [{"name": "y"}], "rescue": [{"name": "z"}]}, PLAYBOOKS)
