@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 from ansible import context
-from ansible.errors import AnsibleActionFail
+from ansible.errors import AnsibleActionFail, AnsibleUndefinedVariable
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 
@@ -145,6 +145,9 @@ def declaration_problems(declaration: Mapping[str, Any]) -> list[str]:
     inventory = declaration.get("inventory") or {}
     if not isinstance(inventory, dict) or any(k not in ("vars", "groups") for k in inventory):
         problems.append("inventory may only hold vars (a list) and groups (group: [vars])")
+    for group, wanted in (inventory.get("groups") or {}).items():
+        if isinstance(wanted, dict) and any(k not in ("vars", "optional") for k in wanted):
+            problems.append(f"inventory group {group}: only vars and optional")
     for key in ("role_inputs", "include"):
         if not isinstance(declaration.get(key) or [], list):
             problems.append(f"{key} must be a list")
@@ -386,21 +389,24 @@ def check_inventory(
     host_vars: Callable[[str], Mapping[str, Any]],
 ) -> list[str]:
     """The names the inventory must hold: on the host running the check (vars), and on every
-    host of each group (groups: {group: [vars]}), each group holding at least one host."""
+    host of each group (groups: {group: [vars]}, the group holding at least one host; or
+    {group: {vars: [...], optional: true}} for a group that may be empty)."""
     problems = []
     missing = [n for n in inventory.get("vars") or [] if _blank(own_vars.get(n))]
     if missing:
         problems.append(
             "the inventory does not set " + ", ".join(missing) + " (group_vars/all/vars.yml)"
         )
-    for group, names in (inventory.get("groups") or {}).items():
+    for group, wanted in (inventory.get("groups") or {}).items():
+        optional = isinstance(wanted, Mapping) and bool(wanted.get("optional"))
+        names = list((wanted.get("vars") if isinstance(wanted, Mapping) else wanted) or [])
         hosts = list(groups.get(group) or [])
-        if not hosts:
+        if not hosts and not optional:
             problems.append(f"the inventory has no host in group {group}")
             continue
         for host in hosts:
             raw = host_vars(host)
-            lacking = [n for n in names or [] if _blank(raw.get(n))]
+            lacking = [n for n in names if _blank(raw.get(n))]
             if lacking:
                 problems.append(f"host {host} (group {group}) has no {', '.join(lacking)}")
     return problems
@@ -539,6 +545,10 @@ class ActionModule(ActionBase):
             if name in role_specs and name not in options:
                 try:
                     role_given[name] = self._templar.template(task_vars.get(name, extra[name]))
+                except AnsibleUndefinedVariable:
+                    # a value templated from another host's variables ("{{ deploy_root }}/..."
+                    # for the app hosts' role): the role checks it where it runs
+                    continue
                 except Exception as exc:
                     problems.append(f"{name} cannot be evaluated: {exc}")
         problems += check_role_inputs(role_specs, role_given)

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Benchmark: deploy and rollback through ansible-playbook for 1, 4 and 16 SSH app hosts.
+"""Benchmark: deploy and rollback through ansible-playbook for 1, 4 and 16 SSH app hosts, and
+rollback.yml of 4 hosts side by side with its baseline and with a manual rollback.
 
-    .venv/bin/python bench/deploy_rollback.py [--hosts 1,4,16] [--json out.json] [--keep]
+    .venv/bin/python bench/deploy_rollback.py [--hosts 1,4,16] [--repeat 3] [--json out.json]
+                                              [--keep] [--no-compare]
 
 Starts real sshd test hosts on 127.0.10.61.. (the opsbook lab: each host runs the sample
 app from <deploy_root>/current), then for each host count N, on the first N hosts:
@@ -18,6 +20,20 @@ app restarts; the machine is otherwise idle), and of that the share of ansible-p
 own process tree (the controller, as getrusage reports its reaped children). Here the hosts
 share the controller's two cores, so the per-host marginal cost (T16 - T1) / 15 is shown
 beside the totals. The targets of issue 4 are judged at the end.
+
+Then, on the first 4 hosts, --repeat rounds of three rollbacks, each after a deploy of a new
+version (not measured) and in a rotating order:
+
+  baseline   rollback.yml as it was before issue 10's speed work: the playbooks, plugins and
+             modules of commit BASELINE_COMMIT, from a temporary `git worktree` of it (removed
+             afterwards), with this checkout's Ansible and the same inventory and hosts
+  rollback   rollback.yml of this checkout
+  manual     what the runbooks do by hand, host after host: ssh to it, switch `current` back
+             to the release it served before the deploy, restart the app, curl /health and
+             /api/version until they answer (no lock, no ledger, no notification)
+
+and the target of issue 10 is judged on the medians: rollback.yml of 4 hosts <= 0.75x the
+baseline, both numbers printed.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +69,12 @@ STEPS = ("deploy", "rerun", "rollback")
 # Targets of issue 4 on this 2-core machine.
 ROLLBACK_4_HOSTS_MAX_S = 10.0
 DEPLOY_MARGINAL_MAX_S = 1.0
+# Issue 10: rollback.yml of 4 hosts (restart and health gate included) at most 0.75x its time
+# before the work, measured against the commit before it.
+BASELINE_COMMIT = "cb1fe2faff52d4bc692de1c920350a05f876d0a2"
+ROLLBACK_VS_BASELINE_MAX = 0.75
+COMPARE_HOSTS = 4
+COMPARE_KINDS = ("baseline", "rollback", "manual")
 
 
 class BenchError(RuntimeError):
@@ -121,6 +144,53 @@ def judge(results: Sequence[Measured]) -> list[tuple[str, str, str, bool | None]
     return verdicts
 
 
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def judge_compare(compared: Sequence[Measured]) -> tuple[str, str, str, bool | None]:
+    """(target, wanted, measured, passed) of issue 10's rollback target, on the medians."""
+    walls = {k: [m.wall_s for m in compared if m.step == k] for k in COMPARE_KINDS}
+    if not walls["baseline"] or not walls["rollback"]:
+        return ("rollback.yml 4 hosts vs baseline", "", "not measured", None)
+    base, ours = median(walls["baseline"]), median(walls["rollback"])
+    return (
+        f"rollback.yml {COMPARE_HOSTS} hosts <= {ROLLBACK_VS_BASELINE_MAX}x baseline",
+        f"<= {ROLLBACK_VS_BASELINE_MAX * base:.2f} s",
+        f"{ours:.2f} s vs baseline {base:.2f} s ({ours / base:.2f}x)",
+        ours <= ROLLBACK_VS_BASELINE_MAX * base,
+    )
+
+
+def render_compare(compared: Sequence[Measured]) -> str:
+    lines = [
+        f"| {COMPARE_HOSTS} hosts | runs | wall s median | wall s each | CPU s median "
+        "| of which the controller's tree |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    words = {
+        "baseline": f"rollback.yml at {BASELINE_COMMIT[:7]} (baseline)",
+        "rollback": "rollback.yml (this checkout)",
+        "manual": "manual: ssh, switch back, restart, curl",
+    }
+    for kind in COMPARE_KINDS:
+        runs = [m for m in compared if m.step == kind]
+        if not runs:
+            continue
+        lines.append(
+            f"| {words[kind]} | {len(runs)} | {median([m.wall_s for m in runs]):.2f} "
+            f"| {' '.join(f'{m.wall_s:.2f}' for m in runs)} "
+            f"| {median([m.cpu_s for m in runs]):.2f} "
+            f"| {median([m.cpu_controller_s for m in runs]):.2f} |"
+        )
+    target, wanted, measured, passed = judge_compare(compared)
+    verdict = "n/a" if passed is None else ("pass" if passed else "miss")
+    lines += ["", f"{verdict}: {target}: {measured} (wanted {wanted})"]
+    return "\n".join(lines)
+
+
 def render(results: Sequence[Measured]) -> str:
     lines = [
         "| hosts | step | wall s | CPU s (all processes) | of which ansible-playbook's tree "
@@ -147,25 +217,34 @@ def render(results: Sequence[Measured]) -> str:
 
 
 class Bench:
-    def __init__(self, counts: Sequence[int], keep: bool) -> None:
+    def __init__(self, counts: Sequence[int], keep: bool, repeat: int = 3) -> None:
         self.counts = sorted(counts)
         self.keep = keep
+        self.repeat = repeat
         self.dir = Path(tempfile.mkdtemp(prefix="opsbook-bench-deploy-"))
         os.chmod(self.dir, 0o755)  # the hosts' sshd runs as us, the lab may use other users
         self.hosts: list[Any] = []
         self.results: list[Measured] = []
+        self.compared: list[Measured] = []
+        self.worktree: Path | None = None
+        self.versions = 0
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     def start(self) -> None:
         key = SshKeyPair(self.dir / "ssh")
-        n = max(self.counts)
+        n = max([*self.counts, COMPARE_HOSTS if self.repeat else 1])
         self.log(f"starting {n} app hosts on 127.0.10.{FIRST_ADDRESS}..{FIRST_ADDRESS + n - 1}")
         self.hosts = start_app_hosts(n, self.dir / "hosts", key, first_address=FIRST_ADDRESS,
                                      version="0.1.0")  # fmt: skip
 
     def stop(self) -> None:
+        if self.worktree is not None:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(self.worktree)],
+                cwd=ROOT, capture_output=True, check=False,
+            )  # fmt: skip
         stop_all(self.hosts)
         if self.keep:
             self.log(f"kept {self.dir}")
@@ -184,32 +263,114 @@ class Bench:
             extra_vars={"opsbook_state_url": f"file://{state}"},
         )
 
-    def playbook(self, name: str, inventory: Path, extravars: dict[str, Any]) -> None:
+    def playbook(
+        self, name: str, inventory: Path, extravars: dict[str, Any], project: Path = ROOT
+    ) -> None:
+        """ansible-playbook playbooks/<name>.yml of project (this checkout, or the baseline's
+        worktree with its own ansible.cfg), with this checkout's Ansible."""
         vars_file = self.dir / "extravars.json"
         vars_file.write_text(json.dumps(extravars))
-        env = ansible_env(self.dir / "oplog.jsonl")
+        config = {"ANSIBLE_CONFIG": str(project / "ansible.cfg")}
+        env = ansible_env(self.dir / "oplog.jsonl", config)
         argv = [str(VENV_BIN / "ansible-playbook"), f"playbooks/{name}.yml", "-i", str(inventory),
                 "-e", f"@{vars_file}"]  # fmt: skip
-        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            argv, cwd=project, env=env, capture_output=True, text=True, check=False
+        )
         if done.returncode != 0:
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-30:])
             raise BenchError(f"{name} {extravars} failed (exit {done.returncode}):\n{tail}")
 
-    def measure(
-        self, n: int, step: str, name: str, inventory: Path, extravars: dict[str, Any]
-    ) -> None:
+    def timed(self, n: int, step: str, work: Any) -> Measured:
         busy_before = machine_busy_seconds()
         controller_before = children_cpu_seconds()
         started = time.monotonic()
-        self.playbook(name, inventory, extravars)
+        work()
         wall = time.monotonic() - started
         controller = children_cpu_seconds() - controller_before
         cpu = machine_busy_seconds() - busy_before
-        self.results.append(Measured(n, step, wall, cpu, controller))
         self.log(
             f"{n:>2} host(s) {step:<8} {wall:6.2f} s wall, "
             f"CPU {cpu:.2f} s ({controller:.2f} s controller)"
         )
+        return Measured(n, step, wall, cpu, controller)
+
+    def measure(
+        self, n: int, step: str, name: str, inventory: Path, extravars: dict[str, Any]
+    ) -> None:
+        self.results.append(self.timed(n, step, lambda: self.playbook(name, inventory, extravars)))
+
+    # ---------------------------------------------------------------- rollback side by side
+
+    def baseline_project(self) -> Path:
+        """A temporary git worktree of BASELINE_COMMIT (the rollback before issue 10)."""
+        if self.worktree is None:
+            path = self.dir / "baseline"
+            done = subprocess.run(
+                ["git", "worktree", "add", "--detach", str(path), BASELINE_COMMIT],
+                cwd=ROOT, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise BenchError(f"git worktree add {BASELINE_COMMIT} failed: {done.stderr}")
+            self.worktree = path
+        return self.worktree
+
+    def new_version(self, artifacts: Path) -> tuple[str, str]:
+        self.versions += 1
+        version = f"9.{self.versions}.0"
+        return version, str(build_release(version, artifacts))
+
+    def manual_rollback(self, hosts: Sequence[Any], before: dict[str, str]) -> None:
+        """What the runbooks do by hand, host after host: ssh, switch current back to the
+        release it served before the deploy, restart the app, curl until it answers."""
+        for host in hosts:
+            release = before[host.name]
+            script = (
+                f"cd {host.deploy_root} && ln -sfn releases/{release} current.new "
+                "&& mv -T current.new current && pid=$(cat shared/app.pid) "
+                "&& kill $pid && while kill -0 $pid 2>/dev/null; do sleep 0.05; done "
+                "&& /usr/bin/python3 current/app.py --detach"
+            )
+            done = subprocess.run(
+                host.ssh_command(script), capture_output=True, text=True, timeout=60, check=False
+            )
+            if done.returncode != 0:
+                raise BenchError(f"manual rollback of {host.name} failed: {done.stderr}")
+            base = f"http://{host.address}:{host.app_port}"
+            check = (
+                f"for i in $(seq 100); do curl -fsS {base}/health >/dev/null && break; "
+                f"sleep 0.1; done; curl -fsS {base}/api/version"
+            )
+            answer = subprocess.run(
+                ["sh", "-c", check], capture_output=True, text=True, timeout=60, check=False
+            )
+            wanted = (host.releases_dir / release / "VERSION").read_text().strip()
+            if answer.returncode != 0 or f'"{wanted}"' not in answer.stdout:
+                raise BenchError(f"{host.name} does not serve {release}: {answer.stdout}")
+
+    def compare(self) -> None:
+        """--repeat rounds: each of baseline, rollback, manual after a fresh deploy."""
+        hosts = self.hosts[:COMPARE_HOSTS]
+        inventory = self.inventory(COMPARE_HOSTS)
+        artifacts = self.dir / "artifacts"
+        baseline = self.baseline_project()
+        version, path = self.new_version(artifacts)
+        self.playbook("deploy", inventory, {"app_version": version, "app_artifact": path})
+        for round_ in range(self.repeat):
+            order = COMPARE_KINDS[round_ % 3 :] + COMPARE_KINDS[: round_ % 3]
+            for kind in order:
+                before = {h.name: os.path.basename(os.readlink(h.current_link)) for h in hosts}
+                version, path = self.new_version(artifacts)
+                self.playbook("deploy", inventory, {"app_version": version, "app_artifact": path})
+                work = {
+                    "baseline": partial(self.playbook, "rollback", inventory, {}, baseline),
+                    "rollback": partial(self.playbook, "rollback", inventory, {}),
+                    "manual": partial(self.manual_rollback, hosts, before),
+                }[kind]
+                self.compared.append(self.timed(COMPARE_HOSTS, kind, work))
+                back = {h.name: os.path.basename(os.readlink(h.current_link)) for h in hosts}
+                if back != before:
+                    raise BenchError(f"{kind}: the hosts are on {back}, expected {before}")
 
     def run(self) -> None:
         artifacts = self.dir / "artifacts"
@@ -235,22 +396,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hosts", default="1,4,16", help="host counts (default 1,4,16)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the hosts' directory")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of the rollback comparison (default 3)"
+    )
+    parser.add_argument("--no-compare", action="store_true", help="skip the rollback comparison")
     args = parser.parse_args(argv)
     counts = [int(v) for v in args.hosts.split(",") if v.strip()]
     if not counts or min(counts) < 1 or max(counts) > 19:
         parser.error("--hosts: counts between 1 and 19 (addresses 127.0.10.61-79)")
-    bench = Bench(counts, args.keep)
+    repeat = 0 if args.no_compare else max(1, args.repeat)
+    bench = Bench(counts, args.keep, repeat)
     try:
         bench.start()
         bench.run()
+        if repeat:
+            bench.compare()
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     finally:
         bench.stop()
     print(render(bench.results))
+    if bench.compared:
+        print()
+        print(render_compare(bench.compared))
     if args.json:
-        args.json.write_text(json.dumps([asdict(m) for m in bench.results], indent=2) + "\n")
+        figures = [asdict(m) for m in [*bench.results, *bench.compared]]
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 

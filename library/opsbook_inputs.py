@@ -29,7 +29,8 @@ description:
     C(required_if), C(required_together), C(required_one_of), C(mutually_exclusive), as in
     Ansible's argument specs; C(inventory) - C(vars), names the host running the check must
     hold, and C(groups), C(group: [names]) - the group must hold a host and each host those
-    names; C(role_inputs) - roles whose inputs may be given with C(-e), checked against the
+    names (or C(group: {vars: [names], optional: true}) for a group that may be empty);
+    C(role_inputs) - roles whose inputs may be given with C(-e), checked against the
     role's C(meta/argument_specs.yml); C(include) - runbooks whose inputs this one accepts
     too (C(tour)). C(common.yml) declares what every runbook accepts (C(opsbook_reason))."
   - "Extra-var names the runbook does not know are B(warned about), with the closest known

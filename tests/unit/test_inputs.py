@@ -232,3 +232,13 @@ def test_env_name_from_the_inventory(tmp_path: Path) -> None:
     assert oi.env_name([str(tmp_path / "staging")], "x") == "staging"
     assert oi.env_name([str(tmp_path / "staging" / "hosts.yml")], "x") == "staging"
     assert oi.env_name(["/nonexistent"], "prod") == "prod"
+
+
+def test_an_optional_group_may_be_empty_but_its_hosts_hold_the_names() -> None:
+    inventory = declaration("health_check")["inventory"]
+    assert oi.check_inventory(inventory, {}, {"dbadmin": ["localhost"]}, {}.get) == []
+    hosts = {"app1": {}, "localhost": {}}
+    groups = {"app": ["app1"], "dbadmin": ["localhost"]}
+    assert oi.check_inventory(inventory, {}, groups, hosts.__getitem__) == [
+        "host app1 (group app) has no app_base_url"
+    ]
