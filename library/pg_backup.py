@@ -185,6 +185,57 @@ options:
         C(/usr/lib/postgresql/<major>/bin/pg_dump) (or C(/usr/pgsql-<major>/bin/pg_dump)),
         else the first C(pg_dump) on C(PATH). pg_dumpall is taken from the same directory.
     type: path
+  verify:
+    description:
+      - "Once the manifest is written, prove the backup intact in storage and record it in
+        C(<backup_id>/verified.json) (a backup counts as verified, for retention and for
+        restores choosing the latest, only then): on S3, by S3's own checksums - every part
+        was uploaded with its CRC32, which S3 checks on receipt, and the object's composite
+        checksum (C(HeadObject) with C(ChecksumMode)) must equal the one computed here over
+        the bytes sent; where the store keeps no checksum (C(file://), an S3-compatible
+        server without additional checksums), by reading every object back and comparing
+        its size and sha256 with the manifest. RV(verification) says which (C(method))."
+      - A failed verification fails the task; the backup is kept for inspection (never
+        selected as latest) and retention does not run.
+      - M(pg_backup_info) O(pg_backup_info#module:state=verify) re-reads a backup in full at
+        any time (a routine check).
+    type: bool
+    default: true
+  retention:
+    description:
+      - After a verified backup, keep per database the O(keep_last) newest backups plus the
+        newest of each of the last O(keep_daily) days, O(keep_weekly) ISO weeks and
+        O(keep_monthly) months, and delete the database's other backups (manifest first). The
+        newest verified backup and anything newer are never deleted. The catalog is read
+        while the dump runs.
+    type: bool
+    default: false
+  keep_last:
+    description: With O(retention), how many of the newest backups to keep.
+    type: int
+    default: 0
+  keep_daily:
+    description: With O(retention), keep the newest backup of each of this many last days.
+    type: int
+    default: 0
+  keep_weekly:
+    description: With O(retention), keep the newest backup of each of this many last ISO weeks.
+    type: int
+    default: 0
+  keep_monthly:
+    description: With O(retention), keep the newest backup of each of this many last months.
+    type: int
+    default: 0
+  stale_after_minutes:
+    description:
+      - "Before anything else, the unfinished uploads that interrupted backups left in the
+        storage (a SIGKILLed run cannot abort its own: an S3 multipart upload, a partial
+        file) are removed once they have not moved for this many minutes (an S3 upload's
+        newest part, a file's last write): only what opsbook's own writer started, never an
+        upload or object of anyone else (RV(cleaned_up)). A running backup sends a part every
+        few seconds, so it is never taken for one left behind. 0 removes every one found."
+    type: int
+    default: 60
 attributes:
   check_mode:
     support: full
@@ -356,6 +407,36 @@ estimated_bytes:
   returned: in check mode
   type: int
   sample: 7012352
+verification:
+  description: With O(verify), how the new backup was proven intact (also written to
+    C(<backup_id>/verified.json)) - ok, method (C(checksum), C(reread) or C(mixed)),
+    verified_at, duration_s, objects (per object - bytes, sha256, the checksums compared),
+    errors. Null in check mode and without O(verify).
+  returned: success
+  type: dict
+  sample: {"ok": true, "method": "checksum", "verified_at": "2024-05-01T12:00:10.020Z",
+           "duration_s": 0.01, "errors": []}
+retention:
+  description: With O(retention) - deleted (backup ids, oldest first), would_delete (in check
+    mode, what it would delete now), kept (the backup ids kept, newest first) and plan (why
+    each is kept or deleted). Null without O(retention).
+  returned: success
+  type: dict
+  sample: {"deleted": ["app-20240401T020000Z-91ab"], "would_delete": ["app-20240401T020000Z-91ab"],
+           "kept": ["app-20240501T120000Z-3fa2"]}
+cleaned_up:
+  description: What interrupted backups had left and this run removed (in check mode - would
+    remove), described (key, upload id, when it started).
+  returned: success
+  type: list
+  elements: str
+  sample: ["app-20240430T020000Z-77aa/data.pgdump.zst (multipart upload 2~x, started
+    2024-04-30T02:00:01Z)"]
+total_s:
+  description: Seconds of the whole module run - preflight, dump, verification, retention.
+  returned: success, not in check mode
+  type: float
+  sample: 10.2
 msg:
   description: A one-line summary.
   returned: always
@@ -384,16 +465,25 @@ from ansible.module_utils.opsbook_backup import (
     DATA_OBJECT,
     GLOBALS_OBJECT,
     MANIFEST_OBJECT,
+    BackupEntry,
+    BackupError,
+    Catalog,
+    RetentionCandidate,
     backup_id_errors,
     build_manifest,
     client_conninfo,
+    delete_backup,
     find_pg_tool,
+    list_catalog,
     make_backup_id,
+    manifest_objects,
     object_entry,
     object_key,
+    plan_retention,
     serialize_manifest,
     tool_version,
     utc_now,
+    verify_written,
     version_major,
 )
 from ansible.module_utils.opsbook_pg import (
@@ -424,12 +514,22 @@ STOP_GRACE_S = 2.0  # pg_dump and zstd stop at once on SIGTERM; SIGKILL after th
 ZSTD_CANDIDATES = ("/usr/bin/zstd", "/usr/local/bin/zstd", "/bin/zstd")
 PG_DUMP_MAGIC = b"PGDMP"
 SSE_CHOICES = ["none", "AES256", "aws:kms"]
+KEEP_OPTIONS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
 _ERROR_LINE_RE = re.compile(r"^(?:[\w.-]+: )?(?:error|fatal|ERROR|FATAL|PANIC):")
 _CONT_LINE_RE = re.compile(r"^(?:[\w.-]+: )?(?:detail|hint|DETAIL|HINT|CONTEXT):")
 
 
 class BackupFailed(Exception):
     """The backup cannot be taken; ``str()`` is a password-free message."""
+
+
+class AfterBackupFailed(Exception):
+    """The backup was stored (its manifest is written) but a later step failed: its
+    verification or retention. ``result`` is what the run did; the backup is kept."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 # ---------------------------------------------------------------------------
@@ -613,6 +713,13 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         reason={"type": "str"},
         backup_id={"type": "str"},
         pg_dump_path={"type": "path"},
+        verify={"type": "bool", "default": True},
+        retention={"type": "bool", "default": False},
+        keep_last={"type": "int", "default": 0},
+        keep_daily={"type": "int", "default": 0},
+        keep_weekly={"type": "int", "default": 0},
+        keep_monthly={"type": "int", "default": 0},
+        stale_after_minutes={"type": "int", "default": 60},
     )
     return spec
 
@@ -632,6 +739,15 @@ def validate_params(params: dict[str, Any]) -> list[str]:
         errors.append("kms_key_id needs sse=aws:kms")
     if params.get("backup_id") is not None:
         errors += backup_id_errors(params["backup_id"])
+    keeps = {name: params.get(name) or 0 for name in KEEP_OPTIONS}
+    errors += [f"{name} must be >= 0, got {value}" for name, value in keeps.items() if value < 0]
+    if params.get("retention") and not any(keeps.values()):
+        errors.append(
+            "retention needs at least one of keep_last, keep_daily, keep_weekly, keep_monthly "
+            "above 0 (with all 0 it would keep nothing)"
+        )
+    if (params.get("stale_after_minutes") or 0) < 0:
+        errors.append(f"stale_after_minutes must be >= 0, got {params['stale_after_minutes']}")
     errors += labels_of(params.get("labels"))[1]
     errors += pattern_errors(params)
     return errors
@@ -1035,8 +1151,13 @@ class BackupRun:
         self.storage: Any = None
         self.conn: Any = None
         self.stored: list[str] = []  # committed keys, deleted again if the run fails
+        self.sent: dict[str, dict[str, Any] | None] = {}  # object name -> writer's checksum
         self.warnings: list[str] = []
         self.tools: dict[str, str] = {}
+        self.started = time.monotonic()
+        self.cleaned_up: list[str] = []
+        self.catalog: dict[str, Any] = {}  # {"catalog": Catalog} or {"error": str}
+        self.written: dict[str, Any] | None = None  # the result, once the manifest is stored
 
     # -------------------------------------------------------------- preflight
 
@@ -1136,12 +1257,20 @@ class BackupRun:
             changed=True,
             database_size_bytes=facts["database_size_bytes"],
             estimated_bytes=sum(t.size for t in tables),
+            cleaned_up=self.cleaned_up,
+            verification=None,
+            retention=self.retention_preview(facts["database"]),
         )
         result["msg"] = (
             f"would back up {facts['database']} ({len(tables)} tables, about "
             f"{human_bytes(result['estimated_bytes'])} of table data) to "
             f"{self.storage.describe()} as {backup_id}"
         )
+        if result["retention"] is not None:
+            doomed = result["retention"]["would_delete"]
+            result["msg"] += f"; retention would delete {len(doomed)}"
+        if self.cleaned_up:
+            result["msg"] += f"; would remove {len(self.cleaned_up)} unfinished upload(s)"
         return result
 
     def base_result(
@@ -1182,12 +1311,13 @@ class BackupRun:
             stats = stream_compressed(argv, zstd, env, writer, tool, magic, while_running)
             if before_commit is not None:
                 before_commit()
-            writer.commit()
+            info = writer.commit()
         except BaseException:
             with contextlib.suppress(StorageError):
                 writer.abort()
             raise
         self.stored.append(key)
+        self.sent[key] = info.get("checksum")
         self.warnings += stats.warnings
         return stats
 
@@ -1261,6 +1391,7 @@ class BackupRun:
         self.tools = self.resolve_tools(facts)
         backup_id = self.params["backup_id"] or make_backup_id(facts["database"])
         self.check_new(backup_id)
+        self.clean_stale()
         if self.module.check_mode:
             return self.plan(facts, self.tools, backup_id)
         try:
@@ -1271,11 +1402,19 @@ class BackupRun:
             conninfo, password = dump_conninfo(self.params["dsn"], self.conn, self.params)
         except ValueError as exc:
             raise BackupFailed(str(exc)) from None
+        listing = self.list_meanwhile(facts["database"])
         env = tool_env(password)
         globals_entry = None
         if self.params["globals"]:
             globals_entry = self.take_globals(backup_id, conninfo, env, facts["database"])
-        return self.take_backup(facts, backup_id, conninfo, env, globals_entry)
+        result = self.take_backup(facts, backup_id, conninfo, env, globals_entry)
+        self.stored = []  # the manifest is written: the backup exists and is kept from here on
+        self.written = result
+        if listing is not None:
+            listing.join()
+        self.after_backup(result)
+        result["total_s"] = round(time.monotonic() - self.started, 3)
+        return result
 
     def take_backup(
         self,
@@ -1299,6 +1438,152 @@ class BackupRun:
         manifest = self.manifest(facts, backup_id, started, finished, stats, counts, globals_entry)
         self.write_manifest(backup_id, manifest)
         return self.success(facts, backup_id, tables, manifest, stats, started, finished)
+
+    # ---------------------------------------------------- what earlier runs left; the catalog
+
+    def clean_stale(self) -> None:
+        """Unfinished uploads an interrupted backup left (SIGKILL: no cleanup ran), idle for
+        stale_after_minutes: aborted (in check mode only listed), and said so."""
+        try:
+            items = self.storage.incomplete_uploads(60.0 * self.params["stale_after_minutes"])
+        except StorageError as exc:
+            self.warnings.append(f"could not look for unfinished uploads of earlier runs: {exc}")
+            return
+        for item in items:
+            if self.module.check_mode:
+                self.cleaned_up.append(item.describe())
+                continue
+            try:
+                self.storage.abort_incomplete(item)
+            except StorageError as exc:
+                self.warnings.append(f"could not remove {item.describe()}: {exc}")
+                continue
+            self.cleaned_up.append(item.describe())
+            self.warnings.append(
+                f"removed what an interrupted backup left: {item.describe()} (idle for over "
+                f"{self.params['stale_after_minutes']} min)"
+            )
+
+    def list_meanwhile(self, database: str) -> threading.Thread | None:
+        """List the catalog (retention's input) while the dump runs; None without retention."""
+        if not self.params["retention"]:
+            return None
+
+        def work() -> None:
+            try:
+                self.catalog["catalog"] = list_catalog(self.storage, database=database)
+            except Exception as exc:  # StorageError, BackupError: messages hold no secret
+                self.catalog["error"] = str(exc)
+
+        thread = threading.Thread(target=work, name="opsbook-catalog", daemon=True)
+        thread.start()
+        return thread
+
+    # ------------------------------------------------------- verification and retention
+
+    def after_backup(self, result: dict[str, Any]) -> None:
+        """Prove the new backup intact in storage (recorded in verified.json), then apply
+        retention. A failure here keeps the backup and says so (AfterBackupFailed)."""
+        backup_id, manifest = result["backup_id"], result["manifest"]
+        result["cleaned_up"] = self.cleaned_up
+        result["verification"] = None
+        result["retention"] = None
+        if self.params["verify"]:
+            sent = {
+                name: self.sent.get(entry["key"])
+                for name, entry in manifest_objects(manifest).items()
+            }
+            try:
+                verification = verify_written(self.storage, backup_id, manifest, sent)
+            except StorageError as exc:
+                raise AfterBackupFailed(
+                    f"backup {backup_id} was written but recording its verification failed: "
+                    f"{exc}; it is kept, retention did not run",
+                    result,
+                ) from None
+            result["verification"] = verification
+            if verification["ok"] is not True:
+                verdict = "FAILED" if verification["ok"] is False else "could not be completed"
+                raise AfterBackupFailed(
+                    f"backup {backup_id} was written but its verification {verdict}: "
+                    + "; ".join(verification["errors"])
+                    + ". A backup whose verification failed is never selected as latest; it "
+                    "is kept for inspection, the database and the other backups are unchanged, "
+                    "and retention did not run",
+                    result,
+                )
+        if self.params["retention"]:
+            result["retention"] = self.apply_retention(result)
+        result["msg"] += self.after_note(result)
+
+    def apply_retention(self, result: dict[str, Any]) -> dict[str, Any]:
+        backup_id = result["backup_id"]
+        if "error" in self.catalog:
+            raise AfterBackupFailed(
+                f"backup {backup_id} was stored; retention could not list the backups: "
+                f"{self.catalog['error']}. Nothing was deleted; re-run to apply it",
+                result,
+            )
+        catalog: Catalog = self.catalog["catalog"]
+        verification = result["verification"]
+        new = BackupEntry(backup_id, result["manifest"], verification)
+        entries = [e for e in catalog.backups if e.backup_id != backup_id] + [new]
+        keeps = {name: self.params[name] or 0 for name in KEEP_OPTIONS}
+        plan = plan_retention([RetentionCandidate.from_entry(e) for e in entries], **keeps)
+        doomed = [row["backup_id"] for row in plan.delete if row["backup_id"] != backup_id]
+        deleted: list[str] = []
+        for old in reversed(doomed):  # oldest first
+            try:
+                delete_backup(self.storage, old)
+            except (StorageError, BackupError) as exc:
+                result["retention"] = {"deleted": deleted, "would_delete": doomed}
+                raise AfterBackupFailed(
+                    f"backup {backup_id} was stored; retention failed deleting {old}: {exc}; "
+                    f"deleted before it: {', '.join(deleted) or 'none'} (a backup is deleted "
+                    "manifest first: it is either intact or no longer listed). Re-run to finish",
+                    result,
+                ) from None
+            deleted.append(old)
+        self.warnings += plan.warnings
+        return {
+            "deleted": deleted,
+            "would_delete": doomed,
+            "kept": [row["backup_id"] for row in plan.keep],
+            "plan": plan.as_dict(),
+        }
+
+    def retention_preview(self, database: str) -> dict[str, Any] | None:
+        """Check mode: what retention would delete now (the new backup not counted)."""
+        if not self.params["retention"]:
+            return None
+        try:
+            catalog = list_catalog(self.storage, database=database)
+        except (StorageError, BackupError) as exc:
+            raise BackupFailed(f"storage: listing the backups failed: {exc}") from None
+        keeps = {name: self.params[name] or 0 for name in KEEP_OPTIONS}
+        plan = plan_retention([RetentionCandidate.from_entry(e) for e in catalog.backups], **keeps)
+        doomed = [row["backup_id"] for row in plan.delete]
+        return {
+            "deleted": [],
+            "would_delete": doomed,
+            "kept": [row["backup_id"] for row in plan.keep],
+            "plan": plan.as_dict(),
+        }
+
+    @staticmethod
+    def after_note(result: dict[str, Any]) -> str:
+        note = ""
+        verification = result.get("verification")
+        if verification:
+            how = {
+                "checksum": "by the storage's own checksums",
+                "reread": "by reading it back",
+            }.get(verification["method"], "by checksums and by reading back")
+            note += f"; verified {how}"
+        retention = result.get("retention")
+        if retention is not None:
+            note += f"; retention deleted {len(retention['deleted'])}"
+        return note
 
     def manifest(
         self,
@@ -1409,6 +1694,15 @@ def _minor(version: str) -> int:
         return 0
 
 
+def fail_after_backup(module: Any, run: BackupRun, message: str, result: dict[str, Any]) -> None:
+    """Fail a run whose backup was stored (it is kept): say so, with what the run did."""
+    close_quietly(run.conn)
+    for warning in run.warnings:
+        module.warn(warning)
+    details = {k: v for k, v in result.items() if k not in ("msg", "changed", "failed")}
+    module.fail_json(msg=f"pg_backup: {message}", changed=True, **details)
+
+
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     require_psycopg(module)
@@ -1421,12 +1715,22 @@ def main() -> None:
         watch_ansible()
         try:
             result = run.run()
+        except AfterBackupFailed as exc:
+            fail_after_backup(module, run, str(exc), exc.result)
         except (BackupFailed, StorageError, Interrupted, KeyboardInterrupt) as exc:
             what = str(exc)
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
                 what = "interrupted by SIGINT"
             elif isinstance(exc, StorageError):
                 what = f"storage: {exc}"
+            if run.written is not None:  # the manifest is stored: the backup exists
+                fail_after_backup(
+                    module,
+                    run,
+                    f"{what} after backup {run.written['backup_id']} was stored, before its "
+                    "verification and retention finished; the backup is kept",
+                    run.written,
+                )
             with signals_held():
                 note = run.cleanup()
             module.fail_json(
@@ -1434,6 +1738,14 @@ def main() -> None:
                 changed=False,
             )
         except Exception as exc:
+            if run.written is not None:
+                fail_after_backup(
+                    module,
+                    run,
+                    f"unexpected error after backup {run.written['backup_id']} was stored: "
+                    f"{run.safe(exc)}; the backup is kept",
+                    run.written,
+                )
             with signals_held():
                 note = run.cleanup()
             module.fail_json(

@@ -213,6 +213,15 @@ options:
         session uses them (RV(previous_dropped_by_age)). The one this run keeps is never
         dropped. Default - never; the result lists the ones kept (RV(previous_databases))."
     type: int
+  preflight_only:
+    description:
+      - Select the backup and run the read-only preflight on the server (target existence for
+        O(mode), privileges, open sessions, tools, free space, the typed confirmation), then
+        stop - nothing is fetched, created or touched (RV(changed) false). C(restore.yml) runs
+        it before maintenance mode goes on, so that a restore it would refuse never takes the
+        app down.
+    type: bool
+    default: false
   scratch_target:
     description:
       - The target is itself a scratch database (C(restore_drill.yml)'s). It keeps opsbook's
@@ -323,7 +332,8 @@ backup_id:
   sample: app-20240501T020000Z-1a2b
 backup:
   description: From its manifest - database, env, started, finished, server_version,
-    pg_dump_version, bytes, sha256, uncompressed_bytes, reason.
+    pg_dump_version, bytes, sha256, uncompressed_bytes, reason, table_counts (the exact row
+    count of every table, taken in the backup's snapshot).
   returned: success
   type: dict
   sample: {"database": "app", "finished": "2024-05-01T02:00:41.120Z", "bytes": 10485760}
@@ -1386,6 +1396,8 @@ class RestoreRun:
         try:
             self.choose_backup()
             self.preflight()
+            if self.params["preflight_only"]:
+                return self.result(restored=False)
             self.tmp = Path(
                 tempfile.mkdtemp(prefix="opsbook-restore-", dir=self.params["work_dir"])
             )
@@ -2014,7 +2026,8 @@ class RestoreRun:
 
     def backup_summary(self) -> dict[str, Any]:
         keys = ("database", "env", "reason", "started", "finished", "server_version",
-                "pg_dump_version", "bytes", "sha256", "uncompressed_bytes")  # fmt: skip
+                "pg_dump_version", "bytes", "sha256", "uncompressed_bytes",
+                "table_counts")  # fmt: skip
         return {key: self.manifest.get(key) for key in keys}
 
     def backup_age_s(self) -> float | None:
@@ -2035,7 +2048,7 @@ class RestoreRun:
 
     def result(self, restored: bool) -> dict[str, Any]:
         out = {
-            "changed": True,
+            "changed": not self.params["preflight_only"],
             "restored": restored,
             **self.common(),
             "backup": self.backup_summary(),
@@ -2051,12 +2064,18 @@ class RestoreRun:
                 self.mode, self.target, self.scratch, self.backup_id, self.params
             ),
         }
-        out["msg"] = summarize(out, self.check_mode)
+        out["msg"] = summarize(out, self.check_mode, self.params["preflight_only"])
         return out
 
 
-def summarize(result: dict[str, Any], check_mode: bool) -> str:
+def summarize(result: dict[str, Any], check_mode: bool, preflight_only: bool = False) -> str:
     backup, target = result["backup_id"], result["target_database"]
+    if preflight_only:
+        verb = "replace" if result["mode"] == "replace" else "restore it into new database"
+        return (
+            f"preflight: backup {backup} selected; the server allows to {verb} {target!r}; "
+            "nothing was fetched or changed"
+        )
     if check_mode:
         verb = "replace" if result["mode"] == "replace" else "restore it into new database"
         size = human_bytes(result["bytes_fetched"])
@@ -2073,6 +2092,9 @@ def summarize(result: dict[str, Any], check_mode: bool) -> str:
         text += f"; previous database {fate} as {result['previous_database']!r}"
     if result["terminated_sessions"]:
         text += f"; terminated {len(result['terminated_sessions'])} session(s)"
+    if result.get("cleaned_up"):
+        names = ", ".join(repr(c["database"]) for c in result["cleaned_up"])
+        text += f"; dropped stale scratch database(s) of interrupted restores: {names}"
     return text
 
 
@@ -2110,6 +2132,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         stale_after_minutes={"type": "int", "default": 60},
         drop_previous_after_days={"type": "int"},
         scratch_target={"type": "bool", "default": False},
+        preflight_only={"type": "bool", "default": False},
         work_dir={"type": "path"},
         pg_restore_path={"type": "path"},
         psql_path={"type": "path"},

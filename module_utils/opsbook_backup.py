@@ -28,7 +28,8 @@ Sections:
 * catalog: ``list_catalog`` -> ``Catalog`` of ``BackupEntry`` (newest first), orphans and
   invalid manifests; ``load_backup`` (one id); ``select_backup`` (latest / id / before);
 * verification: ``verify_backup`` (streams each object, recomputes sha256 and size,
-  writes ``<id>/verified.json``);
+  writes ``<id>/verified.json``) and ``verify_written`` (right after a backup: by the
+  store's own checksums where it keeps them, else by reading back);
 * retention: ``plan_retention`` (a pure function) and ``delete_backup``;
 * PostgreSQL client tools: ``client_conninfo``, ``find_pg_tool``, ``tool_version`` (the
   password reaches pg_dump/pg_restore in their own environment, ``opsbook_proc.tool_env``:
@@ -1022,6 +1023,101 @@ def verify_backup(
         payload = {k: v for k, v in result.items() if k != "recorded"}
         storage.put_bytes(
             object_key(entry.backup_id, VERIFIED_OBJECT),
+            (json.dumps(payload, indent=2) + "\n").encode("utf-8"),
+        )
+        result["recorded"] = True
+    return result
+
+
+def _proven_by_checksum(
+    storage: Any, entry: dict[str, Any], sent: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Compare the store's own checksum of a freshly written object with the one its writer
+    computed from the bytes it sent (``commit()["checksum"]``). Returns the object's result,
+    or None when the store keeps no comparable checksum (re-read it instead)."""
+    if not sent:
+        return None
+    stored = storage.stored_checksum(entry["key"])
+    if stored is None or stored["algorithm"] != sent["algorithm"]:
+        return None
+    same = stored["value"] == sent["value"] and stored.get("bytes") == entry["bytes"]
+    result = {
+        "key": entry["key"],
+        "expected_bytes": entry["bytes"],
+        "expected_sha256": entry["sha256"],
+        "bytes": stored.get("bytes"),
+        # the sha256 the writer computed over the very bytes the checksums prove stored
+        "sha256": entry["sha256"] if same else None,
+        "checksum": {
+            "algorithm": stored["algorithm"],
+            "stored": stored["value"],
+            "sent": sent["value"],
+            "parts": stored.get("parts"),
+        },
+        "ok": same,
+        "error": None,
+    }
+    if not same:
+        result["error"] = (
+            f"{entry['key']}: the store's {stored['algorithm']} checksum {stored['value']} "
+            f"({stored.get('bytes')} bytes) differs from the one of the bytes sent "
+            f"{sent['value']} ({entry['bytes']} bytes)"
+        )
+    return result
+
+
+def verify_written(
+    storage: Any,
+    backup_id: str,
+    manifest: dict[str, Any],
+    sent: dict[str, dict[str, Any] | None],
+    chunk_size: int = CHUNK_SIZE,
+    clock: Callable[[], datetime] = utc_now,
+) -> dict[str, Any]:
+    """Prove a backup just written is intact in storage, and record it in verified.json.
+
+    For each object, by the store's own checksum when it keeps one (S3 additional checksums:
+    S3 checked every part's CRC32 on receipt, and the object's composite checksum equals the
+    one computed here over the bytes sent - ``sent[name]`` is the writer's ``commit()``
+    checksum), else by reading it back and recomputing its sha256 (file://, or a store
+    without checksums). Returns the record (as ``verify_backup``) with ``method`` saying
+    which: ``checksum``, ``reread`` or ``mixed``.
+    """
+    started = time.monotonic()
+    objects, methods = {}, set()
+    for name, obj in manifest_objects(manifest).items():
+        try:
+            checked = _proven_by_checksum(storage, obj, sent.get(name))
+        except Exception as exc:  # StorageError: the head failed; re-read instead
+            checked = None
+            reason = str(exc)
+        else:
+            reason = None
+        if checked is None:
+            checked = _check_object(storage, obj, chunk_size)
+            if reason and checked["ok"] is None:
+                checked["error"] = f"{checked['error']} (the checksum probe failed too: {reason})"
+            methods.add("reread")
+        else:
+            methods.add("checksum")
+        objects[name] = checked
+    states = [o["ok"] for o in objects.values()]
+    ok: bool | None = False if False in states else (None if None in states else True)
+    result: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "backup_id": backup_id,
+        "verified_at": format_time(clock()),
+        "ok": ok,
+        "method": methods.pop() if len(methods) == 1 else "mixed",
+        "duration_s": round(time.monotonic() - started, 3),
+        "objects": objects,
+        "errors": [o["error"] for o in objects.values() if o["error"]],
+        "recorded": False,
+    }
+    if ok is not None:
+        payload = {k: v for k, v in result.items() if k != "recorded"}
+        storage.put_bytes(
+            object_key(backup_id, VERIFIED_OBJECT),
             (json.dumps(payload, indent=2) + "\n").encode("utf-8"),
         )
         result["recorded"] = True

@@ -80,6 +80,7 @@ boto3 for ``s3://`` URLs (``HAS_BOTO3``).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import hashlib
@@ -92,6 +93,7 @@ import secrets
 import threading
 import time
 import traceback
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -465,6 +467,10 @@ class Part:
         """A copy of the filled bytes."""
         return self.view[: self.size].tobytes()
 
+    def crc32(self) -> int:
+        """CRC32 of the filled bytes, computed here (not taken from the server's answer)."""
+        return zlib.crc32(self.view[: self.size])
+
     def close(self) -> None:
         """Give the memory back (at once when no view of it is left, else when the last goes)."""
         self.view.release()
@@ -745,6 +751,16 @@ class Storage:
         """Write and delete a probe object; raise StorageError saying why that failed."""
         raise NotImplementedError
 
+    def stored_checksum(self, key: str) -> dict[str, Any] | None:
+        """The checksum the store itself keeps for an object - S3's additional checksum:
+        ``{"algorithm", "value", "parts", "bytes"}`` (``value`` without S3's ``-<parts>``
+        suffix) - or None where it keeps none (file://, an S3-compatible server without
+        additional checksums, an object uploaded without them). Equal to the ``checksum`` a
+        writer's ``commit()`` returned, it proves that the stored object is made of exactly
+        the bytes this writer sent (S3 checked each part against its CRC32 on receipt)
+        without reading the object back."""
+        return None
+
     def incomplete_uploads(self, older_than_s: float) -> list[IncompleteUpload]:
         """The unfinished writes under this storage that opsbook's own writer started more
         than older_than_s seconds ago and never committed nor aborted, oldest first.
@@ -756,8 +772,10 @@ class Storage:
         ``<key>.opsbook.tmp-<random>`` files (their last write older than older_than_s).
         Never a committed object, never an upload or file that opsbook's writer did not
         start, never anything outside the storage. older_than_s protects writers still
-        running: make it longer than the longest write (an S3 upload still going on is
-        listed once it is that old; S3 times have whole seconds and the server's clock).
+        running: an upload is taken only once it has not moved for that long (S3: its newest
+        part, else its start - a live writer sends a part every few seconds, so a long backup
+        still going on is never taken; file://: the temp file's last write). S3 times have
+        whole seconds and the server's clock.
         Raises StorageError when the storage cannot be listed.
         """
         raise NotImplementedError
@@ -1623,6 +1641,25 @@ class S3Storage(Storage):
             "modified": resp.get("LastModified"),
         }
 
+    def stored_checksum(self, key: str) -> dict[str, Any] | None:
+        try:
+            resp = self.client.head_object(
+                Bucket=self.bucket, Key=self.full_key(key), ChecksumMode="ENABLED"
+            )
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise self.error(key, "HeadObject failed", exc, "HeadObject") from exc
+        for algorithm in ("CRC32", "CRC32C", "CRC64NVME", "SHA256", "SHA1"):
+            raw = resp.get(f"Checksum{algorithm}")
+            if raw:
+                value, _, parts = str(raw).partition("-")
+                return {
+                    "algorithm": algorithm,
+                    "value": value,
+                    "parts": int(parts) if parts.isdigit() else None,
+                    "bytes": resp.get("ContentLength"),
+                }
+        return None
+
     def put_bytes(self, key: str, data: bytes) -> dict[str, Any]:
         full = self.full_key(key)
         try:
@@ -1747,7 +1784,9 @@ class S3Storage(Storage):
             # (moto: always 2010-11-10), and the marker is written just after the upload
             # started, so neither ever makes an upload look older than it is.
             started = max(upload["Initiated"], markers[marker])
-            if started < cutoff:
+            if started >= cutoff:
+                continue
+            if self._last_part_time(full, upload["UploadId"], started) < cutoff:
                 found.append(
                     IncompleteUpload(
                         full[len(base) :], started, upload["UploadId"], "multipart_upload"
@@ -1755,6 +1794,24 @@ class S3Storage(Storage):
                 )
         stale = sorted(k for k, modified in markers.items() if k not in live and modified < cutoff)
         return sorted(found, key=lambda item: (item.started, item.key)), stale
+
+    def _last_part_time(self, full_key: str, upload_id: str, started: datetime) -> datetime:
+        """When the upload last moved: its newest part (a live writer sends one every few
+        seconds), else when it started. A long backup still running is never taken for dead."""
+        newest = started
+        marker = 0
+        while True:
+            resp = self.client.list_parts(
+                Bucket=self.bucket, Key=full_key, UploadId=upload_id, PartNumberMarker=marker
+            )
+            for part in resp.get("Parts", []):
+                if part.get("LastModified") and part["LastModified"] > newest:
+                    newest = part["LastModified"]
+            if not resp.get("IsTruncated"):
+                return newest
+            marker = int(resp.get("NextPartNumberMarker") or 0)
+            if not marker:
+                return newest
 
     def _incomplete_error(
         self, item: IncompleteUpload, operation: str, exc: BaseException
@@ -1928,6 +1985,18 @@ class S3Storage(Storage):
             raise StorageError(f"{self.url}: {len(errors)} objects could not be deleted: {shown}")
 
 
+def crc32_b64(value: int) -> str:
+    """A CRC32 as S3 spells it (base64 of its 4 big-endian bytes)."""
+    return base64.b64encode(value.to_bytes(4, "big")).decode("ascii")
+
+
+def composite_crc32(part_crcs: list[int]) -> str:
+    """S3's checksum of a multipart object uploaded with CRC32 part checksums: the CRC32 of
+    the parts' CRC32s (4 big-endian bytes each, in part order), base64; S3 shows it with
+    ``-<parts>`` appended."""
+    return crc32_b64(zlib.crc32(b"".join(c.to_bytes(4, "big") for c in part_crcs)))
+
+
 def _put_outcome(exc: BaseException) -> str:
     """What a failed PutObject left: an error answer means nothing was stored; without an
     answer the server may have stored the object before the answer was lost."""
@@ -1973,6 +2042,7 @@ class S3Writer(Writer):
         self._state = "open"
         self._marker: str | None = None  # the marker object of our multipart upload
         self._completing = False
+        self._crcs: dict[int, int] = {}  # part number -> CRC32 computed here
 
     @property
     def closed(self) -> bool:
@@ -2101,6 +2171,7 @@ class S3Writer(Writer):
                 return
             body = part.body()
             args: dict[str, Any] = {"ChecksumAlgorithm": self._checksum} if self._checksum else {}
+            crc = part.crc32() if self._checksum else None
             resp = self._client.upload_part(
                 Bucket=self._bucket,
                 Key=self._full_key,
@@ -2114,6 +2185,8 @@ class S3Writer(Writer):
                 entry[f"Checksum{self._checksum}"] = resp[f"Checksum{self._checksum}"]
             with self._lock:
                 self._parts[number] = entry
+                if crc is not None:
+                    self._crcs[number] = crc
         except BaseException as exc:
             with self._lock:
                 if self._failure is None:
@@ -2139,6 +2212,7 @@ class S3Writer(Writer):
     def _put_single(self) -> dict[str, Any]:
         part = self._buffer.take()
         body = part.body() if part is not None else io.BytesIO(b"")
+        crc = (part.crc32() if part is not None else zlib.crc32(b"")) if self._checksum else None
         try:
             resp = self._client.put_object(
                 Bucket=self._bucket,
@@ -2154,6 +2228,8 @@ class S3Writer(Writer):
                 self._pool.release(part)
         self._state = "committed"
         self.result = _put_result(self.key, self.bytes_written, resp)
+        if crc is not None:
+            self.result["checksum"] = {"algorithm": "CRC32", "value": crc32_b64(crc), "parts": None}
         return self.result
 
     def _complete(self) -> dict[str, Any]:
@@ -2174,6 +2250,13 @@ class S3Writer(Writer):
         self._drop_marker()
         self.result = _put_result(self.key, self.bytes_written, resp)
         self.result["parts"] = len(parts)
+        if self._checksum and len(self._crcs) == len(parts):
+            crcs = [self._crcs[n] for n in sorted(self._crcs)]
+            self.result["checksum"] = {
+                "algorithm": "CRC32",
+                "value": composite_crc32(crcs),
+                "parts": len(parts),
+            }
         return self.result
 
     def _fail(self, what: str, exc: BaseException | None, operation: str | None = None) -> NoReturn:

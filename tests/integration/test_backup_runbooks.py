@@ -217,7 +217,13 @@ def test_backup_to_file_publishes_the_id_and_restores_identically(
     assert restore["table_counts_checked"] == 2 and restore["table_counts"] == SOURCE_COUNTS
     assert restore["maintenance"]["used"] is False
     assert app_table_checksums(pg.dsn_for(target)) == source_backup.checksums
-    assert result.stats["health_check"]["verdict"] == "ok"
+    # the app's own database was not touched: no health check of the app (its plays match no
+    # host), and the report says so
+    assert "health_check" not in result.stats
+    assert "Maintenance mode: not used (the app and its database were not touched)" in (
+        restore["summary"]
+    )
+    assert backup["verified_by"] == "reread"  # file:// keeps no checksum: read back
     assert pg.password not in result.output
 
 
@@ -235,6 +241,7 @@ def test_backup_to_s3_encrypted_and_restore_identically(
     backup = result.stats["backup"]
     backup_id = backup["backup_id"]
     assert backup["verified"] is True and backup["encryption"] == "AES256"
+    assert backup["verified_by"] == "checksum"  # S3's own checksums, no second read
     client = s3.client()
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
     assert f"{prefix}/{backup_id}/manifest.json" in keys

@@ -150,7 +150,9 @@ def run_tasks(tmp_path: Path) -> ModuleRunner:
 
 
 def backup_task(dsn: str, storage_url: str, **options: Any) -> dict[str, Any]:
-    return {"pg_backup": {"dsn": dsn, "storage_url": storage_url, **options}}
+    """A pg_backup task; unverified unless verify=True is given (the tests of pg_backup_info's
+    verify and retention start from unverified backups)."""
+    return {"pg_backup": {"dsn": dsn, "storage_url": storage_url, "verify": False, **options}}
 
 
 def info_task(storage_url: str, **options: Any) -> dict[str, Any]:

@@ -143,11 +143,10 @@ def test_the_first_stop_signal_raises_and_later_ones_are_ignored() -> None:
 def test_signals_held_delivers_after_the_cleanup() -> None:
     events = []
     with proc.stop_signals():
-        with pytest.raises(proc.Interrupted):
-            with proc.signals_held():
-                os.kill(os.getpid(), signal.SIGHUP)
-                time.sleep(0.1)
-                events.append("cleanup finished")
+        with pytest.raises(proc.Interrupted), proc.signals_held():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.1)
+            events.append("cleanup finished")
         assert events == ["cleanup finished"]
         assert proc.interrupted_by() == signal.SIGHUP
 
