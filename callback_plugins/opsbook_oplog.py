@@ -21,7 +21,9 @@ description:
     C(playbook) (file stem), C(env) (variable C(opsbook_env)), C(reason) (variable
     C(opsbook_reason), normally given with C(-e)), C(check_mode), C(limit), C(extra_var_keys)
     (names only, never values), C(status) (successful, failed or unreachable; failed wins
-    when both happen), C(hosts), C(failures) (list of C(host), C(task), C(msg)) and C(outputs)."
+    when both happen; canceled or timeout for a run stopped by a signal), C(interrupted) (the
+    signal that stopped it, or null), C(hosts), C(failures) (list of C(host), C(task),
+    C(msg)) and C(outputs)."
   - Secrets never reach the log. Only the names of extra vars are kept. Values under keys that
     look secret (containing password, passwd, passphrase, secret, token, api_key, private_key,
     credential, database_url or dsn, or starting with vault_) become C(***); passwords in
@@ -69,8 +71,12 @@ notes:
     shows artifacts; per-host set_stats data, if any, is under C(outputs._hosts).
   - With several playbooks on one C(ansible-playbook) command line, one record is written per
     playbook; its host counts cover that playbook only.
-  - A run that never reaches the end of its playbook (syntax error, interrupted with Ctrl-C,
-    killed) writes no record.
+  - "A run stopped by SIGTERM or SIGINT (an AWX cancel, Ctrl-C, C(opsbook run --timeout) or a
+    cancel) writes its record at once, before Ansible forwards the signal and ends: C(status)
+    C(canceled) - C(timeout) when C(opsbook run) stopped it for its C(--timeout), which it says
+    in the file E(OPSBOOK_STOP_REASON_FILE) names - and C(interrupted) the signal's name, with
+    what the run had done so far. A run that never starts its playbook (a syntax error) or is
+    SIGKILLed writes no record."
 """
 
 import contextlib
@@ -79,6 +85,8 @@ import getpass
 import json
 import os
 import re
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -345,8 +353,10 @@ def build_record(
     hosts: Mapping[str, Mapping[str, int]],
     failures: list[dict[str, str]],
     outputs: Mapping[str, Any],
+    interrupted: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The operation log record, fields in contract order."""
+    """The operation log record, fields in contract order. ``interrupted``: (status, signal
+    name) of a run stopped by a signal."""
     return {
         "id": run.id,
         "started": iso_utc(run.started),
@@ -359,7 +369,8 @@ def build_record(
         "check_mode": run.check_mode,
         "limit": run.limit,
         "extra_var_keys": sorted(run.extra_var_keys),
-        "status": run_status(hosts),
+        "status": interrupted[0] if interrupted else run_status(hosts),
+        "interrupted": interrupted[1] if interrupted else None,
         "hosts": {host: dict(counts) for host, counts in sorted(hosts.items())},
         "failures": _capped(failures),
         "outputs": dict(outputs),
@@ -409,6 +420,19 @@ def append_line(path: Path, line: bytes) -> None:
 # ---------------------------------------------------------------------------
 # Environment of the run
 # ---------------------------------------------------------------------------
+
+
+def stop_reason() -> str | None:
+    """Why opsbook run stopped this run (timeout or canceled), when it said so in the file
+    E(OPSBOOK_STOP_REASON_FILE) names before sending SIGTERM."""
+    path = os.environ.get("OPSBOOK_STOP_REASON_FILE")
+    if not path:
+        return None
+    try:
+        reason = Path(path).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return reason if reason in ("timeout", "canceled") else None
 
 
 def operator_name() -> str:
@@ -466,6 +490,7 @@ class CallbackModule(CallbackBase):
         self._plays_seen: set[object] = set()
         self._failures: list[dict[str, str]] = []
         self._baseline: dict[str, dict[str, int]] = {}
+        self._written = False
 
     def _warn(self, event: str, exc: Exception) -> None:
         effect = "not written" if event == "v2_playbook_on_stats" else "incomplete"
@@ -490,6 +515,8 @@ class CallbackModule(CallbackBase):
         self._clock = time.monotonic()
         self._plays_seen = set()
         self._failures = []
+        self._written = False
+        self._watch_stop_signals()
 
     @_guarded
     def v2_playbook_on_play_start(self, play: Any) -> None:
@@ -520,18 +547,58 @@ class CallbackModule(CallbackBase):
 
     @_guarded
     def v2_playbook_on_stats(self, stats: Any) -> None:
-        if self._run is None:
+        if self._run is None or self._written:
             return
-        hosts = self._host_counts(stats)
-        outputs = outputs_from_custom(getattr(stats, "custom", {}) or {}, self._run.secrets)
+        self._write(self._host_counts(stats), getattr(stats, "custom", {}) or {})
+
+    # -- a run stopped by a signal ---------------------------------------------
+
+    def _watch_stop_signals(self) -> None:
+        """Write the record first when SIGTERM or SIGINT stops the run, then let Ansible's own
+        handler (forwarding the signal to the workers) do what it does."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+            if getattr(previous, "_opsbook_oplog", False):
+                continue  # already watched (several playbooks in one run)
+
+            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+                with contextlib.suppress(Exception):
+                    self._interrupted(sig)
+                if callable(previous):
+                    previous(sig, frame)
+                elif previous == signal.SIG_DFL:
+                    signal.signal(sig, signal.SIG_DFL)
+                    os.kill(os.getpid(), sig)
+
+            handler._opsbook_oplog = True  # type: ignore[attr-defined]
+            signal.signal(signum, handler)
+
+    def _interrupted(self, signum: int) -> None:
+        if self._run is None or self._written:
+            return
+        reason = stop_reason() or "canceled"
+        # per-host counts are only summed up at the end: a stopped run records its failures
+        self._write({}, {}, (reason, signal.Signals(signum).name))
+
+    def _write(
+        self,
+        hosts: Mapping[str, Mapping[str, int]],
+        custom: Mapping[str, Any],
+        interrupted: tuple[str, str] | None = None,
+    ) -> None:
+        assert self._run is not None
         record = build_record(
             self._run,
             datetime.now(UTC),
             time.monotonic() - self._clock,
             hosts,
             self._failures,
-            outputs,
+            outputs_from_custom(custom, self._run.secrets),
+            interrupted,
         )
+        self._written = True
         append_line(self._log_path(), record_line(record))
 
     # -- helpers ------------------------------------------------------------

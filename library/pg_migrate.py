@@ -388,6 +388,7 @@ from ansible.module_utils.opsbook_pg import (
     require_psycopg,
     safe_error,
     validate_connection_params,
+    watch_the_client,
 )
 from ansible.module_utils.opsbook_proc import Interrupted, signals_held, stop_signals, watch_ansible
 
@@ -1255,6 +1256,7 @@ class Migrator:
         """Every migration starts from the same session state (a script may SET things)."""
         p = self.params
         self.conn.execute("RESET ALL")
+        watch_the_client(self.conn)  # RESET ALL reset it: a killed run must not hold locks
         self.conn.execute(f"SET lock_timeout = '{int(p['statement_lock_timeout_s'])}s'")
         self.conn.execute(f"SET statement_timeout = '{int(p['statement_timeout_s'])}s'")
         if self.layout == PRISMA:

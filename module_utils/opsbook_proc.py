@@ -63,12 +63,17 @@ class Interrupted(KeyboardInterrupt):
 
 class _StopState:
     raised: int | None = None  # the signal that raised Interrupted, once
+    pending: int | None = None  # a signal that came while held, raised when the hold ends
+    held = 0  # nesting depth of signals_held()
     ignored: list[int] = []  # noqa: RUF012 - process-wide, reset by stop_signals()
 
 
 def _on_stop(signum: int, _frame: Any) -> None:
-    if _StopState.raised is not None:
+    if _StopState.raised is not None or _StopState.pending is not None:
         _StopState.ignored.append(signum)
+        return
+    if _StopState.held:
+        _StopState.pending = signum
         return
     _StopState.raised = signum
     raise Interrupted(signum)
@@ -78,6 +83,8 @@ def _on_stop(signum: int, _frame: Any) -> None:
 def stop_signals() -> Iterator[None]:
     """SIGTERM/SIGINT/SIGHUP raise ``Interrupted`` (once) in the main thread meanwhile."""
     _StopState.raised = None
+    _StopState.pending = None
+    _StopState.held = 0
     _StopState.ignored = []
     previous = {sig: signal.signal(sig, _on_stop) for sig in STOP_SIGNALS}
     try:
@@ -94,12 +101,20 @@ def interrupted_by() -> int | None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold the stop signals while a cleanup runs; they are delivered when it is done."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Hold the stop signals while a cleanup runs; the first one that came meanwhile raises
+    when it is done. (A flag, not a signal mask: with threads running, the kernel may
+    deliver a signal to another thread, and Python runs the handler in the main thread
+    whatever the main thread's mask.)"""
+    _StopState.held += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _StopState.held -= 1
+        if not _StopState.held and _StopState.pending is not None:
+            signum, _StopState.pending = _StopState.pending, None
+            if _StopState.raised is None:
+                _StopState.raised = signum
+                raise Interrupted(signum)
 
 
 # ---------------------------------------------------------------------------

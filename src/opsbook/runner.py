@@ -468,6 +468,7 @@ class _Run:
         self.stop_reason: str | None = None  # "timeout" | "canceled" once stopping began
         self.stop_started: float | None = None
         self.stop_grace_s = STOP_GRACE_S
+        self.stop_reason_file = private_dir / "stop_reason"
         self.stdout: IO[str] | None = None
         self.handler_failed = False
         self.warnings: list[str] = []
@@ -581,6 +582,8 @@ class _Run:
         """SIGTERM ansible-playbook (or, before it runs, every process of the run)."""
         self.stop_reason = reason
         self.stop_started = time.monotonic()
+        with contextlib.suppress(OSError):  # the operation log says timeout or canceled
+            _write_private(self.stop_reason_file, reason)
         targets = playbook_processes(self.ident) or find_run_processes(self.ident)
         log.debug("%s: SIGTERM to %s", reason, targets)
         for pid in targets:
@@ -841,6 +844,7 @@ class RunbookRunner:
     def _envvars(self, plan: RunPlan, ident: str) -> dict[str, str]:
         envvars = dict(plan.envvars)
         envvars["OPSBOOK_RUN_ID"] = ident
+        envvars["OPSBOOK_STOP_REASON_FILE"] = str(self.runs_dir / ident / "stop_reason")
         envvars["OPSBOOK_OPERATOR"] = os.environ.get("OPSBOOK_OPERATOR") or _login_name()
         bindir = Path(sys.executable).parent
         path = envvars.get("PATH", os.environ.get("PATH", os.defpath))

@@ -16,7 +16,8 @@ from tests.loaders import load_plugin
 
 CONTRACT_FIELDS = [
     "id", "started", "finished", "duration_s", "operator", "playbook", "env", "reason",
-    "check_mode", "limit", "extra_var_keys", "status", "hosts", "failures", "outputs",
+    "check_mode", "limit", "extra_var_keys", "status", "interrupted", "hosts", "failures",
+    "outputs",
 ]  # fmt: skip
 
 

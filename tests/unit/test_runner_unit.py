@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import stat
 import types
 from datetime import UTC, datetime
@@ -590,16 +591,33 @@ def test_on_status_restricts_env_and_redacts_command(
     assert "tok-xyz-1" not in command.read_text()
 
 
-def test_should_cancel(project: Path) -> None:
+def test_should_cancel_stops_gracefully_then_gives_runner_the_kill(project: Path) -> None:
+    """A cancel (or the timeout) first SIGTERMs the run and returns False - runner must not
+    SIGKILL yet - and only True once the grace period is over."""
     assert _state(project).should_cancel() is False
-    assert _state(project, cancel=lambda: True).should_cancel() is True
+    canceled = _state(project, cancel=lambda: True)
+    canceled.stop_grace_s = 0.3
+    assert canceled.should_cancel() is False  # SIGTERM sent (to nothing yet), grace running
+    assert canceled.stop_reason == "canceled"
+    assert (canceled.private_dir / "stop_reason").read_text() == "canceled"  # for the oplog
+    time.sleep(0.35)
+    assert canceled.should_cancel() is True
 
     def broken() -> bool:
         raise RuntimeError("broken")
 
-    assert _state(project, cancel=broken).should_cancel() is True
+    state = _state(project, cancel=broken)
+    state.stop_grace_s = 0.0
+    assert state.should_cancel() is True and state.stop_reason == "canceled"
+
+    timed = _state(project)
+    timed.deadline = time.monotonic() - 1
+    timed.stop_grace_s = 0.0
+    assert timed.should_cancel() is True and timed.stop_reason == "timeout"
     state = _state(project)
-    state._on_signal(2, None)
+    state._on_signal(2, None)  # SIGINT to opsbook run
+    assert state.should_cancel() is False and state.stop_reason == "canceled"
+    state.stop_grace_s = 0.0
     assert state.should_cancel() is True
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import zlib
 import stat
 import subprocess
 import sys
@@ -575,7 +576,10 @@ def test_multipart_upload_parts_in_order_with_sse_and_checksums() -> None:
             writer.write(data[offset : offset + 1_000_003])
         result = writer.commit()
     assert fake.objects["big"] == data
-    assert result == {"key": "big", "bytes": len(data), "etag": "multi-4", "parts": 4, "sse": None}
+    crcs = [zlib.crc32(data[i : i + PART]) for i in range(0, len(data), PART)]
+    checksum = {"algorithm": "CRC32", "value": st.composite_crc32(crcs), "parts": 4}
+    assert result == {"key": "big", "bytes": len(data), "etag": "multi-4", "parts": 4,
+                      "sse": None, "checksum": checksum}  # fmt: skip
     create = dict(fake.calls)["CreateMultipartUpload"]
     assert create["ServerSideEncryption"] == "aws:kms"
     assert create["SSEKMSKeyId"] == "alias/backups"
