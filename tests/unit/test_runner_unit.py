@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import stat
+import time
 import types
 from datetime import UTC, datetime
 from pathlib import Path
