@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import traceback
 from collections.abc import Mapping
 from types import ModuleType
@@ -60,7 +61,12 @@ def import_module_file(name: str, path: str) -> ModuleType:
     if spec is None or spec.loader is None:
         raise AnsibleActionFail(f"{name}: cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module  # dataclasses and typing look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(spec.name, None)
+        raise
     _MODULES[name] = module
     return module
 

@@ -237,6 +237,13 @@ options:
     type: int
     default: 60
 attributes:
+  action:
+    support: full
+    description:
+      - An action plugin (action_plugins/pg_backup.py) runs this module's code inside the task's
+        worker on the controller's local connection (the default dbadmin host) - no module
+        process, no payload holding the DSN; on any other connection the module runs the
+        ordinary way (pipelined - its arguments are never written to the host's disk either).
   check_mode:
     support: full
     description: Connects and reads the catalog (a read-only transaction, rolled back),
@@ -487,13 +494,18 @@ from ansible.module_utils.opsbook_backup import (
     version_major,
 )
 from ansible.module_utils.opsbook_pg import (
+    HAS_PSYCOPG,
     PgConnectError,
+    RunContext,
     close_quietly,
     connect,
+    dsn_passwords,
+    finish_module,
     pg_connection_argument_spec,
     register_dsn_secrets,
     require_psycopg,
     safe_error,
+    scrub_data,
     validate_connection_params,
 )
 from ansible.module_utils.opsbook_proc import (
@@ -1145,7 +1157,7 @@ def find_zstd() -> str:
 class BackupRun:
     """One pg_backup invocation; remembers what it stored so a failure can remove it."""
 
-    def __init__(self, module: AnsibleModule) -> None:
+    def __init__(self, module: RunContext) -> None:
         self.module = module
         self.params = module.params
         self.storage: Any = None
@@ -1694,29 +1706,41 @@ def _minor(version: str) -> int:
         return 0
 
 
-def fail_after_backup(module: Any, run: BackupRun, message: str, result: dict[str, Any]) -> None:
-    """Fail a run whose backup was stored (it is kept): say so, with what the run did."""
+def failure(message: str) -> dict[str, Any]:
+    """A failed result that changed nothing."""
+    return {"failed": True, "changed": False, "msg": f"pg_backup: {message}"}
+
+
+def after_backup_failure(run: BackupRun, message: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The result of a run whose backup was stored (it is kept): what failed, what it did."""
     close_quietly(run.conn)
-    for warning in run.warnings:
-        module.warn(warning)
     details = {k: v for k, v in result.items() if k not in ("msg", "changed", "failed")}
-    module.fail_json(msg=f"pg_backup: {message}", changed=True, **details)
+    return {**details, "failed": True, "changed": True, "msg": f"pg_backup: {message}"}
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    require_psycopg(module)
-    register_dsn_secrets(module, module.params["dsn"])
-    errors = validate_params(module.params)
+def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The module's work on validated parameters: the result, ``failed`` on a failure, its
+    ``warnings``. main() runs it in a module process; on the controller's local connection
+    the action plugin (action_plugins/pg_backup.py) runs it in the task's worker."""
+    if not HAS_PSYCOPG:
+        return failure("psycopg (psycopg 3) is not installed for this Python")
+    errors = validate_params(params)
     if errors:
-        module.fail_json(msg="pg_backup: invalid input: " + "; ".join(errors))
-    run = BackupRun(module)
+        return failure("invalid input: " + "; ".join(errors))
+    run = BackupRun(RunContext(params, check_mode))
+    result = run_backup(run)
+    result["warnings"] = [*run.warnings, *(result.get("warnings") or [])]
+    return scrub_data(result, [params["dsn"], *dsn_passwords(params["dsn"])])
+
+
+def run_backup(run: BackupRun) -> dict[str, Any]:
+    """run.run(), every failure turned into a result saying what was left."""
     with stop_signals():
         watch_ansible()
         try:
             result = run.run()
         except AfterBackupFailed as exc:
-            fail_after_backup(module, run, str(exc), exc.result)
+            return after_backup_failure(run, str(exc), exc.result)
         except (BackupFailed, StorageError, Interrupted, KeyboardInterrupt) as exc:
             what = str(exc)
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
@@ -1724,8 +1748,7 @@ def main() -> None:
             elif isinstance(exc, StorageError):
                 what = f"storage: {exc}"
             if run.written is not None:  # the manifest is stored: the backup exists
-                fail_after_backup(
-                    module,
+                return after_backup_failure(
                     run,
                     f"{what} after backup {run.written['backup_id']} was stored, before its "
                     "verification and retention finished; the backup is kept",
@@ -1733,14 +1756,10 @@ def main() -> None:
                 )
             with signals_held():
                 note = run.cleanup()
-            module.fail_json(
-                msg=f"pg_backup: {what}; no backup was written (no manifest){note}",
-                changed=False,
-            )
+            return failure(f"{what}; no backup was written (no manifest){note}")
         except Exception as exc:
             if run.written is not None:
-                fail_after_backup(
-                    module,
+                return after_backup_failure(
                     run,
                     f"unexpected error after backup {run.written['backup_id']} was stored: "
                     f"{run.safe(exc)}; the backup is kept",
@@ -1748,15 +1767,18 @@ def main() -> None:
                 )
             with signals_held():
                 note = run.cleanup()
-            module.fail_json(
-                msg=f"pg_backup: unexpected error: {run.safe(exc)}; no backup was written "
-                f"(no manifest){note}",
-                changed=False,
+            return failure(
+                f"unexpected error: {run.safe(exc)}; no backup was written (no manifest){note}"
             )
     close_quietly(run.conn)
-    for warning in run.warnings:
-        module.warn(warning)
-    module.exit_json(**result)
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    require_psycopg(module)
+    register_dsn_secrets(module, module.params["dsn"])
+    finish_module(module, execute(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

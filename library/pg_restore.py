@@ -248,6 +248,13 @@ options:
     description: The C(zstd) to use. Default - C(zstd) on C(PATH).
     type: path
 attributes:
+  action:
+    support: full
+    description:
+      - An action plugin (action_plugins/pg_restore.py) runs this module's code inside the task's
+        worker on the controller's local connection (the default dbadmin host) - no module
+        process, no payload holding the DSN; on any other connection the module runs the
+        ordinary way (pipelined - its arguments are never written to the host's disk either).
   check_mode:
     support: full
     description:
@@ -546,14 +553,18 @@ from ansible.module_utils.opsbook_backup import (
     version_major,
 )
 from ansible.module_utils.opsbook_pg import (
+    HAS_PSYCOPG,
     PgConnectError,
+    RunContext,
     close_quietly,
     connect,
     dsn_passwords,
+    finish_module,
     pg_connection_argument_spec,
     register_dsn_secrets,
     require_psycopg,
     safe_error,
+    scrub_data,
     scrub_secrets,
     validate_connection_params,
 )
@@ -1322,7 +1333,7 @@ class RunReport:
 class RestoreRun:
     """One restore: choose, preflight, fetch and verify, restore, count, put in place."""
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, module: RunContext) -> None:
         self.module = module
         self.params: dict[str, Any] = module.params
         self.check_mode: bool = module.check_mode
@@ -2141,33 +2152,43 @@ def argument_spec() -> dict[str, dict[str, Any]]:
     return spec
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    require_psycopg(module)
-    params = module.params
-    register_dsn_secrets(module, params["dsn"])
+def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The module's work on validated parameters: the result, ``failed`` on a failure, its
+    ``warnings``. main() runs it in a module process; on the controller's local connection
+    the action plugin (action_plugins/pg_restore.py) runs it in the task's worker."""
+    if not HAS_PSYCOPG:
+        missing = "psycopg (psycopg 3) is not installed for this Python"
+        return {"failed": True, "changed": False, "msg": f"pg_restore: {missing}"}
     errors = validate_params(params)
     if errors:
-        module.fail_json(
-            msg="pg_restore: invalid input: " + "; ".join(errors) + "; nothing was touched"
-        )
-    run = RestoreRun(module)
+        problems = "; ".join(errors)
+        return {"failed": True, "changed": False,
+                "msg": f"pg_restore: invalid input: {problems}; nothing was touched"}  # fmt: skip
+    context = RunContext(params, check_mode)
+    run = RestoreRun(context)
     problem = confirmation_problem(
         params["mode"], params["env"], params["target_database"], params["confirm"]
     )
     if problem:
-        module.fail_json(
-            msg=f"pg_restore: refused: {problem}; nothing was touched",
-            restored=False,
-            **run.common(),
-        )
-    try:
-        with stop_signals():
-            watch_ansible()
-            result = run.execute()
-    except RestoreError as exc:
-        module.fail_json(msg=f"pg_restore: {exc}", restored=False, **run.common())
-    module.exit_json(**result)
+        result = {"failed": True, "changed": False, "restored": False, **run.common(),
+                  "msg": f"pg_restore: refused: {problem}; nothing was touched"}  # fmt: skip
+    else:
+        try:
+            with stop_signals():
+                watch_ansible()
+                result = run.execute()
+        except RestoreError as exc:
+            result = {"failed": True, "changed": run.state.touched, "restored": False,
+                      **run.common(), "msg": f"pg_restore: {exc}"}  # fmt: skip
+    result["warnings"] = context.warnings
+    return scrub_data(result, run.secrets)
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    require_psycopg(module)
+    register_dsn_secrets(module, module.params["dsn"])
+    finish_module(module, execute(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

@@ -854,3 +854,35 @@ def test_s3_killed_mid_upload_leaves_no_backup(
     assert sorted(item.id for item in removed) == sorted(u["UploadId"] for u in uploads)
     assert multipart_uploads(s3, prefix) == [] and s3_keys(s3, prefix) == []
     assert_no_secret(run, big_cluster.password)
+
+
+def test_the_module_process_path_backs_up_the_same_way(
+    pg: PostgresCluster, run_tasks: ModuleRunner, tmp_path: Path
+) -> None:
+    """On the controller's local connection the action plugin runs pg_backup's code in the
+    task's worker; a task with `environment` (or on another connection) gets an ordinary
+    pipelined module process (AnsiballZ, main()). Both back up the same way. Which path ran
+    shows with an interpreter that has no psycopg (the system's): only a module process
+    uses it, and fails saying what is missing."""
+    url = f"file://{tmp_path / 'backups'}"
+    task = backup_task(pg.dsn_for("app"), url, verify=True, retention=True, keep_last=5)
+    process = {**task, "environment": {"OPSBOOK_TEST": "module process"}}
+    system_python = {"vars": {"ansible_python_interpreter": "/usr/bin/python3"}}
+    playbook, results = run_tasks.write(
+        [process, {**process, **system_python}, {**task, **system_python}, info_task(url)]
+    )
+    plays = json.loads(playbook.read_text())
+    plays[0]["vars"] = {"ansible_python_interpreter": str(VENV_BIN / "python")}
+    playbook.write_text(json.dumps(plays))
+    argv = [a for a in run_tasks.argv(playbook, False) if "ansible_python_interpreter" not in a]
+    proc = subprocess.run(argv[:-1], cwd=PROJECT_ROOT, env=run_tasks.env(), capture_output=True,
+                          text=True, timeout=300, check=False)  # fmt: skip
+    assert results.exists(), proc.stdout + proc.stderr
+    module_process, refused, in_worker, listing = json.loads(results.read_text())
+    assert "psycopg" in failed(refused)["msg"]  # a module process, on the system's python
+    for result in (ok(module_process), ok(in_worker)):  # the worker: the system's python unused
+        assert result["verification"]["ok"] is True and result["verification"]["method"] == "reread"
+        assert result["retention"]["deleted"] == [] and result["cleaned_up"] == []
+        assert result["manifest"]["table_counts"] == module_process["manifest"]["table_counts"]
+    assert ok(listing)["count"] == 2
+    assert pg.password not in proc.stdout + proc.stderr
