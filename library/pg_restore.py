@@ -42,10 +42,13 @@ description:
   - With O(jobs=1) the fetched (verified) object streams C(zstd -dc | pg_restore); with more
     jobs it is decompressed to a file in O(work_dir) while it is fetched and hashed (parallel
     C(pg_restore) needs a seekable file), and no compressed copy is kept.
-  - The password reaches C(pg_restore) and C(psql) through a 0600 passfile, never their
-    command line nor their environment, and never appears in any message.
-  - "Child processes are killed if the module dies (Linux C(PR_SET_PDEATHSIG)); SIGTERM and
-    SIGINT trigger the same cleanup as a failure. Temporary files are always removed."
+  - The password reaches C(pg_restore) and C(psql) in their own environment (C(PGPASSWORD) of
+    that child only), never a file nor their command line, and never appears in any message.
+  - "Interrupted is not broken: SIGTERM, SIGINT or SIGHUP trigger the same cleanup as a failure
+    (pg_restore stopped, the scratch database dropped, the target untouched) and the task fails
+    saying so. Child processes die with the module even when it is SIGKILLed (Linux
+    C(PR_SET_PDEATHSIG)); a scratch database a SIGKILL leaves is marked as opsbook's and dropped
+    by a later restore (O(stale_after_minutes)). Temporary files are always removed."
 version_added: "0.1.0"
 author:
   - opsbook maintainers
@@ -1630,10 +1633,16 @@ class RestoreRun:
         need = disk_space_needed(self.manifest, self.jobs)
         free = shutil.disk_usage(work_dir).free
         if free < need:
+            streamed = disk_space_needed(self.manifest, 1)
+            hint = (
+                f" (jobs > 1: the archive decompressed; jobs=1 streams it instead and needs "
+                f"about {human_bytes(streamed)})"
+                if self.jobs > 1
+                else ""
+            )
             raise RestoreError(
                 f"work_dir {work_dir!r} has {human_bytes(free)} free, the restore needs about "
-                f"{human_bytes(need)}"
-                + (" (jobs > 1: the archive decompressed)" if self.jobs > 1 else "")
+                f"{human_bytes(need)}{hint}"
             )
 
     def fetch_and_verify(self) -> None:

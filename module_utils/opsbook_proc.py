@@ -169,7 +169,7 @@ def tool_env(password: str | None, base: dict[str, str] | None = None) -> dict[s
 
     With a password (from the DSN): it is handed over in this child's ``PGPASSWORD``
     alone - no file holds it, no command line shows it - and wins over an inherited one.
-    Without: the inherited environment as it is (``~/.pgpass``, ``PGPASSWORD``,
+    Without: the inherited environment as it is (the operator's password file, ``PGPASSWORD``,
     certificates: whatever the operator set up)."""
     env = dict(os.environ if base is None else base)
     if password is not None:

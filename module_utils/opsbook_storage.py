@@ -2145,6 +2145,9 @@ class S3Writer(Writer):
                 "writer": "opsbook_storage.S3Writer",
             }
         ).encode()
+        # known before it is written: a signal that interrupts the PutObject after the server
+        # stored it must not leave the marker behind (deleting an absent key is a no-op)
+        self._marker = marker
         try:
             self._client.put_object(
                 Bucket=self._bucket, Key=marker, Body=body, **self._s3.sse_args()
@@ -2153,7 +2156,6 @@ class S3Writer(Writer):
             self._fail(
                 "recording the multipart upload in its marker object failed", exc, "PutObject"
             )
-        self._marker = marker
 
     def _drop_marker(self) -> None:
         """Delete the marker once the upload has ended (a marker left is pruned later)."""
