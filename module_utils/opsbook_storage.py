@@ -2153,6 +2153,8 @@ class S3Writer(Writer):
                 Bucket=self._bucket, Key=marker, Body=body, **self._s3.sse_args()
             )
         except (ClientError, BotoCoreError, OSError) as exc:
+            if isinstance(exc, ClientError):
+                self._marker = None  # refused: nothing was stored
             self._fail(
                 "recording the multipart upload in its marker object failed", exc, "PutObject"
             )
