@@ -461,7 +461,7 @@ def sleeping_in(pg: PostgresCluster, db: str) -> bool:
     return int(rows[0][0]) > 0
 
 
-@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+@pytest.mark.parametrize("how", ["sigterm", "sigkill", "sigterm-to-opsbook-run"])
 def test_migration_interrupted_mid_way_is_rolled_back_and_the_lock_freed(
     how: str,
     pg: PostgresCluster,
@@ -473,14 +473,23 @@ def test_migration_interrupted_mid_way_is_rolled_back_and_the_lock_freed(
 ) -> None:
     inventory = make_inventory(env="intr", app_hosts=[], database_url=pg.dsn_for(migrate_db))
     extra = {"migrations_dir": str(migrations(tmp_path, 60))}
-    run = start(playbook("db_migrate", inventory, extra, tmp_path))
-    wait_for(lambda: sleeping_in(pg, migrate_db), 60, "the slow migration to run")
-    if how == "sigterm":
-        run.signal(signal.SIGTERM)
+    if how == "sigterm-to-opsbook-run":
+        run = start(
+            [str(VENV_BIN / "opsbook"), "run", "db_migrate", "--env", "intr",
+             "-e", f"migrations_dir={extra['migrations_dir']}"],
+            {"OPSBOOK_INVENTORY_ROOT": str(inventory.parent)},
+        )  # fmt: skip
     else:
+        run = start(playbook("db_migrate", inventory, extra, tmp_path))
+    wait_for(lambda: sleeping_in(pg, migrate_db), 60, "the slow migration to run")
+    if how == "sigkill":
         assert run.kill_everything()
+    else:  # ansible-playbook itself (an AWX cancel), or opsbook run (a scheduler's stop)
+        run.signal(signal.SIGTERM)
     outcome = run.finish()
     assert_clean(outcome, pg.password, run_dirs)
+    if how == "sigterm-to-opsbook-run":
+        assert outcome.rc == 4 and "Result: canceled (exit 4)" in outcome.output
     # SIGTERM: the module cancelled its statement and rolled back; SIGKILL: the server saw
     # the client gone (client_connection_check_interval) and cancelled it - seconds, not 60
     wait_for(lambda: not sleeping_in(pg, migrate_db) and lock_holders(pg, migrate_db) == 0,
