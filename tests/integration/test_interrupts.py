@@ -241,6 +241,36 @@ SLOW_BACKUP = {"pg_backup_part_size_mb": 5, "pg_backup_upload_concurrency": 1,
                "pg_backup_retention_enabled": False}  # fmt: skip
 
 
+@dataclass
+class SlowBackup:
+    """A backup of source_db to S3 through the throttled proxy, under its own prefix."""
+
+    s3: MotoS3Server
+    proxy: TcpProxy
+    prefix: str
+    inventory: Path
+
+    def uploading(self) -> None:
+        wait_for(lambda: uploads(self.s3, self.prefix), 30, "the backup's multipart upload")
+
+    def left_nothing(self) -> bool:
+        return uploads(self.s3, self.prefix) == [] and objects(self.s3, self.prefix) == []
+
+
+@pytest.fixture
+def slow_backup(
+    request: pytest.FixtureRequest,
+    pg: PostgresCluster,
+    s3: MotoS3Server,
+    slow_s3: TcpProxy,
+    source_db: str,
+    make_inventory: Any,
+) -> SlowBackup:
+    prefix = f"intr-{request.node.name[5:25]}-{uuid.uuid4().hex[:6]}"
+    inventory = backup_inventory(make_inventory, pg, source_db, slow_s3.url, prefix)
+    return SlowBackup(s3, slow_s3, prefix, inventory)
+
+
 def assert_clean(outcome: Outcome, password: str, run_dirs: dict[str, Path]) -> None:
     assert outcome.left == [], f"processes outlived the run: {outcome.left}"
     assert files_holding(password, *run_dirs.values()) == [], "the password reached the disk"
@@ -251,28 +281,23 @@ def assert_clean(outcome: Outcome, password: str, run_dirs: dict[str, Path]) -> 
 
 def test_backup_stopped_by_opsbook_run_timeout_aborts_its_upload(
     pg: PostgresCluster,
-    s3: MotoS3Server,
-    slow_s3: TcpProxy,
-    source_db: str,
-    make_inventory: Any,
+    slow_backup: SlowBackup,
     start: Callable[..., Started],
     run_dirs: dict[str, Path],
 ) -> None:
-    prefix = f"intr-timeout-{uuid.uuid4().hex[:6]}"
-    inventory = backup_inventory(make_inventory, pg, source_db, slow_s3.url, prefix)
     args = [f"{k}={v}" for k, v in SLOW_BACKUP.items()]
     run = start(
         [str(VENV_BIN / "opsbook"), "run", "backup", "--env", "intr", "--timeout", "6",
          *[x for a in args for x in ("-e", a)]],
-        {"OPSBOOK_INVENTORY_ROOT": str(inventory.parent)},
+        {"OPSBOOK_INVENTORY_ROOT": str(slow_backup.inventory.parent)},
     )  # fmt: skip
-    wait_for(lambda: uploads(s3, prefix), 30, "the backup's multipart upload")
+    slow_backup.uploading()
     outcome = run.finish()
     assert outcome.rc == 4  # timeout or canceled
     assert "Result: timeout (exit 4)" in outcome.output, outcome.output
     # SIGTERM at 6 s; the module aborted its upload at once, well within the 10 s grace
     assert outcome.took_s < 6 + 10, outcome.took_s
-    assert uploads(s3, prefix) == [] and objects(s3, prefix) == []
+    assert slow_backup.left_nothing()
     assert_clean(outcome, pg.password, run_dirs)
     # the operation log has the run, written when the SIGTERM came
     line = json.loads((run_dirs["HOME"].parent / "oplog.jsonl").read_text().splitlines()[-1])
@@ -282,53 +307,44 @@ def test_backup_stopped_by_opsbook_run_timeout_aborts_its_upload(
 
 def test_backup_sigterm_to_ansible_playbook_aborts_its_upload(
     pg: PostgresCluster,
-    s3: MotoS3Server,
-    slow_s3: TcpProxy,
+    slow_backup: SlowBackup,
     source_db: str,
-    make_inventory: Any,
     start: Callable[..., Started],
     run_dirs: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    prefix = f"intr-sigterm-{uuid.uuid4().hex[:6]}"
-    inventory = backup_inventory(make_inventory, pg, source_db, slow_s3.url, prefix)
-    run = start(playbook("backup", inventory, SLOW_BACKUP, tmp_path))
-    wait_for(lambda: uploads(s3, prefix), 30, "the backup's multipart upload")
+    run = start(playbook("backup", slow_backup.inventory, SLOW_BACKUP, tmp_path))
+    slow_backup.uploading()
     run.signal(signal.SIGTERM)  # what an AWX cancel sends ansible-playbook
     outcome = run.finish()
     assert outcome.settled_s < 10  # the module cleaned up and was gone within seconds
-    assert uploads(s3, prefix) == [] and objects(s3, prefix) == []
+    assert slow_backup.left_nothing()
     assert processes_running(f"dbname={source_db}") == []
     assert_clean(outcome, pg.password, run_dirs)
 
 
 def test_backup_sigkilled_leaves_an_upload_that_the_next_backup_removes(
     pg: PostgresCluster,
-    s3: MotoS3Server,
-    slow_s3: TcpProxy,
-    source_db: str,
-    make_inventory: Any,
+    slow_backup: SlowBackup,
     start: Callable[..., Started],
     run_dirs: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    prefix = f"intr-sigkill-{uuid.uuid4().hex[:6]}"
-    inventory = backup_inventory(make_inventory, pg, source_db, slow_s3.url, prefix)
-    run = start(playbook("backup", inventory, SLOW_BACKUP, tmp_path))
-    wait_for(lambda: uploads(s3, prefix), 30, "the backup's multipart upload")
+    run = start(playbook("backup", slow_backup.inventory, SLOW_BACKUP, tmp_path))
+    slow_backup.uploading()
     assert run.kill_everything()  # no cleanup can run
     outcome = run.finish()
     # pg_dump and zstd died with the module (PR_SET_PDEATHSIG): nothing outlived the kill
     assert_clean(outcome, pg.password, run_dirs)
-    (left,) = uploads(s3, prefix)
-    slow_s3.throttle(None)
-    again = start(playbook("backup", inventory, {"pg_backup_stale_after_minutes": 0}, tmp_path))
-    outcome = again.finish()
+    (left,) = uploads(slow_backup.s3, slow_backup.prefix)
+    slow_backup.proxy.throttle(None)
+    extra = {"pg_backup_stale_after_minutes": 0}
+    outcome = start(playbook("backup", slow_backup.inventory, extra, tmp_path)).finish()
     assert outcome.rc == 0, outcome.output
-    assert uploads(s3, prefix) == []  # the leftover was aborted ...
+    assert uploads(slow_backup.s3, slow_backup.prefix) == []  # the leftover was aborted ...
     assert left["UploadId"] in outcome.output  # ... and the run said which
     assert "what an interrupted backup left" in outcome.output
-    assert any(key.endswith("/manifest.json") for key in objects(s3, prefix))
+    assert any(k.endswith("/manifest.json") for k in objects(slow_backup.s3, slow_backup.prefix))
     assert_clean(outcome, pg.password, run_dirs)
 
 
