@@ -114,15 +114,13 @@ def app_hosts(lab_dir: Path, ssh_key: SshKeyPair) -> Iterator[list[AppHost]]:
         stop_all(hosts)
 
 
-@pytest.fixture(autouse=True)
-def _reset_lab() -> Iterator[None]:
-    """After each test: the session's servers run again; app hosts healthy and serving.
+def reset_lab() -> None:
+    """The session's servers run again; app hosts healthy and serving (after every test).
 
     Only servers some test already started are touched (nothing starts here).
     Postgres comes back from a kill by crash recovery; a killed S3 server
     restarts empty, with its bucket.
     """
-    yield
     for cluster in _ACTIVE_PG:
         cluster.start()
     for server in _ACTIVE_S3:
@@ -131,6 +129,13 @@ def _reset_lab() -> Iterator[None]:
             server.create_bucket(S3_BUCKET)
     for host in _ACTIVE_APP_HOSTS:
         host.reset()
+
+
+@pytest.fixture(autouse=True)
+def _reset_lab() -> Iterator[None]:
+    """After each test: reset_lab() (tests/integration/test_harness.py checks that it works)."""
+    yield
+    reset_lab()
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from opsbook.lab import (
     pid_alive,
 )
 from opsbook.lab._proc import processes_referencing
+from tests.conftest import reset_lab
 from tests.harness import run_ansible
 
 pytestmark = pytest.mark.integration
@@ -181,17 +182,34 @@ def test_fail_slow_and_maintenance_modes(app_hosts: list[AppHost]) -> None:
 
 
 def test_reset_between_tests_restored_health(app_hosts: list[AppHost]) -> None:
-    # Runs after test_fail_slow_and_maintenance_modes: the autouse reset undid it.
-    assert [host.health().status for host in app_hosts] == [200, 200, 200]
+    # Self-contained (any order, any xdist worker): break every host, then run the reset the
+    # autouse fixture runs after each test, and see it undone.
+    app_hosts[0].set_maintenance(True)
+    app_hosts[1].set_health("fail")
+    app_hosts[2].set_maintenance(True)
+    app_hosts[2].set_health("slow", delay_ms=2000)
+    assert [host.get("/api/version").status for host in app_hosts] == [503, 200, 503]
+    assert app_hosts[1].health().status == 500
+
+    reset_lab()
+
+    answers = [host.health() for host in app_hosts]
+    assert [(a.status, a.body["status"]) for a in answers] == [(200, "ok")] * 3
+    assert max(a.elapsed_ms for a in answers) < 1000  # not slow any more
+    assert [host.get("/api/version").status for host in app_hosts] == [200, 200, 200]
+    assert [(host.shared_dir / "maintenance").exists() for host in app_hosts] == [False] * 3
 
 
 # ------------------------------------------------------------------ faults
 
 
-def test_kill_makes_each_server_really_go_away(
+def test_reset_between_tests_revived_killed_servers(
     pg: PostgresCluster, s3: MotoS3Server, app_hosts: list[AppHost]
 ) -> None:
+    # Self-contained: kill each kind of server (and see it really gone), then run the reset the
+    # autouse fixture runs after each test, and see each one serving again.
     host = app_hosts[2]
+    s3.client().put_object(Bucket="opsbook-test", Key="harness/before-kill", Body=b"x")
 
     pg.kill()
     s3.kill()
@@ -203,17 +221,14 @@ def test_kill_makes_each_server_really_go_away(
     assert _refused(host.address, host.port)
     assert _refused(host.address, host.app_port)
 
+    reset_lab()
 
-def test_reset_between_tests_revived_killed_servers(
-    pg: PostgresCluster, s3: MotoS3Server, app_hosts: list[AppHost]
-) -> None:
-    # Runs after test_kill_makes_each_server_really_go_away.
-    assert pg.execute("SELECT count(*) FROM users", dbname="app") == [(200,)]
-    assert (
-        s3.client().head_bucket(Bucket="opsbook-test")["ResponseMetadata"]["HTTPStatusCode"] == 200
-    )
-    assert app_hosts[2].run("echo back").stdout.strip() == "back"
-    assert app_hosts[2].health().status == 200
+    assert pg.execute("SELECT count(*) FROM users", dbname="app") == [(200,)]  # crash recovery
+    client = s3.client()
+    assert client.head_bucket(Bucket="opsbook-test")["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert client.list_objects_v2(Bucket="opsbook-test")["KeyCount"] == 0  # restarted empty
+    assert host.run("echo back").stdout.strip() == "back"
+    assert (host.health().status, host.get("/api/version").status) == (200, 200)
 
 
 # --------------------------------------------------------- errors, teardown
