@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -261,8 +263,36 @@ def test_jsonable_truncates_and_stringifies() -> None:
 # ----------------------------------------------------------------- the commit / rollback rule
 
 
+# What a verify query "VERIFY ..." answers: 7 offending rows holding the types a real query
+# returns. The module limits them (verify_show_rows), counts them (rowcount, not what it
+# fetched), and turns each value into JSON text - the tests check that work, not the rows back.
+VERIFY_COLUMNS = ["id", "email", "note", "raw", "amount", "seen_at"]
+VERIFY_ROWS = [
+    (n, f"u{n}@example.com", "x" * 300 if n == 1 else None, b"\x00\xff", Decimal("1.50"),
+     datetime(2025, 10, 1, 12, n, tzinfo=UTC))
+    for n in range(1, 8)
+]  # fmt: skip
+# How the report shows row n: the long note cut to VALUE_CHARS with an ellipsis, bytes as
+# PostgreSQL's hex text, Decimal and datetime as their text.
+LONG_NOTE = "x" * 199 + "\u2026"
+
+
+def shown(n: int) -> list[Any]:
+    return [n, f"u{n}@example.com", LONG_NOTE if n == 1 else None, "\\x00ff", "1.50",
+            f"2025-10-01 12:0{n}:00+00:00"]  # fmt: skip
+
+
+def shown_text(n: int) -> str:
+    note = LONG_NOTE if n == 1 else "None"
+    return (
+        f"(id={n}, email=u{n}@example.com, note={note}, raw=\\x00ff, amount=1.50, "
+        f"seen_at=2025-10-01 12:0{n}:00+00:00)"
+    )
+
+
 class FakeCursor:
-    """Runs nothing; answers each statement with a canned command tag."""
+    """Runs nothing; answers each statement with a canned command tag (and the catalog queries
+    and "VERIFY ..." with canned rows)."""
 
     def __init__(self, tags: dict[str, str], fail_on: str | None = None) -> None:
         self.tags = tags
@@ -284,12 +314,13 @@ class FakeCursor:
         if "current_database" in text:
             self._rows, self.description = [("app",)], [Col("current_database")]
         elif "pg_stat_xact_user_tables" in text:
-            self._rows, self.description = [("public", "t", 0, 2, 0)], [Col("x")]
+            self._rows = [("audit", "t_log", 2, 0, 0), ("public", "t", 0, 2, 0)]
+            self.description = [Col(c) for c in ("schemaname", "relname", "ins", "upd", "del")]
         elif text.startswith("SELECT 1 WHERE false"):
             self.description = [Col("?column?")]
         elif text.startswith("VERIFY"):
-            self._rows = [("a@example.com", 2)]
-            self.description = [Col("email"), Col("count")]
+            self._rows = list(VERIFY_ROWS)
+            self.description = [Col(c) for c in VERIFY_COLUMNS]
         self.rowcount = len(self._rows)
 
     def fetchone(self) -> tuple[Any, ...]:
@@ -299,6 +330,7 @@ class FakeCursor:
         return list(self._rows)
 
     def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        self.fetched = size
         return self._rows[:size]
 
 
@@ -340,10 +372,16 @@ def test_all_checks_pass_commits_once() -> None:
     assert (conn.commits, conn.rollbacks) == (1, 0)
     result = run.result()
     assert result["outcome"] == "committed" and result["changed"] is True
-    assert result["rows_affected"] == 5 and result["failed_checks"] == []
+    assert result["rows_affected"] == 5 and result["failed_checks"] == []  # UPDATE 2 + DELETE 3
     assert result["tables_changed"] == [
-        {"table": "public.t", "inserted": 0, "updated": 2, "deleted": 0}
+        {"table": "audit.t_log", "inserted": 2, "updated": 0, "deleted": 0},
+        {"table": "public.t", "inserted": 0, "updated": 2, "deleted": 0},
     ]
+    assert (
+        "Tables changed in the transaction: audit.t_log (inserted 2, updated 0, deleted 0); "
+        "public.t (inserted 0, updated 2, deleted 0)"
+    ) in result["report_lines"]
+    assert "Verify: no verify query" in result["report_lines"]
 
 
 def test_check_mode_always_rolls_back_and_reports_what_would_happen() -> None:
@@ -359,17 +397,36 @@ def test_check_mode_always_rolls_back_and_reports_what_would_happen() -> None:
     )
 
 
-def test_a_failing_verify_rolls_back_and_shows_the_rows() -> None:
+def test_a_failing_verify_rolls_back_and_shows_the_first_rows_as_json() -> None:
     conn = FakeConn(FakeCursor(TAGS))
     run = make_run("UPDATE t SET a = 1;", verify="VERIFY the emails")
     dfx.execute_fix(conn, run, "dsn")
     assert (conn.commits, conn.rollbacks) == (0, 1)
     result = run.result()
     assert result["failed_check"] == "verify" and result["changed"] is False
-    assert result["verify"]["rows"] == [["a@example.com", 2]]
-    assert result["verify"]["columns"] == ["email", "count"]
-    assert "(email=a@example.com, count=2)" in result["reason"]
-    assert "SET LOCAL transaction_read_only = on" in conn._cursor.executed
+    verify = result["verify"]
+    assert (verify["ran"], verify["passed"], verify["row_count"]) == (True, False, 7)
+    assert conn._cursor.fetched == 5  # verify_show_rows: the other 2 rows are never fetched
+    assert verify["rows"] == [shown(n) for n in range(1, 6)]
+    assert result["reason"] == (
+        "the verify query returned 7 rows, it must return none; first: "
+        + ", ".join(shown_text(n) for n in range(1, 6))
+    )
+    executed = conn._cursor.executed
+    assert (
+        executed.index("SET LOCAL transaction_read_only = on")
+        == executed.index("VERIFY the emails") - 1
+    )  # the verify query runs read-only
+
+
+def test_verify_show_rows_zero_counts_the_rows_and_shows_none() -> None:
+    cursor = FakeCursor(TAGS)
+    run = make_run("UPDATE t SET a = 1;", verify="VERIFY the emails", verify_show_rows=0)
+    dfx.execute_fix(FakeConn(cursor), run, "dsn")
+    result = run.result()
+    assert (result["verify"]["row_count"], result["verify"]["rows"]) == (7, [])
+    assert not hasattr(cursor, "fetched")
+    assert result["reason"] == "the verify query returned 7 rows, it must return none"
 
 
 def test_bounds_stop_the_fix_at_the_offending_statement() -> None:
@@ -449,9 +506,11 @@ def test_report_lines_of_a_verify_failure() -> None:
     assert lines[1].startswith("Note: the file's own BEGIN (line 1) and COMMIT (line 3)")
     assert lines[2] == "    1  line 2     UPDATE 2         UPDATE t SET a = 1"
     assert "Rows affected: 2 (bounds: max 10 total)" in lines
-    assert "Verify (option): 1 rows - FAILED (it must return none)" in lines
-    assert "  (email=a@example.com, count=2)" in lines
-    assert lines[-1].startswith("Failed: the verify query returned 1 rows")
+    assert "Tables changed in the transaction: audit.t_log" in lines[4]
+    verify_at = lines.index("Verify (option): 7 rows - FAILED (it must return none)")
+    assert lines[verify_at + 1 : verify_at + 6] == ["  " + shown_text(n) for n in range(1, 6)]
+    assert lines[verify_at + 6].startswith("Failed: the verify query returned 7 rows")
+    assert lines[verify_at + 6 :] == [lines[-1]]
     assert run.result()["msg"].startswith("data fix data-fix-2025-10-01-x.sql ROLLED BACK")
 
 
