@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
+import moto
 import pytest
 
 from opsbook.lab import build_release, free_port, http_get, sha256_file
@@ -1030,15 +1032,12 @@ def test_http_artifact_needs_an_explicit_sha256(
 def test_s3_artifact_with_sidecar_and_checksum(
     lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    moto = pytest.importorskip("moto")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     archive = lab.artifact("2.0.0")
     sha = sha256_file(archive)
     with moto.mock_aws():
-        import boto3
-
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="arts")
         client.put_object(Bucket="arts", Key="app/a.tar.gz", Body=archive.read_bytes())
