@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import pwd
 import stat
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -308,9 +311,21 @@ def test_operator_and_run_id_from_environment(monkeypatch: pytest.MonkeyPatch) -
     assert oplog.run_id() == "ident-7"
     monkeypatch.delenv("OPSBOOK_OPERATOR")
     monkeypatch.delenv("OPSBOOK_RUN_ID")
-    assert oplog.operator_name()
-    assert len(oplog.run_id()) == 36
-    assert oplog.run_id() != oplog.run_id()
+    # else the login name: the one the session names, else the account's own
+    monkeypatch.setenv("LOGNAME", "carol")
+    assert oplog.operator_name() == "carol"
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert oplog.operator_name() == pwd.getpwuid(os.getuid()).pw_name
+
+    def no_login_name() -> str:
+        raise OSError("No username set in the environment")  # a uid without a passwd entry
+
+    monkeypatch.setattr(oplog.getpass, "getuser", no_login_name)
+    assert oplog.operator_name() == "unknown"
+    ids = [oplog.run_id() for _ in range(3)]
+    assert len(set(ids)) == 3
+    assert [uuid.UUID(run_id).version for run_id in ids] == [4, 4, 4]
 
 
 # -- appending ----------------------------------------------------------------
