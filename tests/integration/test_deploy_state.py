@@ -797,10 +797,3 @@ def test_maintenance_mode_refuses_a_missing_or_bad_value(
     assert "maintenance_mode refused, nothing was changed: 1 problem with its inputs" in proc.stdout
     assert shown in proc.stdout, proc.stdout
     assert statuses(own_hosts) == [200, 200, 200]
-
-
-def test_maintenance_mode_first_line_describes_it() -> None:
-    first = (PROJECT_ROOT / "playbooks" / "maintenance_mode.yml").read_text().splitlines()[0]
-    assert first.startswith("# Switch maintenance mode on or off on the app hosts")
-
-
