@@ -24,12 +24,14 @@ description:
     when both happen; canceled or timeout for a run stopped by a signal), C(interrupted) (the
     signal that stopped it, or null), C(hosts), C(failures) (list of C(host), C(task),
     C(msg)) and C(outputs)."
-  - Secrets never reach the log. Only the names of extra vars are kept. Values under keys that
-    look secret (containing password, passwd, passphrase, secret, token, api_key, private_key,
-    credential, database_url or dsn, or starting with vault_) become C(***); passwords in
-    URLs (C(scheme://user:secret@host)) and in C(key=value) text become C(***); literal values
-    of secret-looking variables are scrubbed from messages (vaulted values included, decrypted
-    in memory only). A failure of a C(no_log) task is recorded with the censored marker only.
+  - "Secrets never reach the log. Only the names of extra vars are kept. Values under secret
+    names become C(***) - the rules of C(module_utils/opsbook_secret_names.py), shared with
+    C(opsbook run)'s own scrubber (password, passphrase, secret, token, api_key, private_key,
+    credential, dsn, database_url, webhook_url, ... and vault_*; not names ending in _file,
+    _id, _name, ...). Passwords in URLs (C(scheme://user:secret@host)) and the values in
+    C(name=value) and C(name: value) text under a secret name become C(***); the values of
+    secret variables and every vaulted value are scrubbed from messages (decrypted in memory
+    only). A failure of a C(no_log) task is recorded with the censored marker only."
   - Failure messages are redacted, then cut to 500 characters. Failures of tasks with
     C(ignore_errors) and ignored unreachable hosts are not listed; failures later handled by
     a C(rescue) section are listed (the run status still says successful).
@@ -42,6 +44,9 @@ version_added: "0.1.0"
 author:
   - opsbook maintainers
 requirements:
+  - C(module_utils/opsbook_secret_names.py) in the C(module_utils) directory beside this
+    plugin's directory (or in a configured module_utils path); without it no record is written
+    (a warning says so).
   - enabled in C(ansible.cfg) (C(callbacks_enabled = opsbook_oplog)); under ansible-runner the
     directory holding this plugin must also be in E(ANSIBLE_CALLBACK_PLUGINS), because
     ansible-runner sets that variable and it overrides C(callback_plugins) in C(ansible.cfg).
@@ -82,10 +87,12 @@ notes:
 import contextlib
 import functools
 import getpass
+import importlib.util
 import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -96,8 +103,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ansible import constants as C
 from ansible import context
 from ansible.plugins.callback import CallbackBase
+
+try:
+    from ansible.parsing.vault import VaultHelper
+except ImportError:  # ansible-core < 2.19: vaulted values are only EncryptedString objects
+    VaultHelper = None
 
 MASK = "***"
 MSG_LIMIT = 500
@@ -105,33 +118,48 @@ MAX_FAILURES = 100
 MAX_DEPTH = 32
 MIN_SECRET_LEN = 4
 COUNT_FIELDS = ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored")
-SECRET_WORDS = (
-    "password",
-    "passwd",
-    "passphrase",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "private_key",
-    "credential",
-    "database_url",
-    "dsn",
-)
 CENSORED_KEY = "censored"
 CENSORED_MARKER = (
     "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
 )
 
-_SECRET_KEY_RE = re.compile("^vault_|" + "|".join(SECRET_WORDS))
 # scheme://user:password@host -> the password runs to the last '@' of the word, so unencoded
 # '@' or '/' in a password (AWS secret keys have '/') cannot leak a tail of it.
 _URL_PASSWORD_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/?#@\"']*):([^\s\"']*)@")
-# password=secret, "token": "abc", api_key: abc (libpq keyword DSNs, JSON, YAML, CLI flags).
-_KEY_VALUE_RE = re.compile(
-    r"(?i)(\b[\w\-]*(?:" + "|".join(SECRET_WORDS) + r")[\w\-]*[\"']?\s*[=:]\s*[\"']?)"
-    r"(?!\*\*\*)([^\s\"',;&}\]]+)"
+SECRET_NAMES_FILE = "opsbook_secret_names.py"
+MISSING_RULES = (
+    f"{SECRET_NAMES_FILE} (the secret-name rules) is neither in the module_utils directory"
+    " beside this plugin's directory nor in a configured module_utils path"
 )
+
+
+def _load_secret_names() -> Any:
+    """module_utils/opsbook_secret_names.py, the secret-name rules shared with opsbook run's
+    scrubber: beside this plugin's directory (this project, or a collection's plugins/), else
+    in a configured module_utils path. None when it is nowhere (no record is then written)."""
+    here = Path(__file__).resolve().parent
+    candidates = [here.parent / "module_utils"]
+    with contextlib.suppress(Exception):
+        configured = C.config.get_config_value("DEFAULT_MODULE_UTILS_PATH") or []
+        if isinstance(configured, str):
+            configured = configured.split(os.pathsep)
+        candidates += [Path(os.path.expanduser(p)) for p in configured if p]
+    for directory in candidates:
+        path = directory / SECRET_NAMES_FILE
+        if not path.is_file():
+            continue
+        name = "_opsbook_oplog_secret_names"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    return None
+
+
+_NAMES = _load_secret_names()
 
 
 # ---------------------------------------------------------------------------
@@ -140,20 +168,23 @@ _KEY_VALUE_RE = re.compile(
 
 
 def looks_secret(key: object) -> bool:
-    """True when a mapping key names something secret (password, token, database_url, ...)."""
-    if not isinstance(key, str):
-        return False
-    return bool(_SECRET_KEY_RE.search(key.lower().replace("-", "_")))
+    """True when a mapping key names something secret (the shared secret-name rules)."""
+    if _NAMES is None:
+        return True  # no rules: nothing is recorded anyway (see CallbackModule._write)
+    return bool(_NAMES.is_secret_name(key))
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """Mask known secret values, URL passwords and secret key=value pairs in free text."""
+    """Mask known secret values, URL passwords and the values of secret name=value /
+    name: value pairs in free text."""
     try:
         for secret in sorted(set(secrets), key=len, reverse=True):
             if len(secret) >= MIN_SECRET_LEN:
                 text = text.replace(secret, MASK)
         text = _URL_PASSWORD_RE.sub(rf"\1:{MASK}@", text)
-        return _KEY_VALUE_RE.sub(rf"\1{MASK}", text)
+        if _NAMES is None:
+            return MASK
+        return str(_NAMES.redact_assignments(text, MASK))
     except Exception:
         return MASK
 
@@ -195,11 +226,22 @@ def secret_values(variables: Mapping[str, Any]) -> set[str]:
     return {value for value in found if len(value) >= MIN_SECRET_LEN and "{{" not in value}
 
 
+def _is_vaulted(value: Any) -> bool:
+    """True for a value that came out of vault-encrypted data (a whole encrypted vars file, or
+    a !vault value): Ansible tags it with its ciphertext."""
+    if VaultHelper is None:
+        return False
+    try:
+        return VaultHelper.get_ciphertext(value, with_tags=False) is not None
+    except Exception:
+        return False
+
+
 def _collect_secrets(value: Any, secret: bool, found: set[str], depth: int) -> None:
     if depth > MAX_DEPTH:
         return
     if isinstance(value, str):
-        if secret:
+        if secret or _is_vaulted(value):
             found.add(str(value))
         if "://" in value:
             found.update(_url_passwords(value))
@@ -495,7 +537,10 @@ class CallbackModule(CallbackBase):
     def _warn(self, event: str, exc: Exception) -> None:
         effect = "not written" if event == "v2_playbook_on_stats" else "incomplete"
         secrets = self._run.secrets if self._run else ()
-        detail = redact_text(f"{event}: {type(exc).__name__}: {exc}", secrets)
+        if _NAMES is None:  # nothing can be judged: say only what is missing
+            detail = MISSING_RULES
+        else:
+            detail = redact_text(f"{event}: {type(exc).__name__}: {exc}", secrets)
         self._display.warning(f"opsbook_oplog: operation log {effect}: {detail}")
 
     # -- events -------------------------------------------------------------
@@ -589,6 +634,9 @@ class CallbackModule(CallbackBase):
         interrupted: tuple[str, str] | None = None,
     ) -> None:
         assert self._run is not None
+        if _NAMES is None:
+            self._written = True  # said once
+            raise RuntimeError(MISSING_RULES)
         record = build_record(
             self._run,
             datetime.now(UTC),

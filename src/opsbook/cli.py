@@ -23,6 +23,7 @@ import yaml
 from opsbook import __version__
 from opsbook import project as _project
 from opsbook.exitcodes import EPILOG, ExitCode, OpsbookInputError
+from opsbook.secrets import is_vaulted
 
 _INT_RE = re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$")
 _BOOL_RE = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
@@ -105,6 +106,29 @@ def parse_extra_var(item: str) -> dict[str, Any]:
     return {key: parse_value(value)}
 
 
+def split_extra_vars(items: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """The -e arguments as (variables, vault files): an ``@file`` holding vault-encrypted
+    data is passed to ansible-playbook as it is (Ansible decrypts it; opsbook reads it in
+    memory only, to keep its secrets out of the artifacts); the variables of every other
+    argument win over it."""
+    variables: list[str] = []
+    vaulted: list[str] = []
+    for item in items:
+        if item.startswith("@") and _holds_vault_data(item[1:]):
+            vaulted.append(item[1:])
+        else:
+            variables.append(item)
+    return parse_extra_vars(variables), vaulted
+
+
+def _holds_vault_data(path_text: str) -> bool:
+    try:
+        text = Path(path_text).expanduser().read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False  # parse_extra_var says why
+    return is_vaulted(text)
+
+
 def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:
     """All -e arguments, later ones overriding earlier ones (as in Ansible)."""
     merged: dict[str, Any] = {}
@@ -156,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-e", "--extra-vars", dest="extra_vars", action="append", default=[], metavar="VARS",
         help="key=value (3 -> int, true/false, null; else a string), @file.yml "
-        "or {yaml: mapping}; repeatable",
+        "(vault-encrypted too) or {yaml: mapping}; repeatable",
     )  # fmt: skip
     run.add_argument(
         "--check", action="store_true", help="dry run: Ansible check mode, nothing changed"
@@ -193,7 +217,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from opsbook.progress import Progress, render_summary
     from opsbook.runner import RunbookRunner
 
-    extravars = parse_extra_vars(args.extra_vars)
+    extravars, vault_files = split_extra_vars(args.extra_vars)
     runner = RunbookRunner()
     plan = runner.plan(
         args.runbook,
@@ -205,6 +229,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         reason=args.reason,
         vault_password_file=args.vault_password_file,
         verbosity=min(args.verbose, 6),
+        extravars_files=vault_files,
     )
     redact = runner.scrubber(plan).redact
     for warning in plan.warnings:

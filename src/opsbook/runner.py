@@ -19,7 +19,11 @@ How secrets are kept off disk (see also :mod:`opsbook.secrets`):
   ``job_events/``; the ``stdout`` artifact is rebuilt from the redacted events;
 - afterwards ``env/`` is removed and every file under the private data
   directory is redacted, then scanned again: a file still holding a secret is
-  deleted.
+  deleted;
+- what is redacted: values under secret names (the rules shared with the
+  operation log), DSN passwords, the vault password, and every value of the
+  vault data the run reads (the inventory's, ``-e @file``'s), decrypted in
+  memory with the vault password file, never written anywhere.
 
 Where opsbook corrects ansible-runner's defaults: this interpreter's bin dir
 leads PATH (ansible-playbook of the same install); the project's
@@ -57,10 +61,12 @@ from typing import IO, Any
 from opsbook import project as _project
 from opsbook.exitcodes import OpsbookInputError, exit_code_for
 from opsbook.secrets import (
+    Decrypt,
     Scrubber,
     secrets_in_env,
     secrets_in_inventory,
     secrets_in_vars,
+    secrets_in_vars_file,
 )
 
 log = logging.getLogger("opsbook")
@@ -169,11 +175,15 @@ class RunPlan:
     limit: str | None
     timeout: int | None
     vault_password_file: Path | None
-    secrets: frozenset[str]
+    #: every value to keep out of artifacts (never in the plan's repr)
+    secrets: frozenset[str] = field(repr=False)
     envvars: dict[str, str]
     verbosity: int
-    #: -e names the runbook does not declare, with the closest declared name (warned, not refused)
+    #: -e names the runbook does not declare, with the closest declared name (warned, not
+    #: refused); vault data opsbook could not decrypt (its secrets unknown to the scrubber)
     warnings: tuple[str, ...] = ()
+    #: vars files (-e @file) passed to ansible-playbook as they are: they hold vault data
+    extravars_files: tuple[Path, ...] = ()
 
 
 # --- pure helpers --------------------------------------------------------------------
@@ -239,6 +249,19 @@ def validate_extravars(extravars: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(extravars)
 
 
+def validate_extravars_files(files: Iterable[str | os.PathLike[str]]) -> tuple[Path, ...]:
+    """Vars files for ``-e @file``, as absolute paths; OpsbookInputError unless each is a file."""
+    if isinstance(files, str | os.PathLike):
+        raise OpsbookInputError("-e", "extra vars files must be a list of paths, not one path")
+    paths = []
+    for item in files:
+        path = Path(item).expanduser().resolve()
+        if not path.is_file():
+            raise OpsbookInputError("-e", f"vars file {path} does not exist")
+        paths.append(path)
+    return tuple(paths)
+
+
 def validate_timeout(timeout: float | None) -> int | None:
     """Whole seconds (rounded up), or None for no timeout."""
     if timeout is None:
@@ -292,6 +315,50 @@ def vault_password(path: Path | None) -> set[str]:
     except OSError:
         return set()
     return {value} if value else set()
+
+
+def configured_vault_password_file(project: Path, environ: Mapping[str, str]) -> Path | None:
+    """``vault_password_file`` of the project's ansible.cfg ([defaults]), when it exists:
+    ansible-playbook reads it by itself, opsbook reads it to know the vault's secrets."""
+    cfg_path = Path(environ.get("ANSIBLE_CONFIG") or project / "ansible.cfg")
+    parser = configparser.ConfigParser(
+        interpolation=None, strict=False, inline_comment_prefixes=(";",)
+    )
+    try:
+        parser.read(cfg_path, encoding="utf-8")
+        value = parser.get("defaults", "vault_password_file", fallback="").strip()
+    except (configparser.Error, OSError):
+        return None
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else cfg_path.parent / path
+    return path.resolve() if path.is_file() else None
+
+
+def vault_decryptor(path: Path | None) -> tuple[Decrypt | None, set[str]]:
+    """A function decrypting vault text with the vault password file ``path`` (a plain file
+    or a password script, read the way ansible-playbook reads it), and the vault password
+    itself (a secret too). Decryption happens in memory only; nothing is written.
+    ``(None, set())`` without a file or when it cannot be read."""
+    if path is None:
+        return None, set()
+    try:
+        from ansible.parsing.dataloader import DataLoader  # here: `import opsbook` stays cheap
+        from ansible.parsing.vault import VaultLib, get_file_vault_secret
+
+        secret = get_file_vault_secret(filename=str(path), vault_id="default", loader=DataLoader())
+        secret.load()
+    except Exception:  # a missing file is refused earlier; a failing script: no decryption
+        log.debug("opsbook: the vault password file %s could not be read", path)
+        return None, set()
+    vault = VaultLib([("default", secret)])
+    password = (secret.bytes or b"").decode("utf-8", errors="replace").strip()
+
+    def decrypt(vaulttext: bytes) -> bytes:
+        return bytes(vault.decrypt(vaulttext))
+
+    return decrypt, {password} if password else set()
 
 
 def configured_callback_dirs(project: Path, environ: Mapping[str, str]) -> list[str]:
@@ -698,8 +765,14 @@ class RunbookRunner:
         vault_password_file: str | os.PathLike[str] | None = None,
         envvars: Mapping[str, str] | None = None,
         verbosity: int = 0,
+        extravars_files: Iterable[str | os.PathLike[str]] = (),
     ) -> RunPlan:
-        """Validate every input; raises OpsbookInputError. No side effect."""
+        """Validate every input; raises OpsbookInputError. No side effect (a vault password
+        script is run, as ansible-playbook will run it, to know the vault's secrets).
+
+        ``extravars_files``: vars files passed to ansible-playbook as ``-e @file``, as they
+        are - for vault-encrypted ones (decrypted by Ansible; opsbook decrypts them in memory
+        only, to know their secrets). They come before ``extravars`` (which win)."""
         book = _project.resolve_runbook(self.project_dir, runbook)
         inventory = _project.resolve_env(self.inventory_root, env)
         variables = validate_extravars(extravars)
@@ -717,13 +790,22 @@ class RunbookRunner:
         if _project.known_inputs(self.project_dir, book.name) is not None:
             # said here, before the run: the runbook's preflight need not say it again
             extra_env[_project.INPUT_WARNINGS_SHOWN_ENV] = "1"
+        files = validate_extravars_files(extravars_files)
+        decrypt, vault_secret = vault_decryptor(
+            vault_file or configured_vault_password_file(self.project_dir, os.environ)
+        )
+        problems: list[str] = []
         known = (
             set(secrets)
             | secrets_in_vars(variables)
-            | secrets_in_inventory(inventory)
+            | secrets_in_inventory(inventory, decrypt, problems)
             | secrets_in_env(extra_env)
             | vault_password(vault_file)
+            | vault_secret
         )
+        for path in files:
+            known |= secrets_in_vars_file(path, decrypt, problems)
+        warnings += problems
         return RunPlan(
             runbook=book,
             env=env,
@@ -737,6 +819,7 @@ class RunbookRunner:
             envvars=extra_env,
             verbosity=verbosity,
             warnings=tuple(warnings),
+            extravars_files=files,
         )
 
     # execution -----------------------------------------------------------------------
@@ -756,6 +839,7 @@ class RunbookRunner:
         cancel_callback: CancelCallback | None = None,
         envvars: Mapping[str, str] | None = None,
         verbosity: int = 0,
+        extravars_files: Iterable[str | os.PathLike[str]] = (),
     ) -> RunResult:
         """Validate, then run ``playbooks/<runbook>.yml`` against environment ``env``.
 
@@ -776,6 +860,7 @@ class RunbookRunner:
             vault_password_file=vault_password_file,
             envvars=envvars,
             verbosity=verbosity,
+            extravars_files=extravars_files,
         )
         return self.execute(plan, event_handler=event_handler, cancel_callback=cancel_callback)
 
@@ -865,6 +950,8 @@ class RunbookRunner:
             args.append("--check")
         if plan.vault_password_file is not None:
             args += ["--vault-password-file", str(plan.vault_password_file)]
+        for path in plan.extravars_files:  # before runner's -e @env/extravars: those win
+            args += ["-e", f"@{path}"]
         return shlex.join(args) if args else None
 
     def _run_ansible(self, plan: RunPlan, run: _Run) -> tuple[str, int | None]:
@@ -1058,6 +1145,7 @@ def run(
     inventory_root: str | os.PathLike[str] | None = None,
     envvars: Mapping[str, str] | None = None,
     verbosity: int = 0,
+    extravars_files: Iterable[str | os.PathLike[str]] = (),
 ) -> RunResult:
     """Run runbook ``runbook`` against environment ``env`` and return a RunResult.
 
@@ -1066,8 +1154,10 @@ def run(
 
     Bad input raises OpsbookInputError before anything runs. ``secrets`` lists
     extra values to keep out of artifacts and events (values of extra vars with
-    secret-looking names, DSN passwords, plaintext inventory secrets, the vault
-    password and secret-looking environment variables are found automatically).
+    secret-looking names, DSN passwords, inventory secrets - vault-encrypted ones
+    decrypted in memory with the vault password file -, the vault password and
+    secret-looking environment variables are found automatically).
+    ``extravars_files`` are passed as ``-e @file`` (vault-encrypted vars files).
     """
     runner = RunbookRunner(project_dir, inventory_root=inventory_root)
     return runner.run(
@@ -1084,4 +1174,5 @@ def run(
         cancel_callback=cancel_callback,
         envvars=envvars,
         verbosity=verbosity,
+        extravars_files=extravars_files,
     )

@@ -1,9 +1,16 @@
 """Keeping secret values out of run artifacts and out of the terminal.
 
 Pure logic, no Ansible: which values are secret (by the name they are stored
-under, or because they are the password of a DSN), and a :class:`Scrubber` that
-redacts them from text, from nested data (runner events) and from every file of
-a directory tree, then verifies by a second scan that none is left.
+under - the rules shared with the operation log, ``module_utils/opsbook_secret_names.py`` -
+or because they are the password of a DSN, or because they were vault-encrypted), and a
+:class:`Scrubber` that redacts them from text, from nested data (runner events) and from
+every file of a directory tree, then verifies by a second scan that none is left.
+
+Vault-encrypted data (a whole file, or ``!vault`` values) is decrypted by a ``decrypt``
+function the caller gives (the runner builds it from the vault password file with Ansible's
+own vault code), in memory only: the plaintext is parsed and its values kept as secrets;
+nothing decrypted is ever written. Every value of an encrypted file is a secret, whatever its
+name (numbers only under a secret name).
 
 A secret is redacted in the forms it takes on disk: as is, JSON-escaped (once
 and twice: runner events embed Ansible's JSON output), YAML single-quoted and
@@ -19,7 +26,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,19 +34,32 @@ from urllib.parse import quote, unquote
 
 import yaml
 
+from opsbook._secret_names import is_secret_name
+
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "REDACTED",
+    "Decrypt",
+    "ScrubReport",
+    "Scrubber",
+    "dsn_passwords",
+    "is_secret_name",
+    "is_vaulted",
+    "secret_forms",
+    "secrets_in_env",
+    "secrets_in_inventory",
+    "secrets_in_vars",
+    "secrets_in_vars_file",
+]
+
 REDACTED = "********"
 MIN_SECRET_LENGTH = 4
 
-# Names under which secrets are stored (variables, environment variables).
-_SECRET_NAME_RE = re.compile(
-    r"passw(or)?d|passphrase|secret|token|credential|private|api_?key|apikey|dsn"
-    r"|database_url|(^|[_.-])pass($|[_.-])|(^|[_.-])keys?($|[_.-])",
-)
-# ...unless the name says the value is only about a secret (a path, an id, a size...).
-_NOT_SECRET_SUFFIX_RE = re.compile(
-    r"[_.-](file|path|dir|id|name|names|length|len|size|bits|type|mode|enabled|ttl"
-    r"|count|format|algorithm|policy|expiry|expires|age|logging|label)$"
-)
+#: Decrypts vault text (``$ANSIBLE_VAULT;...``) to its plaintext; raises when it cannot.
+Decrypt = Callable[[bytes], bytes]
+
+_VAULT_HEADER = b"$ANSIBLE_VAULT;"
+_VAULT_TAG = re.compile(r"!vault\b")
 
 # scheme://user:PASSWORD@host  (the password: up to '@', no blanks, quotes or '/').
 _URL_DSN = r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"<>]*:)([^\s@/'\"<>]+)(?=@)"
@@ -53,18 +73,6 @@ _KEYWORD_DSN_BYTES = re.compile(_KEYWORD_DSN.encode(), re.IGNORECASE)
 
 _MAX_INVENTORY_FILE = 1024 * 1024
 _INI_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(\"[^\"]*\"|'[^']*'|\S+)")
-
-
-def is_secret_name(name: str) -> bool:
-    """True when a variable or environment variable called ``name`` holds a secret.
-
-    >>> is_secret_name("database_url"), is_secret_name("AWS_SECRET_ACCESS_KEY")
-    (True, True)
-    >>> is_secret_name("ansible_ssh_private_key_file"), is_secret_name("monkey")
-    (False, False)
-    """
-    lowered = name.lower()
-    return bool(_SECRET_NAME_RE.search(lowered)) and not _NOT_SECRET_SUFFIX_RE.search(lowered)
 
 
 def dsn_passwords(text: str) -> set[str]:
@@ -106,13 +114,28 @@ def secrets_in_env(environ: Mapping[str, str]) -> set[str]:
     return secrets_in_vars(dict(environ))
 
 
+def is_vaulted(text: str) -> bool:
+    """True when ``text`` (a vars file) holds vault-encrypted data: the whole of it, or
+    ``!vault`` values."""
+    return text.lstrip().startswith(_VAULT_HEADER.decode()) or bool(_VAULT_TAG.search(text))
+
+
+class _Vaulted(str):
+    """The ciphertext of a ``!vault`` value, as the loader found it (not decrypted yet)."""
+
+    __slots__ = ()
+
+
 class _TolerantLoader(yaml.SafeLoader):
-    """Safe YAML loader that accepts Ansible tags (``!vault`` -> None, others -> plain)."""
+    """Safe YAML loader that accepts Ansible tags (``!vault`` -> :class:`_Vaulted`, others
+    -> plain)."""
 
 
 def _ansible_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
     if suffix == "vault":
-        return None
+        return (
+            _Vaulted(loader.construct_scalar(node)) if isinstance(node, yaml.ScalarNode) else None
+        )
     if isinstance(node, yaml.ScalarNode):
         return loader.construct_scalar(node)
     if isinstance(node, yaml.SequenceNode):
@@ -123,28 +146,117 @@ def _ansible_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
 _TolerantLoader.add_multi_constructor("!", _ansible_tag)
 
 
-def _secrets_in_inventory_file(path: Path) -> set[str]:
+class _VaultReader:
+    """Decrypts what one file holds, in memory, and remembers what went wrong (no secret in
+    the messages)."""
+
+    def __init__(self, path: Path, decrypt: Decrypt | None, problems: list[str] | None) -> None:
+        self.path = path
+        self.decrypt = decrypt
+        self.problems = problems
+        self.plaintexts: set[str] = set()
+
+    def _problem(self, what: str) -> None:
+        message = f"{self.path}: {what}: its secrets are unknown to opsbook's scrubber"
+        if self.problems is not None and message not in self.problems:
+            self.problems.append(message)
+
+    def open(self, vaulttext: str) -> str | None:
+        """The plaintext of vault text; None (and a problem noted) when it cannot be read."""
+        if self.decrypt is None:
+            self._problem("vault-encrypted, and no vault password file was given")
+            return None
+        try:
+            plain = self.decrypt(vaulttext.encode("utf-8")).decode("utf-8", errors="replace")
+        except Exception:  # never show why: the message could quote what it was given
+            self._problem("vault-encrypted, and the vault password file does not open it")
+            return None
+        return plain
+
+    def reveal(self, data: Any) -> Any:
+        """``data`` with each ``!vault`` value replaced by its plaintext (kept as a secret)."""
+        if isinstance(data, _Vaulted):
+            plain = self.open(str(data))
+            if plain is not None:
+                self.plaintexts.add(plain)
+            return plain
+        if isinstance(data, Mapping):
+            return {key: self.reveal(value) for key, value in data.items()}
+        if isinstance(data, list | tuple):
+            return [self.reveal(item) for item in data]
+        return data
+
+
+def _strings_in(data: Any) -> set[str]:
+    """Every string value (not the keys) of nested data."""
+    if isinstance(data, str):
+        return {data}
+    if isinstance(data, Mapping):
+        items: Iterable[Any] = data.values()
+    elif isinstance(data, list | tuple):
+        items = data
+    else:
+        return set()
+    found: set[str] = set()
+    for item in items:
+        found |= _strings_in(item)
+    return found
+
+
+def _parse_vars(text: str, yaml_first: bool) -> Any:
+    """A vars file's data: YAML/JSON, or ``name=value`` pairs (an INI hosts file)."""
+    if yaml_first:
+        try:
+            data = yaml.load(text, Loader=_TolerantLoader)
+        except yaml.YAMLError:
+            data = None
+        if isinstance(data, Mapping | list):
+            return data
+    return {name: value.strip("'\"") for name, value in _INI_ASSIGNMENT.findall(text)}
+
+
+def secrets_in_vars_file(
+    path: Path,
+    decrypt: Decrypt | None = None,
+    problems: list[str] | None = None,
+    *,
+    max_size: int = _MAX_INVENTORY_FILE,
+) -> set[str]:
+    """Secret values of one vars or inventory file: those under secret names and DSN
+    passwords in clear text, and - decrypted in memory with ``decrypt`` - every value of a
+    vault-encrypted file and every ``!vault`` value. What cannot be decrypted is noted in
+    ``problems``. Executable files (dynamic inventory scripts) are never run."""
+    path = Path(path)
     try:
-        if path.stat().st_size > _MAX_INVENTORY_FILE or os.access(path, os.X_OK):
+        if path.stat().st_size > max_size or os.access(path, os.X_OK):
             return set()  # too big to be vars, or a dynamic inventory script: never run it
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return set()
-    if text.startswith("$ANSIBLE_VAULT"):
-        return set()  # encrypted as a whole: nothing in clear to look for
-    if path.suffix in {".yml", ".yaml", ".json"}:
-        try:
-            return secrets_in_vars(yaml.load(text, Loader=_TolerantLoader))
-        except yaml.YAMLError:
+    reader = _VaultReader(path, decrypt, problems)
+    encrypted_file = text.lstrip().startswith(_VAULT_HEADER.decode())
+    if encrypted_file:
+        plain = reader.open(text)
+        if plain is None:
             return set()
-    pairs = {name: value.strip("'\"") for name, value in _INI_ASSIGNMENT.findall(text)}
-    return secrets_in_vars(pairs)
+        data = _parse_vars(plain, yaml_first=True)
+    else:
+        data = _parse_vars(text, yaml_first=path.suffix in {".yml", ".yaml", ".json"})
+    data = reader.reveal(data)
+    found = secrets_in_vars(data) | reader.plaintexts
+    for plain in reader.plaintexts:
+        found |= dsn_passwords(plain)
+    if encrypted_file:  # everything in an encrypted file is secret, whatever its name
+        found |= {value for value in _strings_in(data) if not _is_template(value)}
+    return {value for value in found if len(value) >= MIN_SECRET_LENGTH}
 
 
-def secrets_in_inventory(inventory: Path) -> set[str]:
-    """Secret values stored in clear in an inventory directory (hosts files,
-    ``group_vars``, ``host_vars``). Vault-encrypted data is skipped; dynamic
-    inventory scripts are never executed."""
+def secrets_in_inventory(
+    inventory: Path, decrypt: Decrypt | None = None, problems: list[str] | None = None
+) -> set[str]:
+    """Secret values of an inventory directory (hosts files, ``group_vars``, ``host_vars``):
+    see :func:`secrets_in_vars_file`; hidden files are skipped; dynamic inventory scripts are
+    never executed."""
     inventory = Path(inventory)
     files = (
         [inventory]
@@ -153,8 +265,10 @@ def secrets_in_inventory(inventory: Path) -> set[str]:
     )
     found: set[str] = set()
     for path in files:
-        if not any(part.startswith(".") for part in path.relative_to(inventory).parts):
-            found |= _secrets_in_inventory_file(path)
+        if inventory.is_file() or not any(
+            part.startswith(".") for part in path.relative_to(inventory).parts
+        ):
+            found |= secrets_in_vars_file(path, decrypt, problems)
     return found
 
 

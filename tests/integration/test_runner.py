@@ -587,6 +587,9 @@ def test_real_oplog_records_the_run(
     (real / "callback_plugins").mkdir(parents=True)
     (real / "ansible.cfg").write_text((REPO / "ansible.cfg").read_text())
     (real / "callback_plugins" / "opsbook_oplog.py").write_text(plugin.read_text())
+    rules = REPO / "module_utils" / "opsbook_secret_names.py"  # the plugin's secret-name rules
+    (real / "module_utils").mkdir()
+    (real / "module_utils" / rules.name).write_text(rules.read_text())
     (real / "playbooks").mkdir()
     (real / "playbooks" / "ok.yml").write_text(PLAYBOOKS["ok"])
     oplog = tmp_path / "oplog.jsonl"
