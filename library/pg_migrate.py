@@ -1211,6 +1211,7 @@ class Migrator:
         self.schema = "public"
         self.lock = {"key": self.params["lock_key"], "waited_ms": 0, "holder": None}
         self.locked = False
+        self.committing = False  # at a migration's COMMIT: a lost connection leaves it unknown
         self.warnings: list[str] = []
         self.database: str | None = None
         self.user = ""
@@ -1480,7 +1481,9 @@ class Migrator:
                 self.run_transactional(script)
                 ms = int((time.monotonic() - started) * 1000)
                 self.record_success(migration, prisma_id, started_at, ms)
+                self.committing = True
                 self.conn.execute("COMMIT")
+                self.committing = False
             except MigrationFailed as failure:
                 self.conn.execute("ROLLBACK")
                 self.record_failure(migration, prisma_id, started_at, failure, insert=True)
@@ -1589,7 +1592,9 @@ class Migrator:
             try:
                 self.run_transactional(script)
                 self.mark_reverted(migration)
+                self.committing = True
                 self.conn.execute("COMMIT")
+                self.committing = False
             except MigrationFailed:
                 self.conn.execute("ROLLBACK")
                 raise
@@ -1897,6 +1902,46 @@ class Run:
         return (
             f"{what} during {kind} {script.label}: {state}; {done}; the advisory lock was "
             "released"
+        )
+
+    def lost_msg(self, exc: BaseException) -> str | None:
+        """What a connection lost mid-run (the server went away) left, or None when the
+        connection is fine. The server rolls back what was not committed; a transactional
+        migration commits together with its record, so it is all or nothing."""
+        if self.m.conn is None or not getattr(self.m.conn, "broken", False):
+            return None
+        first = exc
+        while first.__context__ is not None:  # a ROLLBACK on the dead connection came after
+            first = first.__context__
+        what = f"the connection to the database server was lost ({self.m.safe(first)})"
+        applied = [str(a["version"]) for a in self.result["applied"] + self.result["reverted"]]
+        done = (
+            f"done before it in this run (committed): {', '.join(applied)}"
+            if applied
+            else "nothing was done before it in this run"
+        )
+        if self.running is None:
+            return f"{what}; {done}; the advisory lock went with the session"
+        migration, script = self.running
+        kind = "down migration" if script is migration.down else "migration"
+        if not script.transactional:
+            state = (
+                "it runs outside a transaction: its statements up to the loss stay applied and "
+                "it is recorded as running - look at the database, then action=resolve"
+            )
+        elif self.m.committing:
+            state = (
+                "the connection broke at its COMMIT: it is either applied and recorded or "
+                "neither (one transaction) - action=status tells which"
+            )
+        else:
+            state = (
+                "it was never committed: nothing of it is applied or recorded (one "
+                "transaction), and the next run runs it again"
+            )
+        return (
+            f"{what} during {kind} {script.label}: {state}; {done}; the advisory lock went "
+            "with the session"
         )
 
     def failure_msg(
@@ -2226,9 +2271,10 @@ def main() -> None:
             module.warn(warning)
         module.fail_json(msg=f"pg_migrate: {exc}", changed=changed, **data)
     except Exception as exc:
+        what = run.lost_msg(exc) or f"unexpected error: {run.m.safe(exc)}"
         close_quietly(run.m.conn)
         module.fail_json(
-            msg=f"pg_migrate: unexpected error: {run.m.safe(exc)}",
+            msg=f"pg_migrate: {what}",
             changed=bool(run.result.get("applied") or run.result.get("reverted")),
             exception=run.m.safe(RuntimeError(traceback.format_exc())),
         )

@@ -1305,8 +1305,10 @@ class RunState:
 
     globals_applied: bool = False
     scratch_created: bool = False
+    scratch_marked: bool = False  # COMMENT opsbook:restore-scratch: a later restore drops it
     scratch_dropped: bool = False
     scratch_drop_error: str | None = None
+    server_gone: str | None = None  # the cleanup could not connect: why (the server went away)
     target_blocked: bool = False  # ALLOW_CONNECTIONS false, set on the target by this run
     target_allowconn: bool = True
     swapped: bool = False
@@ -1427,6 +1429,11 @@ class RestoreRun:
             reason = self.describe(exc)
             with signals_held():
                 self.cleanup_failed()
+            if self.state.server_gone:
+                reason = (
+                    "the database server went away during the restore (it no longer accepts "
+                    f"connections: {self.state.server_gone}): {reason}"
+                )
             raise RestoreError(f"{reason}; {self.left_as()}") from None
         finally:
             with signals_held():
@@ -1753,6 +1760,7 @@ class RestoreRun:
                 create_database(cur, self.scratch, self.owner)
                 self.state.scratch_created = True
                 comment_database(cur, self.scratch, scratch_mark(datetime.now(UTC), self.backup_id))
+                self.state.scratch_marked = True
             env, conninfo = self.client_env(self.scratch)
             params = self.params
             restore_argv = pg_restore_argv(
@@ -1979,6 +1987,9 @@ class RestoreRun:
             with self.cursor() as cur:
                 drop_database(cur, self.scratch, self.server_major)
             state.scratch_dropped = True
+        except PgConnectError as exc:  # it answered before: the server went away
+            state.server_gone = str(exc).removeprefix("connection failed: ")
+            state.scratch_drop_error = "the server is gone"
         except Exception as exc:
             state.scratch_drop_error = safe_error(exc, self.dsn)
 
@@ -1995,10 +2006,19 @@ class RestoreRun:
                 parts.append(f"the half-restored database {self.scratch!r} was kept (keep_failed)")
             elif state.scratch_dropped:
                 parts.append(f"the half-restored database {self.scratch!r} was dropped")
+            elif state.scratch_marked:
+                parts.append(
+                    f"the half-restored database {self.scratch!r} could not be dropped "
+                    f"({state.scratch_drop_error}); it is marked as opsbook's scratch work: the "
+                    "next restore drops it once no session uses it and it is "
+                    f"{self.params['stale_after_minutes']} minutes old (stale_after_minutes), "
+                    f'or drop it by hand (DROP DATABASE "{self.scratch}")'
+                )
             else:
                 parts.append(
                     f"the half-restored database {self.scratch!r} could not be dropped "
-                    f"({state.scratch_drop_error}): drop it by hand"
+                    f"({state.scratch_drop_error}): drop it by hand "
+                    f'(DROP DATABASE "{self.scratch}")'
                 )
         if self.mode == "replace":
             parts.append(
