@@ -111,6 +111,10 @@ try:
     from ansible.parsing.vault import VaultHelper
 except ImportError:  # ansible-core < 2.19: vaulted values are only EncryptedString objects
     VaultHelper = None
+try:  # where a value was loaded from (ansible-core's data tagging, 2.19+; no public accessor)
+    from ansible._internal._datatag._tags import Origin as _Origin
+except ImportError:
+    _Origin = None
 
 MASK = "***"
 MSG_LIMIT = 500
@@ -227,13 +231,27 @@ def secret_values(variables: Mapping[str, Any]) -> set[str]:
 
 
 def _is_vaulted(value: Any) -> bool:
-    """True for a value that came out of vault-encrypted data (a whole encrypted vars file, or
-    a !vault value): Ansible tags it with its ciphertext."""
-    if VaultHelper is None:
-        return False
+    """True for a value that came out of vault-encrypted data: a !vault value (Ansible tags it
+    with its ciphertext), or any value of a vars file encrypted as a whole (its origin is that
+    file: every value of an encrypted file is a secret, whatever its name)."""
+    with contextlib.suppress(Exception):
+        if VaultHelper is not None and VaultHelper.get_ciphertext(value, with_tags=False):
+            return True
+    with contextlib.suppress(Exception):
+        origin = _Origin.get_tag(value) if _Origin is not None else None
+        path = getattr(origin, "path", None)
+        return bool(path) and _is_vault_file(str(path))
+    return False
+
+
+@functools.lru_cache(maxsize=256)
+def _is_vault_file(path: str) -> bool:
+    """True when the file at path is vault-encrypted as a whole."""
+    header = b"$ANSIBLE_VAULT;"
     try:
-        return VaultHelper.get_ciphertext(value, with_tags=False) is not None
-    except Exception:
+        with open(path, "rb") as handle:
+            return handle.read(len(header)) == header
+    except OSError:
         return False
 
 

@@ -203,3 +203,23 @@ def test_cli_passes_vaulted_vars_files_as_they_are(tmp_path: Path) -> None:
 
     assert variables == {"b": 2, "c": 3}
     assert files == [str(vaulted), str(tagged)]
+
+
+# --- the operation log's side ----------------------------------------------------------
+def test_oplog_knows_every_value_of_an_encrypted_vars_file(tmp_path: Path) -> None:
+    """Ansible tags each value with the file it was loaded from: a value of an encrypted file
+    is secret whatever its name (a !vault value carries its ciphertext: both are checked)."""
+    from ansible._internal._datatag._tags import Origin
+
+    from tests.loaders import load_plugin
+
+    oplog = load_plugin("callback_plugins", "opsbook_oplog")
+    encrypted = tmp_path / "vault.yml"
+    encrypted.write_text(encrypt("deploy_region: eu-central-9\n"))
+    clear = tmp_path / "vars.yml"
+    clear.write_text("deploy_zone: eu-central-9b\n")
+    variables = {
+        "deploy_region": Origin(path=str(encrypted), line_num=1).tag("eu-central-9"),
+        "deploy_zone": Origin(path=str(clear), line_num=1).tag("eu-central-9b"),
+    }
+    assert oplog.secret_values(variables) == {"eu-central-9"}
