@@ -732,7 +732,6 @@ def test_prisma_schema_from_the_dsn(new_db: Callable[..., str], tmp_path: Path) 
     assert query(dsn, "SELECT to_regclass('public._prisma_migrations')") == [(None,)]
 
 
-
 # ------------------------------------------------------------------ the playbook
 
 
@@ -797,7 +796,11 @@ def test_playbook_status_apply_check_and_production_down(
     assert dsn.split("@")[0].split(":")[-1] not in applied.output  # the password never shows
 
     # production: a down needs the typed confirmation; a wrong one is refused too
-    for extra in ({}, {"confirm": "app"}):
+    no_confirm = f"opsbook_env is production: down on database {database} needs the typed"
+    for extra, refusal in (
+        ({}, f"{no_confirm} confirmation"),
+        ({"confirm": "app"}, f"confirm (app) does not equal the name of the database ({database})"),
+    ):
         refused = run_with_stats(
             run_playbook,
             tmp_path,
@@ -812,9 +815,9 @@ def test_playbook_status_apply_check_and_production_down(
         )
         assert refused.rc != 0
         assert (
-            "needs the typed confirmation" in refused.output or "does not equal" in refused.output
-        )
-        assert f"-e confirm={database}" in refused.output
+            f"Migration refused: {refusal}: re-run with -e confirm={database} to go ahead. "
+            "Nothing was changed."
+        ) in refused.output
     assert all(r["status"] == "applied" for r in numbered_rows(dsn).values())
 
     down = run_with_stats(
