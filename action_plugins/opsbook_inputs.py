@@ -65,7 +65,16 @@ OPTION_KEYS = frozenset(
 )
 RULE_KEYS = ("required_if", "required_together", "required_one_of", "mutually_exclusive")
 DECLARATION_KEYS = frozenset(
-    {"runbook", "description", "options", "rules", "inventory", "role_inputs", "include"}
+    {
+        "runbook",
+        "description",
+        "options",
+        "rules",
+        "inventory",
+        "role_inputs",
+        "role_input_limits",
+        "include",
+    }
 )
 TYPES = ("str", "int", "float", "bool", "list", "dict", "raw", "path", "count_or_percent")
 _SECRET_NAME = re.compile(r"password|passwd|secret|token|credential|private_key|api_key", re.I)
@@ -151,6 +160,12 @@ def declaration_problems(declaration: Mapping[str, Any]) -> list[str]:
     for key in ("role_inputs", "include"):
         if not isinstance(declaration.get(key) or [], list):
             problems.append(f"{key} must be a list")
+    limits = declaration.get("role_input_limits") or {}
+    if not isinstance(limits, dict) or any(
+        not isinstance(limit, dict) or not limit or any(k not in ("min", "max") for k in limit)
+        for limit in limits.values()
+    ):
+        problems.append("role_input_limits must map role input names to {min, max}")
     return problems
 
 
@@ -359,9 +374,12 @@ def check_rules(rules: Mapping[str, Any], values: Mapping[str, Any]) -> list[str
 
 
 def check_role_inputs(
-    role_specs: Mapping[str, Mapping[str, Any]], given: Mapping[str, Any]
+    role_specs: Mapping[str, Mapping[str, Any]],
+    given: Mapping[str, Any],
+    limits: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[str]:
-    """Role inputs given with -e, against the role's own argument spec (types and choices)."""
+    """Role inputs given with -e, against the role's own argument spec (types and choices)
+    and the ranges declared in role_input_limits (an argument spec cannot say them)."""
     problems = []
     for name, value in sorted(given.items()):
         spec = role_specs.get(name)
@@ -369,16 +387,27 @@ def check_role_inputs(
             continue
         slim = {k: spec[k] for k in ("type", "elements", "options", "choices") if k in spec}
         checked = ArgumentSpecValidator({name: slim}).validate({name: value})
+        limit = dict((limits or {}).get(name) or {})
         if checked.error_messages:
-            what = (
-                "one of " + ", ".join(map(str, spec["choices"]))
-                if spec.get("choices")
-                else accepts({"type": spec.get("type", "str"), "elements": spec.get("elements")})
+            problem = "is not valid"
+        elif limit and not isinstance(checked.validated_parameters[name], bool):
+            number = checked.validated_parameters[name]
+            low, high = limit.get("min"), limit.get("max")
+            if (low is None or number >= low) and (high is None or number <= high):
+                continue
+            problem = "is out of range"
+        else:
+            continue
+        what = (
+            "one of " + ", ".join(map(str, spec["choices"]))
+            if spec.get("choices")
+            else accepts(
+                {"type": spec.get("type", "str"), "elements": spec.get("elements"), **limit}
             )
-            problems.append(
-                f"{name}={shown(name, value, spec)} is not valid: the role input {name} takes "
-                f"{what}"
-            )
+        )
+        problems.append(
+            f"{name}={shown(name, value, spec)} {problem}: the role input {name} takes {what}"
+        )
     return problems
 
 
@@ -551,7 +580,11 @@ class ActionModule(ActionBase):
                     continue
                 except Exception as exc:
                     problems.append(f"{name} cannot be evaluated: {exc}")
-        problems += check_role_inputs(role_specs, role_given)
+        limits = {
+            **(common.get("role_input_limits") or {}),
+            **(declaration.get("role_input_limits") or {}),
+        }
+        problems += check_role_inputs(role_specs, role_given, limits)
 
         hostvars = task_vars.get("hostvars")
 

@@ -31,8 +31,10 @@ description:
     hold, and C(groups), C(group: [names]) - the group must hold a host and each host those
     names (or C(group: {vars: [names], optional: true}) for a group that may be empty);
     C(role_inputs) - roles whose inputs may be given with C(-e), checked against the
-    role's C(meta/argument_specs.yml); C(include) - runbooks whose inputs this one accepts
-    too (C(tour)). C(common.yml) declares what every runbook accepts (C(opsbook_reason))."
+    role's C(meta/argument_specs.yml); C(role_input_limits) - C(name: {min, max}), the ranges
+    of role inputs (an argument spec cannot say one), checked wherever the role's inputs are
+    taken; C(include) - runbooks whose inputs this one accepts too (C(tour)). C(common.yml)
+    declares what every runbook accepts (C(opsbook_reason)) and the ranges of role inputs."
   - "Extra-var names the runbook does not know are B(warned about), with the closest known
     name (C(-e data_fix_verify_sql) - did you mean data_fix_verify?). A warning and not a
     refusal: AWX passes extra vars of its own (C(awx_*), C(tower_*)) to every job. Only the

@@ -1218,6 +1218,7 @@ class FileWriter(Writer):
         self.result = None
         self._where = f"{storage.url}/{key}"
         self.path = storage.root / key
+        self._storage = storage
         self._state = "open"
         try:
             _makedirs_private(self.path.parent)
@@ -1280,6 +1281,7 @@ class FileWriter(Writer):
             raise StorageError(
                 f"{self._where}: cannot remove the temporary file {self.temp_path}: {exc.strerror}"
             ) from exc
+        self._storage._prune_empty_dirs(self.path.parent)  # a backup dir left empty: gone too
 
     def _fail(self, what: str, exc: OSError) -> NoReturn:
         self._state = "failed"
