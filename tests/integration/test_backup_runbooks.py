@@ -288,11 +288,12 @@ def test_backup_to_unusable_storage_fails_clearly(
     )
     result = run("backup", inventory)
     assert result.rc != 0
-    assert "is not writable" in result.output
-    assert "No backup was written" in result.output or "no backup was written" in result.output
-    assert "the database and the existing backups are unchanged; retention did not run" in (
-        result.output
-    )
+    url = f"file://{blocker}/sub"
+    assert (
+        f"to {url} failed: pg_backup: storage: {url} is not writable: Not a directory "
+        f"({blocker}/sub); no backup was written (no manifest). the database and the existing "
+        "backups are unchanged; retention did not run."
+    ) in result.output
     assert "backup" not in result.stats
     assert blocker.read_text() == "not a directory\n"
     assert pg.password not in result.output
