@@ -1,0 +1,283 @@
+"""Every runbook at -vvvv with canary secrets in the inventory's encrypted vault.yml: the
+canaries are nowhere.
+
+The canaries: the database password (in ``vault_database_url``, the DSN every database
+runbook uses through ``database_url``), the deploy notifications' webhook URL
+(``opsbook_notify_webhook_url``, and its token alone), the S3 secret key (AWS credentials
+come from the environment: ``AWS_SECRET_ACCESS_KEY``, backups go to the lab's S3 server) and
+the vault password. vault.yml is encrypted by ``ansible-vault encrypt``; nothing in clear ever
+holds a canary but the vault password file.
+
+Two runs, each with its own HOME (``~/.ansible/tmp``, the SSH control sockets) and TMPDIR:
+
+1. one ``ansible-playbook -vvvv --diff`` of every runbook - tour.yml (health_check, backup,
+   restore_drill, deploy of a new release to the app host, rollback), then restore.yml (the
+   latest backup into a new database), maintenance_mode.yml, db_migrate.yml, data_fix.yml,
+   db_maintenance.yml and db_health.yml - each succeeding (each publishes its report);
+2. ``opsbook run deploy -vvvv`` (the next release, with the migrations step: the DSN and the
+   webhook), through ansible-runner.
+
+Then no canary, in any form, is in ansible-playbook's stdout and stderr, opsbook's output,
+the runner's artifacts, the operation log, any file under either run's HOME and TMPDIR, nor
+any other file the test made (inventory, deploy state, ...). The webhook received the
+notifications: the URL was used, not left out.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opsbook.lab import (
+    AppHost,
+    MotoS3Server,
+    PostgresCluster,
+    SshKeyPair,
+    load_app_schema,
+    start_app_hosts,
+    stop_all,
+)
+from opsbook.lab.sampleapp import build_release
+from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
+from tests.integration.canaries import encrypt_file, leaks
+
+pytestmark = pytest.mark.integration
+
+TAG = secrets.token_hex(4)
+DB_PASSWORD = f"Canary-Db-Pw-{TAG}"
+HOOK_TOKEN = f"canary-hook-{TAG}"
+S3_SECRET = f"Canary/S3+Secret-{TAG}"  # AWS secret keys hold '/' and '+'
+VAULT_PASSWORD = f"Canary-Vault-Pw-{TAG}"
+BUCKET = "opsbook-test"
+FIRST_ADDRESS = 91  # 127.0.10.91: this file's own app host
+
+RUNBOOKS_AT_ONCE = (
+    "tour", "restore", "maintenance_mode", "db_migrate", "data_fix", "db_maintenance",
+    "db_health",
+)  # fmt: skip
+# set_stats keys: every runbook ran through to its report
+PUBLISHED = {
+    "tour": {"health_check", "backup", "restore_drill", "deploy", "rollback"},
+    "restore": {"restore"},
+    "maintenance_mode": {"maintenance_mode"},
+    "db_migrate": {"db_migrate"},
+    "data_fix": {"data_fix"},
+    "db_maintenance": {"db_maintenance"},
+    "db_health": {"db_health"},
+    "deploy": {"deploy"},
+}
+FIX = """-- Data Fix: pro users back to team (canary test)
+BEGIN;
+UPDATE users SET plan = 'team' WHERE plan = 'pro' AND id < 0;
+COMMIT;
+"""
+
+
+class Webhook:
+    """A Slack-compatible webhook on loopback that counts what it receives."""
+
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, Any]] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                hook.payloads.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(200 if self.path.endswith(HOOK_TOKEN) else 404)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T0/B0/{HOOK_TOKEN}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="module")
+def app_host(tmp_path_factory: pytest.TempPathFactory, ssh_key: SshKeyPair) -> Iterator[AppHost]:
+    hosts = start_app_hosts(
+        1, tmp_path_factory.mktemp("canary-hosts"), ssh_key, first_address=FIRST_ADDRESS,
+        name_prefix="sec",
+    )  # fmt: skip
+    yield hosts[0]
+    stop_all(hosts)
+
+
+@pytest.fixture(scope="module")
+def database(pg: PostgresCluster) -> Iterator[dict[str, str]]:
+    """A role whose password is the canary, owning a small app database."""
+    role, name = f"canary_{TAG}", f"canary_{TAG}"
+    pg.execute(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{DB_PASSWORD}'")
+    pg.execute(f"CREATE DATABASE {name} OWNER {role}")
+    dsn = f"postgresql://{role}:{DB_PASSWORD}@{pg.host}:{pg.port}/{name}"
+    load_app_schema(dsn, users=20, tasks_per_user=2)
+    info = {"role": role, "name": name, "dsn": dsn, "restored": f"{name}_restored"}
+    yield info
+    for db in (name, info["restored"]):
+        pg.drop_database(db)
+    pg.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+@pytest.fixture
+def lab(
+    tmp_path: Path,
+    make_inventory: Any,
+    app_host: AppHost,
+    database: dict[str, str],
+    s3: MotoS3Server,
+    webhook: Webhook,
+) -> dict[str, Any]:
+    password_file = tmp_path / "vault-pass"
+    password_file.write_text(VAULT_PASSWORD + "\n")
+    artifacts = tmp_path / "artifacts"
+    releases = {v: build_release(v, artifacts) for v in ("1.1.0", "1.2.0")}
+    inventory = make_inventory(
+        env="canary",
+        app_hosts=[app_host],
+        database_url="{{ vault_database_url }}",
+        backup_storage_url=f"s3://{BUCKET}/canary-{TAG}",
+        extra_vars={
+            "s3_endpoint_url": s3.endpoint_url,
+            "opsbook_state_url": f"file://{tmp_path / 'state'}",
+            "tour_app_version": "1.1.0",
+            "tour_app_artifact": str(releases["1.1.0"]),
+        },
+    )
+    encrypt_file(
+        f"vault_database_url: {database['dsn']}\nopsbook_notify_webhook_url: {webhook.url}\n",
+        password_file,
+        inventory / "group_vars" / "all" / "vault.yml",
+    )
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "migration-001-widgets.sql").write_text("CREATE TABLE widgets (id int);\n")
+    fix = tmp_path / "data-fix-2025-10-01-canary.sql"
+    fix.write_text(FIX)
+    return {
+        "inventory": inventory, "password_file": password_file, "releases": releases,
+        "migrations": migrations, "fix": fix,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def run_homes() -> Iterator[Path]:
+    """Where each run's HOME and TMPDIR go: a short path (SSH control sockets live under
+    HOME, and a Unix socket path has at most 107 bytes)."""
+    base = Path(tempfile.mkdtemp(prefix="sec-"))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def run_env(homes: Path, name: str, tmp_path: Path, oplog: Path) -> dict[str, str]:
+    dirs = {"HOME": homes / name / "home", "TMPDIR": homes / name / "tmp"}
+    for path in dirs.values():
+        path.mkdir(parents=True)
+    return ansible_env(oplog, {
+        **{k: str(v) for k, v in dirs.items()},
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "OPSBOOK_PROJECT_DIR": str(PROJECT_ROOT),
+        "OPSBOOK_RUNS_DIR": str(tmp_path / "runs"),
+        "OPSBOOK_INVENTORY_ROOT": str(tmp_path / "inventories"),
+    })  # fmt: skip
+
+
+def test_every_runbook_at_vvvv_leaves_no_canary_anywhere(
+    tmp_path: Path,
+    lab: dict[str, Any],
+    database: dict[str, str],
+    webhook: Webhook,
+    app_host: AppHost,
+    run_homes: Path,
+) -> None:
+    oplog = tmp_path / "oplog.jsonl"
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({
+        "opsbook_reason": "canary test",
+        "restore_target_database": database["restored"],
+        "maintenance": "off",
+        "migrations_dir": str(lab["migrations"]),
+        "data_fix_file": str(lab["fix"]),
+        "data_fix_verify": "SELECT id FROM users WHERE id < 0",
+    }))  # fmt: skip
+    started = time.monotonic()
+    every = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-vvvv", "--diff", "-i", str(lab["inventory"]),
+         "--vault-password-file", str(lab["password_file"]), "-e", f"@{extra}",
+         *(f"playbooks/{name}.yml" for name in RUNBOOKS_AT_ONCE)],
+        cwd=PROJECT_ROOT, env=run_env(run_homes, "every", tmp_path, oplog),
+        stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    every_s = time.monotonic() - started
+    (tmp_path / "every.log").write_text(every.stdout + every.stderr)  # scanned too
+    assert every.returncode == 0, every.stdout[-6000:] + every.stderr[-3000:]
+    hooks_after_tour = len(webhook.payloads)
+
+    started = time.monotonic()
+    deploy = subprocess.run(
+        [str(VENV_BIN / "opsbook"), "run", "deploy", "--env", "canary", "-vvvv",
+         "--vault-password-file", str(lab["password_file"]), "--reason", "canary test",
+         "-e", "app_version=1.2.0", "-e", f"app_artifact={lab['releases']['1.2.0']}",
+         "-e", f"deploy_migrations_dir={lab['migrations']}"],
+        cwd=PROJECT_ROOT, env=run_env(run_homes, "deploy", tmp_path, oplog),
+        stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    deploy_s = time.monotonic() - started
+    (tmp_path / "deploy.log").write_text(deploy.stdout + deploy.stderr)  # scanned too
+    assert deploy.returncode == 0, deploy.stdout[-6000:] + deploy.stderr[-3000:]
+    print(
+        f"ansible-playbook of every runbook: {every_s:.1f} s; opsbook run deploy: {deploy_s:.1f} s"
+    )
+
+    # every runbook ran through to its report; the secrets were used
+    records = [json.loads(line) for line in oplog.read_text().splitlines()]
+    assert [r["playbook"] for r in records] == [*RUNBOOKS_AT_ONCE, "deploy"]
+    for record in records:
+        assert record["status"] == "successful", record
+        assert PUBLISHED[record["playbook"]] <= set(record["outputs"]), record
+    assert app_host.version() == "1.2.0"
+    assert hooks_after_tour >= 2 and len(webhook.payloads) > hooks_after_tour  # URL used
+    artifacts = sorted((tmp_path / "runs").glob("*/artifacts/*"))
+    assert len(artifacts) == 1
+    for output in (every.stdout, (artifacts[0] / "stdout").read_text()):  # at -vvvv
+        assert "ESTABLISH SSH CONNECTION" in output and "ESTABLISH LOCAL CONNECTION" in output
+
+    # ...and are nowhere
+    found = leaks(
+        (DB_PASSWORD, webhook.url, HOOK_TOKEN, S3_SECRET, VAULT_PASSWORD),
+        roots=[tmp_path, run_homes],
+        texts={
+            "ansible-playbook stdout": every.stdout,
+            "ansible-playbook stderr": every.stderr,
+            "opsbook run stdout": deploy.stdout,
+            "opsbook run stderr": deploy.stderr,
+        },
+        skip=[lab["password_file"]],
+    )
+    assert found == {}
