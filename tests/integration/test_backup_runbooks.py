@@ -291,7 +291,7 @@ def test_backup_to_unusable_storage_fails_clearly(
     url = f"file://{blocker}/sub"
     assert (
         f"to {url} failed: pg_backup: storage: {url} is not writable: Not a directory "
-        f"({blocker}/sub); no backup was written (no manifest). the database and the existing "
+        f"({blocker}/sub); no backup was written (no manifest); the database and the existing "
         "backups are unchanged; retention did not run."
     ) in result.output
     assert "backup" not in result.stats
