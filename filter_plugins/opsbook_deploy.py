@@ -288,7 +288,12 @@ def rollback_host_states(hostvars: Mapping[str, Any], hosts: Iterable[str]) -> d
             state.update(outcome="unreachable", error="the host was not reached")
         elif switch.get("unreachable") or _get(restart, "unreachable"):
             message = switch.get("msg") if switch.get("unreachable") else _get(restart, "msg")
-            state.update(outcome="unreachable", error=f"unreachable: {str(message).strip()}")
+            # lost mid-run: whether it was switched back (and restarted) cannot be known here
+            state.update(
+                outcome="unreachable",
+                error="state unknown (it may or may not have been rolled back; look at it once "
+                f"it answers) - unreachable: {' '.join(str(message).split())}",
+            )
         elif error or switch.get("failed"):
             state.update(outcome="failed", error=error or str(switch.get("msg") or ""))
         elif gate_error:

@@ -729,7 +729,8 @@ def extract_archive(archive: str, target: str, strip: int = 0) -> int:
                     raise ReleaseError(f"archive member {member.name!r}: a {kind} is not allowed")
                 count += 1
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-            raise ReleaseError(f"cannot unpack {archive}: {exc}") from exc
+            # the target named: a full disk is the deploy root's, not the archive's
+            raise ReleaseError(f"cannot unpack {archive} into {target}: {exc}") from exc
     if count == 0:
         raise ReleaseError(f"{archive} holds no files (strip_components={strip})")
     return count

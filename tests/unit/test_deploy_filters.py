@@ -190,7 +190,10 @@ def test_rollback_host_states_from_what_each_host_registered() -> None:
         "error": "",
     }  # fmt: skip
     assert states["app2"]["error"] == "health gate: /health: 500"
-    assert states["app4"]["error"] == "unreachable: ssh: refused"
+    assert states["app4"]["error"] == (
+        "state unknown (it may or may not have been rolled back; look at it once it answers) - "
+        "unreachable: ssh: refused"
+    )
     assert states["app5"]["error"] == "health gate: gate crashed"
     assert states["app6"]["error"] == "the host was not reached"
     summary = fd.rollback_summary(states)
