@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import zlib
 import stat
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
