@@ -256,7 +256,9 @@ def test_every_runbook_at_vvvv_leaves_no_canary_anywhere(
     for record in records:
         assert record["status"] == "successful", record
         assert PUBLISHED[record["playbook"]] <= set(record["outputs"]), record
-    assert records[0]["outputs"]["deploy"]["version"] == "1.1.0"  # deployed, then rolled back
+    tour = records[0]["outputs"]
+    assert tour["backup"]["storage"].startswith(f"s3://{BUCKET}/") and tour["backup"]["verified"]
+    assert tour["deploy"]["version"] == "1.1.0"  # deployed, then rolled back
     assert app_host.version() == "1.0.0"
     assert len(webhook.payloads) >= 2  # the URL was used: deploy's and rollback's notifications
     artifacts = sorted((tmp_path / "runs").glob("*/artifacts/*"))
