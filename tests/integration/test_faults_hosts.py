@@ -175,8 +175,11 @@ def test_a_host_lost_mid_rollback_is_reported_unknown_and_the_others_roll_back(
     # Ansible runs a task on every host before the next task: flt1 is switched back (its
     # `current` moves) while flt2's switch hangs; flt1's restart waits for flt2's answer.
     killer = Injector(lambda: current(first) != deployed["flt1"], lambda: AppHost.kill(lost))
-    with killer:
-        run = run_with_stats(run_playbook, tmp_path, "rollback", inventory)
+    try:
+        with killer:
+            run = run_with_stats(run_playbook, tmp_path, "rollback", inventory)
+    finally:
+        AppHost.kill(lost)  # never left frozen (the autouse fixture starts it again)
     killer.check(run.output)
     assert run.rc != 0
     # the others rolled back, restarted and through their health gates

@@ -32,6 +32,20 @@ ROWS = 120
 SLEEP_S = 0.025  # per row in pg_restore's COPY: about 3 s of restore
 
 
+def crash(pg: PostgresCluster) -> None:
+    """SIGKILL the server - once what it committed is on disk, as a real server's commits are.
+
+    The lab runs with synchronous_commit off (speed): a crash would also lose the last
+    commits (a migration's record, the scratch database's marker), which no production
+    server does. One synchronous commit of a transaction that wrote WAL (a bare xid's does
+    not wait) writes out every commit before it; then the kill.
+    """
+    with pg.connect() as conn:
+        conn.execute("SET synchronous_commit = on")
+        conn.execute("SELECT pg_logical_emit_message(true, 'opsbook-test', 'crash')")
+    pg.kill()
+
+
 # ----------------------------------------------------------------- the slow source
 
 
@@ -132,7 +146,7 @@ def test_server_killed_mid_restore_in_place_leaves_the_database_and_the_app_serv
     tmp_path: Path,
 ) -> None:
     before = database_state(pg, slow_db)
-    killer = Injector(lambda: copying_into_scratch(pg, slow_db), pg.kill)
+    killer = Injector(lambda: copying_into_scratch(pg, slow_db), lambda: crash(pg))
     with killer:
         run = run_with_stats(
             run_playbook, tmp_path, "restore", backed_up,
@@ -168,7 +182,7 @@ def test_server_killed_mid_restore_into_a_new_database_creates_nothing(
     tmp_path: Path,
 ) -> None:
     target = f"flt_new_{uuid.uuid4().hex[:6]}"
-    killer = Injector(lambda: copying_into_scratch(pg, target), pg.kill)
+    killer = Injector(lambda: copying_into_scratch(pg, target), lambda: crash(pg))
     with killer:
         run = run_with_stats(
             run_playbook, tmp_path, "restore", backed_up,
@@ -200,9 +214,6 @@ def test_server_killed_mid_restore_into_a_new_database_creates_nothing(
 def migrate_db(pg: PostgresCluster) -> Iterator[str]:
     name = f"flt_mig_{uuid.uuid4().hex[:6]}"
     pg.create_database(name)
-    # Commits are durable here, as on a real server (the lab turns synchronous_commit off for
-    # speed: a crash would lose the last commits, migration 001's record among them).
-    pg.execute(f"ALTER DATABASE {name} SET synchronous_commit = on")
     # how long migration 002 sleeps: the test's knob, outside the migrations
     pg.execute(
         "CREATE TABLE fault_knob (sleep_s float NOT NULL); INSERT INTO fault_knob VALUES (60)",
@@ -248,7 +259,7 @@ def test_server_killed_mid_migration_records_nothing_half_applied_and_the_next_r
 ) -> None:
     inventory = make_inventory(env="faults", app_hosts=[], database_url=pg.dsn_for(migrate_db))
     extra = {"migrations_dir": str(migrations(tmp_path))}
-    killer = Injector(lambda: sleeping_in(pg, migrate_db), pg.kill)
+    killer = Injector(lambda: sleeping_in(pg, migrate_db), lambda: crash(pg))
     with killer:
         run = run_with_stats(run_playbook, tmp_path, "db_migrate", inventory, extravars=extra)
     killer.check(run.output)
