@@ -104,7 +104,7 @@ def fill(directory: Path, leave_bytes: int = 0) -> Path:
     filler = directory / "filler"
     stats = os.statvfs(directory)
     free = stats.f_bavail * stats.f_frsize
-    with open(filler, "wb") as handle:
+    with open(filler, "wb", buffering=0) as handle:  # unbuffered: nothing left for close()
         remaining = max(free - leave_bytes, 0)
         block = b"\0" * 65536
         with contextlib.suppress(OSError):  # the last block may not fit: that is the point
