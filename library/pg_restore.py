@@ -205,7 +205,9 @@ options:
         as its scratch work (C(COMMENT ON DATABASE) C(opsbook:restore-scratch created=...))
         that no session uses and that were created more than this many minutes ago
         (RV(cleaned_up)). A running restore's scratch database always has sessions, and is
-        younger than that when it has none for a moment. 0 drops every unused one (tests)."
+        younger than that when it has none for a moment. 0 drops every unused one (tests).
+        The local work directories such restores left in O(work_dir) are removed too (a live
+        run holds a lock on its own; RV(removed_work_dirs))."
     type: int
     default: 60
   drop_previous_after_days:
@@ -378,6 +380,14 @@ previous_dropped:
   returned: always, except on invalid input
   type: bool
   sample: false
+removed_work_dirs:
+  description: Local work directories (with their fetched archive) that interrupted restores
+    left in O(work_dir) and this run removed (in check mode - would remove). A live restore's
+    is never taken - its run holds a lock on it.
+  returned: always, except on invalid input
+  type: list
+  elements: str
+  sample: [/tmp/opsbook-restore-k2v9x1qa]
 cleaned_up:
   description: Scratch databases of interrupted restores dropped by this run (in check mode -
     that it would drop) - database, created (UTC), backup (the backup that restore was
@@ -524,6 +534,7 @@ msg:
 """
 
 import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -591,6 +602,8 @@ except ImportError:  # pragma: no cover - reported through HAS_PSYCOPG
     make_conninfo = None  # type: ignore[assignment]
 
 SCRATCH_INFIX = "__opsbook_restore_"
+WORK_PREFIX = "opsbook-restore-"  # the local work directory of a run
+WORK_LOCK = ".opsbook-lock"
 PREVIOUS_INFIX = "__opsbook_old_"
 # COMMENT ON DATABASE of a scratch database while opsbook works in it (and of a drill's target
 # until it is dropped): what a later restore needs to know it may drop it once unused.
@@ -937,6 +950,44 @@ def previous_older_than(
         if item["database"] != keep and (now - replaced).total_seconds() > days * 86400:
             old.append(item["database"])
     return old
+
+
+def make_work_dir(parent: str | None) -> tuple[Path, int]:
+    """A private work directory (``opsbook-restore-*``) and the descriptor of the flock its run
+    holds on it until it ends - a SIGKILL included: a later restore tells a dead run's
+    directory from a live one by that lock."""
+    path = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=parent))
+    fd = os.open(path / WORK_LOCK, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return path, fd
+
+
+def stale_work_dirs(parent: str, older_than_s: float) -> list[Path]:
+    """Work directories of restores that died: their lock file is held by no process (an
+    older opsbook's, without a lock file: unchanged for ``older_than_s``). Never another
+    directory: the name and the lock file are opsbook's own."""
+    found = []
+    cutoff = time.time() - older_than_s
+    for path in sorted(Path(parent).glob(WORK_PREFIX + "*")):
+        if path.is_symlink() or not path.is_dir():
+            continue
+        lock = path / WORK_LOCK
+        if not lock.exists():
+            if path.stat().st_mtime < cutoff:
+                found.append(path)
+            continue
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live restore holds it
+        finally:
+            os.close(fd)  # releases the lock just taken
+        found.append(path)
+    return found
 
 
 def databases_in(backups: list[Any]) -> list[str]:
@@ -1331,6 +1382,7 @@ class RunReport:
     bytes_fetched: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     cleaned_up: list[dict[str, Any]] = field(default_factory=list)
+    removed_work_dirs: list[str] = field(default_factory=list)
     previous_kept: list[dict[str, str]] = field(default_factory=list)
     previous_dropped_by_age: list[str] = field(default_factory=list)
 
@@ -1357,6 +1409,7 @@ class RestoreRun:
         self.role: dict[str, Any] = {}
         self.tools: dict[str, str] = {}
         self.tmp: Path | None = None
+        self.tmp_lock: int | None = None  # flock held on the work directory while the run lives
         self.storage: Any = None
         self.owner: str | None = self.params.get("owner")
 
@@ -1414,9 +1467,8 @@ class RestoreRun:
             self.preflight()
             if self.params["preflight_only"]:
                 return self.result(restored=False)
-            self.tmp = Path(
-                tempfile.mkdtemp(prefix="opsbook-restore-", dir=self.params["work_dir"])
-            )
+            self.remove_stale_work_dirs()
+            self.tmp, self.tmp_lock = make_work_dir(self.params["work_dir"])
             self.fetch_and_verify()
             if self.check_mode:
                 return self.result(restored=False)
@@ -2040,6 +2092,22 @@ class RestoreRun:
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
+        if self.tmp_lock is not None:
+            os.close(self.tmp_lock)
+            self.tmp_lock = None
+
+    def remove_stale_work_dirs(self) -> None:
+        """The work directories of restores that died (SIGKILL: no cleanup ran; their fetched
+        archive stays) - removed, and said so; in check mode only reported."""
+        parent = self.params["work_dir"] or tempfile.gettempdir()
+        for path in stale_work_dirs(parent, 60.0 * self.params["stale_after_minutes"]):
+            if not self.check_mode:
+                shutil.rmtree(path, ignore_errors=True)
+                if path.exists():
+                    continue
+            self.report.removed_work_dirs.append(str(path))
+            verb = "would remove" if self.check_mode else "removed"
+            self.warn(f"{verb} the work directory {path} an interrupted restore left")
 
     # ------------------------------------------------------------ result
 
@@ -2058,6 +2126,7 @@ class RestoreRun:
             "table_count_mismatches": report.mismatches,
             "bytes_fetched": report.bytes_fetched,
             "cleaned_up": report.cleaned_up,
+            "removed_work_dirs": report.removed_work_dirs,
             "previous_databases": report.previous_kept,
             "previous_dropped_by_age": report.previous_dropped_by_age,
             "duration_s": round(time.monotonic() - self.started, 3),

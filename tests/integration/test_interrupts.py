@@ -417,6 +417,7 @@ def test_restore_sigkilled_leaves_a_scratch_database_that_the_next_restore_drops
     outcome = run.finish()
     assert_clean(outcome, pg.password, run_dirs)  # pg_restore died with the module
     (scratch,) = scratch_of(pg, target)
+    (work_dir,) = run_dirs["TMPDIR"].glob("opsbook-restore-*")  # its fetched archive stays
     again = start(playbook("restore", restore_backup, {
         "restore_target_database": target, "pg_restore_stale_after_minutes": 0}, tmp_path))
     outcome = again.finish()
@@ -425,6 +426,7 @@ def test_restore_sigkilled_leaves_a_scratch_database_that_the_next_restore_drops
     assert f"Dropped scratch databases that interrupted restores left: {scratch}" in (
         outcome.output
     )
+    assert not work_dir.exists() and f"removed the work directory {work_dir}" in outcome.output
     assert_clean(outcome, pg.password, run_dirs)
     pg.drop_database(target)
 

@@ -547,3 +547,24 @@ def test_stale_after_and_drop_previous_inputs_are_checked() -> None:
     errors = rst.validate_params(params(stale_after_minutes=-1, drop_previous_after_days=0))
     assert "stale_after_minutes must be >= 0, got -1" in errors
     assert "drop_previous_after_days must be >= 1 (days), got 0" in errors
+
+
+def test_stale_work_dirs_are_those_no_live_run_holds(tmp_path: Path) -> None:
+    live, live_fd = rst.make_work_dir(str(tmp_path))
+    dead, dead_fd = rst.make_work_dir(str(tmp_path))
+    os.close(dead_fd)  # its run died: the lock is released
+    old = tmp_path / "opsbook-restore-oldversion"  # an older opsbook's, no lock file
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    young = tmp_path / "opsbook-restore-young"
+    young.mkdir()
+    other = tmp_path / "not-opsbook"
+    other.mkdir()
+    try:
+        stale = rst.stale_work_dirs(str(tmp_path), older_than_s=3600)
+        assert sorted(stale) == sorted([dead, old])
+        assert (live / ".opsbook-lock").exists()  # checking a live one leaves it held
+        assert live not in rst.stale_work_dirs(str(tmp_path), older_than_s=0)
+    finally:
+        os.close(live_fd)
+    assert live in rst.stale_work_dirs(str(tmp_path), older_than_s=3600)  # its run ended
