@@ -20,6 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.harness import wait_for
+
+__all__ = ["Injector", "fill", "small_filesystem", "wait_for"]
+
 
 class Injector:
     """Run ``action`` once, as soon as ``condition()`` is true (polled every 20 ms)."""
@@ -65,14 +69,6 @@ class Injector:
         assert self.fired.is_set(), f"the moment to inject the fault never came:\n{output}"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @contextlib.contextmanager

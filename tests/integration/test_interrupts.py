@@ -33,7 +33,7 @@ import pytest
 
 from opsbook.lab import MotoS3Server, PostgresCluster, load_pgbench
 from opsbook.runner import find_run_processes
-from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
+from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env, wait_for
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -139,14 +139,6 @@ def playbook(name: str, inventory: Path, extra: Mapping[str, Any], tmp_path: Pat
             "-e", f"@{path}"]  # fmt: skip
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def files_holding(secret: str, *roots: Path) -> list[str]:

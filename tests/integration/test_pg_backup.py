@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from opsbook.lab import DEFAULT_PG_SETTINGS, S3_CREDENTIALS, MotoS3Server, PostgresCluster
-from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
+from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env, wait_for
 from tests.loaders import load_module_utils
 from tests.tcp_proxy import TcpProxy
 
@@ -572,13 +572,6 @@ def big_cluster(lab_dir: Path) -> Iterator[PostgresCluster]:
         cluster.destroy()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _processes() -> dict[str, str]:

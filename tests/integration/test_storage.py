@@ -30,7 +30,7 @@ import urllib3.exceptions
 from botocore.awsrequest import AWSResponse
 
 from opsbook.lab import S3_CREDENTIALS, MotoS3Server
-from tests.harness import VENV_BIN, ansible_env, run_ansible
+from tests.harness import VENV_BIN, ansible_env, run_ansible, wait_for
 from tests.loaders import load_module_utils
 from tests.tcp_proxy import TcpProxy
 
@@ -497,14 +497,6 @@ os.kill(os.getpid(), signal.SIGKILL)  # neither committed nor aborted: the uploa
 """
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll condition until it returns something true; return that."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_incomplete_uploads_lists_only_what_opsbook_writers_left(
