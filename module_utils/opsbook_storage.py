@@ -775,7 +775,8 @@ class Storage:
         running: an upload is taken only once it has not moved for that long (S3: its newest
         part, else its start - a live writer sends a part every few seconds, so a long backup
         still going on is never taken; file://: the temp file's last write). S3 times have
-        whole seconds and the server's clock.
+        whole seconds and the server's clock. 0 takes every one found (the caller knows that no
+        writer runs: a test, an operator cleaning up by hand).
         Raises StorageError when the storage cannot be listed.
         """
         raise NotImplementedError
@@ -1786,9 +1787,13 @@ class S3Storage(Storage):
             # (moto: always 2010-11-10), and the marker is written just after the upload
             # started, so neither ever makes an upload look older than it is.
             started = max(upload["Initiated"], markers[marker])
-            if started >= cutoff:
-                continue
-            if self._last_part_time(full, upload["UploadId"], started) < cutoff:
+            # older_than_s 0: every one found (the caller knows no writer runs), whatever the
+            # whole-second times of the server say
+            idle = older_than_s <= 0 or (
+                started < cutoff
+                and self._last_part_time(full, upload["UploadId"], started) < cutoff
+            )
+            if idle:
                 found.append(
                     IncompleteUpload(
                         full[len(base) :], started, upload["UploadId"], "multipart_upload"
