@@ -243,6 +243,7 @@ from ansible.module_utils.opsbook_deploy_state import (
     login_name,
     state_errors,
 )
+from ansible.module_utils.opsbook_module import finish_module
 from ansible.module_utils.opsbook_storage import StorageError, open_storage
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -345,10 +346,7 @@ def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    result = execute(module.params, module.check_mode)
-    if result.pop("failed", False):
-        module.fail_json(**result)
-    module.exit_json(**result)
+    finish_module(module, execute(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

@@ -156,6 +156,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_http import run_check, validate_params
+from ansible.module_utils.opsbook_module import finish_module
 
 MAX_THREADS = 32
 
@@ -284,10 +285,7 @@ def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    result = execute(module.params, module.check_mode)
-    if result.pop("failed", False):
-        module.fail_json(**result)
-    module.exit_json(**result)
+    finish_module(module, execute(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

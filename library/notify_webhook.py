@@ -184,6 +184,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.opsbook_module import finish_module
 from ansible.module_utils.urls import open_url
 
 EVENTS = {
@@ -422,12 +423,7 @@ def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    result = execute(module.params, module.check_mode)
-    for warning in result.pop("warnings", []):
-        module.warn(warning)
-    if result.pop("failed", False):
-        module.fail_json(**result)
-    module.exit_json(**result)
+    finish_module(module, execute(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

@@ -566,14 +566,13 @@ from ansible.module_utils.opsbook_backup import (
     tool_version,
     version_major,
 )
+from ansible.module_utils.opsbook_module import RunContext, finish_module
 from ansible.module_utils.opsbook_pg import (
     HAS_PSYCOPG,
     PgConnectError,
-    RunContext,
     close_quietly,
     connect,
     dsn_passwords,
-    finish_module,
     pg_connection_argument_spec,
     register_dsn_secrets,
     require_psycopg,

@@ -29,6 +29,7 @@ __all__ = [
 
 # In dependency order: each may import the ones before it.
 MODULE_UTILS = (
+    "opsbook_module",
     "opsbook_proc",
     "opsbook_pg",
     "opsbook_storage",

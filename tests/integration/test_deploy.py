@@ -11,7 +11,6 @@ Then the production gates: staging gate, hotfix, deploy window.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import signal
@@ -30,6 +29,7 @@ from opsbook.lab.sampleapp import APP_SOURCE, build_release, sha256_file
 from opsbook.lab.sshd import SshHost
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
 from tests.integration.stats_helper import StatsRun, run_with_stats
+from tests.webhook import Webhook
 
 pytestmark = pytest.mark.integration
 
@@ -90,37 +90,6 @@ def broken_release(version: str, out: Path) -> Path:
         tar.add(work / "app.py", arcname="app.py")
         tar.add(work / "VERSION", arcname="VERSION")
     return target
-
-
-class Webhook:
-    """A local Slack-compatible webhook: records every JSON payload POSTed to it."""
-
-    def __init__(self) -> None:
-        self.payloads: list[dict[str, Any]] = []
-        hook = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                hook.payloads.append(json.loads(self.rfile.read(length) or b"{}"))
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T000/B000/secret-token"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def texts(self) -> list[str]:
-        return [json.dumps(p) for p in self.payloads]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from opsbook.lab import S3_CREDENTIALS, AppHost, SshKeyPair, start_app_hosts, st
 from tests.harness import VENV_BIN, ansible_env, run_ansible
 from tests.integration.stats_helper import run_with_stats
 from tests.loaders import PROJECT_ROOT, load_module_utils
+from tests.webhook import Webhook
 
 pytestmark = pytest.mark.integration
 
@@ -533,44 +532,13 @@ def test_staging_gate_refuses_then_allows(state: State, tmp_path: Path) -> None:
 # =================================================================== roles: notify
 
 
-class Webhook:
-    """A local HTTP server recording POSTs (path, JSON body) and answering `status`."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, Any]] = []
-        self.status = 200
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                hook.posts.append((self.path, json.loads(body), self.headers.get_content_type()))
-                self.send_response(hook.status)
-                self.send_header("Content-Type", "text/plain")
-                self.end_headers()
-                self.wfile.write(b"ok" if hook.status == 200 else b"error")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{SECRET_PATH}"
-
-
 @pytest.fixture
 def webhook() -> Iterator[Webhook]:
-    hook = Webhook()
-    hook.thread.start()
+    hook = Webhook(SECRET_PATH)
     try:
         yield hook
     finally:
-        hook.server.shutdown()
-        hook.server.server_close()
+        hook.close()
 
 
 def notify_playbook(tmp_path: Path) -> Path:

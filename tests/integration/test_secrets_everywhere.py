@@ -25,13 +25,11 @@ notifications: the URL was used, not left out.
 
 from __future__ import annotations
 
-import http.server
 import json
 import secrets
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +49,7 @@ from opsbook.lab import (
 from opsbook.lab.sampleapp import build_release
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
 from tests.integration.canaries import encrypt_file, leaks
+from tests.webhook import Webhook
 
 pytestmark = pytest.mark.integration
 
@@ -84,36 +83,9 @@ COMMIT;
 """
 
 
-class Webhook:
-    """A Slack-compatible webhook on loopback that counts what it receives."""
-
-    def __init__(self) -> None:
-        self.payloads: list[dict[str, Any]] = []
-        hook = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                hook.payloads.append(json.loads(self.rfile.read(length) or b"{}"))
-                self.send_response(200 if self.path.endswith(HOOK_TOKEN) else 404)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T0/B0/{HOOK_TOKEN}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
 def webhook() -> Iterator[Webhook]:
-    hook = Webhook()
+    hook = Webhook(f"/services/T0/B0/{HOOK_TOKEN}")
     yield hook
     hook.close()
 

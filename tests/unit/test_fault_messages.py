@@ -17,6 +17,7 @@ from tests.loaders import load_library, load_module_utils
 pgm = load_library("pg_migrate")
 pgr = load_library("pg_restore")
 pg_utils = load_module_utils("opsbook_pg")
+module_utils = load_module_utils("opsbook_module")
 
 DSN = "postgresql://app:s3cret@db.example:5432/app"
 
@@ -94,7 +95,7 @@ def restore_run(marked: bool) -> Any:
     checked = ArgumentSpecValidator(pgr.argument_spec()).validate(
         {"dsn": DSN, "storage_url": "file:///b", "target_database": "app", "mode": "new"}
     )
-    run = pgr.RestoreRun(pg_utils.RunContext(checked.validated_parameters, False))
+    run = pgr.RestoreRun(module_utils.RunContext(checked.validated_parameters, False))
     run.state.scratch_created = True
     run.state.scratch_marked = marked
 
