@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -834,10 +835,16 @@ class Options:
 
 
 def _lab() -> Any:
-    """opsbook.lab, imported late so that the pure helpers above import without it."""
+    """The lab's parts (opsbook.lab's Postgres, tests.lab's S3 server), imported late so that
+    the pure helpers above import without them."""
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))  # run as `python bench/backup_restore.py`
     import opsbook.lab
+    import tests.lab
 
-    return opsbook.lab
+    return types.SimpleNamespace(
+        **{name: getattr(lab, name) for lab in (opsbook.lab, tests.lab) for name in lab.__all__}
+    )
 
 
 class Benchmark:

@@ -58,9 +58,10 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from bench.backup_restore import parse_busy_seconds
-from opsbook.lab import SshKeyPair, start_app_hosts, stop_all, write_inventory
+from opsbook.lab import SshKeyPair, start_app_hosts, stop_all
 from opsbook.lab.sampleapp import build_release
 from tests.harness import VENV_BIN, ansible_env
+from tests.lab import write_inventory
 
 FIRST_ADDRESS = 61
 HZ = os.sysconf("SC_CLK_TCK")

@@ -139,7 +139,7 @@ class Bench:
     # ------------------------------------------------------------------ set-up
 
     def start(self) -> None:
-        from opsbook.lab import S3_CREDENTIALS, Lab
+        from tests.lab import S3_CREDENTIALS, Lab
 
         self.log(f"starting the lab (PostgreSQL 15, moto S3, {APP_HOSTS} sshd app hosts)")
         self.lab = Lab(
@@ -178,7 +178,7 @@ class Bench:
             self.prepare_manual(dataset)
 
     def inventory(self, dataset: str) -> Path:
-        from opsbook.lab import write_inventory
+        from tests.lab import write_inventory
 
         directory = self.base / "inventories" / dataset
         if not directory.exists():

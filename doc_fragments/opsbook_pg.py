@@ -1,13 +1,16 @@
 # Copyright: opsbook contributors
 # Apache-2.0
-"""Documentation of the connection options every opsbook Postgres module takes
-(module_utils/opsbook_pg.py defines them in code): extends_documentation_fragment: [opsbook_pg]."""
+"""Documentation of the connection options every opsbook Postgres module takes, and of psycopg
+which they need (module_utils/opsbook_pg.py defines them in code):
+extends_documentation_fragment: [opsbook_pg]."""
 
 from __future__ import annotations
 
 
 class ModuleDocFragment:
     DOCUMENTATION = r"""
+requirements:
+  - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
 options:
   dsn:
     description:

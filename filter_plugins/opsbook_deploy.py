@@ -30,6 +30,9 @@ from ansible.errors import AnsibleFilterError
 _WINDOW_RE = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
 _HHMM_RE = re.compile(r"^(\d\d):(\d\d)$")
 
+# What the release role's rollback entry point registers (roles/release/tasks/rollback.yml).
+ROLLBACK_SWITCH = "release_rollback_result"
+
 OUTCOMES = (
     "deployed",
     "unchanged",
@@ -216,7 +219,10 @@ def deploy_gate_targets(
 
 
 def rollback_target_missing(
-    hostvars: Mapping[str, Any], hosts: Iterable[str], to: Any, info_var: str = "rollback_info"
+    hostvars: Mapping[str, Any],
+    hosts: Iterable[str],
+    to: Any,
+    info_var: str = "deploy_rollback_info",
 ) -> list[str]:
     """``host, host (releases there: ...)`` for the hosts whose releases (app_release info, the
     fact ``info_var``) hold no release id and no version ``to`` - hosts with the same releases
@@ -247,9 +253,9 @@ def rollback_gate_targets(
     targets = []
     for host in hosts:
         facts = hostvars[host]
-        switch = _get(facts, "rollback_switch")
+        switch = _get(facts, ROLLBACK_SWITCH)
         restart = _get(facts, "app_service_result", {})
-        if not isinstance(switch, Mapping) or _get(facts, "rollback_error"):
+        if not isinstance(switch, Mapping) or _get(facts, "deploy_rollback_error"):
             continue
         if switch.get("unreachable") or switch.get("failed") or _get(restart, "unreachable"):
             continue
@@ -265,15 +271,15 @@ def rollback_gate_targets(
 
 def rollback_host_states(hostvars: Mapping[str, Any], hosts: Iterable[str]) -> dict[str, dict]:
     """{host: {outcome, from, to, to_version, error}} of a rollback, from what each host
-    registered (rollback_switch, app_service_result, rollback_gate) and the errors its rescue
-    recorded: rolled_back | unchanged | failed | unreachable."""
+    registered (ROLLBACK_SWITCH, app_service_result, deploy_rollback_gate) and the errors its
+    rescue recorded: rolled_back | unchanged | failed | unreachable."""
     states: dict[str, dict[str, Any]] = {}
     for host in hosts:
         facts = hostvars[host]
-        switch = _get(facts, "rollback_switch")
+        switch = _get(facts, ROLLBACK_SWITCH)
         switch = switch if isinstance(switch, Mapping) else {}
         restart = _get(facts, "app_service_result", {})
-        gate = _get(facts, "rollback_gate", {})
+        gate = _get(facts, "deploy_rollback_gate", {})
         by_host = _get(gate, "by_host", {}) if isinstance(gate, Mapping) else {}
         state = {
             "outcome": "rolled_back" if switch.get("changed") else "unchanged",
@@ -282,8 +288,8 @@ def rollback_host_states(hostvars: Mapping[str, Any], hosts: Iterable[str]) -> d
             "to_version": str(switch.get("current_version") or ""),
             "error": "",
         }
-        error = str(_get(facts, "rollback_error", "") or "")
-        gate_error = str(_get(facts, "rollback_gate_error", "") or "")
+        error = str(_get(facts, "deploy_rollback_error", "") or "")
+        gate_error = str(_get(facts, "deploy_rollback_gate_error", "") or "")
         if not switch:
             state.update(outcome="unreachable", error="the host was not reached")
         elif switch.get("unreachable") or _get(restart, "unreachable"):

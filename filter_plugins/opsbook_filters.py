@@ -3,70 +3,94 @@
 """opsbook filters: pure functions for templates (no I/O, no Ansible state).
 
 - ``dsn_redact``: a Postgres DSN with its password replaced by ``********``.
+- ``dsn_database``: the database a DSN names, as libpq reads it.
+- ``opsbook_bytes``: a byte count in IEC units (``43.9 MiB``), as the modules print it.
+- ``opsbook_confirmation``: why a typed confirmation does not allow an operation ("" if it does).
 - ``health_check_app_summary``: one app host's /health and /api/version results -> summary.
 - ``health_check_database_summary``: a ``pg_health`` result -> summary.
 - ``health_check_report``: every summary -> verdict (ok / warn / fail), problems and the
   readable lines the ``health_check`` role prints.
+
+The DSN, byte and confirmation filters are the modules' own code: the project's
+``module_utils`` (ansible.cfg's ``module_utils`` setting, as the controller modules'
+action plugin finds it; else the ``module_utils`` directory beside this one) is put on
+``ansible.module_utils``' search path, and the filters call ``opsbook_pg`` and
+``opsbook_text`` as the modules do.
 """
 
 from __future__ import annotations
 
-import re
+import os
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
-REDACTED = "********"
+import ansible.module_utils
+from ansible import constants as C
 
-# The same patterns as module_utils/opsbook_pg.py (modules cannot share code with
-# controller plugins); tests/unit/test_filters.py checks that both agree.
-_URI_USERINFO_RE = re.compile(r"(?P<prefix>postgres(?:ql)?://[^:/?#@\s]*:)(?P<pw>[^@\s/?#]*)(?=@)")
-_URI_QUERY_RE = re.compile(r"(?P<prefix>[?&]password=)(?P<pw>[^&#\s]*)", re.IGNORECASE)
-_KV_RE = re.compile(
-    r"(?P<prefix>(?:^|\s)password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^\s']\S*)",
-    re.IGNORECASE,
-)
+
+def _find_project_module_utils() -> None:
+    """Make ``ansible.module_utils.opsbook_*`` importable here, as they are in a module."""
+    configured = C.config.get_config_value("DEFAULT_MODULE_UTILS_PATH") or []
+    if isinstance(configured, str):
+        configured = configured.split(os.pathsep)
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    beside = os.path.join(project, "module_utils")
+    for directory in (*configured, beside):
+        directory = os.path.abspath(os.path.expanduser(directory))
+        if os.path.isdir(directory) and directory not in ansible.module_utils.__path__:
+            ansible.module_utils.__path__.append(directory)
+
+
+_find_project_module_utils()
+
+from ansible.module_utils import opsbook_text  # found through the line above
 
 VERDICTS = ("ok", "warn", "fail")
 
 
+def opsbook_pg() -> ModuleType:
+    """module_utils/opsbook_pg.py, imported by the DSN filters only (it loads psycopg: 0.1 s
+    that a worker templating no DSN does not pay)."""
+    from ansible.module_utils import opsbook_pg as module
+
+    return module
+
+
 def dsn_redact(dsn: Any) -> str:
     """``postgresql://u:secret@h/db`` -> ``postgresql://u:********@h/db`` (also key=value DSNs)."""
-    if dsn is None:
-        return ""
-    text = str(dsn)
-    text = _URI_USERINFO_RE.sub(lambda m: m.group("prefix") + REDACTED, text)
-    text = _URI_QUERY_RE.sub(lambda m: m.group("prefix") + REDACTED, text)
-    return _KV_RE.sub(lambda m: m.group("prefix") + REDACTED, text)
-
-
-_KV_PAIR_RE = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+    return "" if dsn is None else opsbook_pg().redact_dsn(str(dsn))
 
 
 def dsn_database(dsn: Any) -> str:
-    """The database a DSN names, as libpq reads it ("" when it names none).
+    """The database a DSN names, as libpq reads it ("" when it names none): see
+    ``opsbook_pg.dsn_database``."""
+    return opsbook_pg().dsn_database(str(dsn or ""))
 
-    URIs: ``?dbname=`` wins over the path; key/value strings: ``dbname=``. With
-    neither, libpq connects to the database named like the user, and so does this.
+
+def opsbook_bytes(count: Any) -> str:
+    """``48234496`` -> ``46.0 MiB``: ``opsbook_text.human_bytes``, as the modules print sizes."""
+    return opsbook_text.human_bytes(float(count or 0))
+
+
+def opsbook_confirmation(
+    confirm: Any,
+    target: Any,
+    needed: Any = "",
+    what: str = "the database",
+) -> str:
+    """Why ``confirm`` does not allow the operation on database ``target`` ("" when it does):
+    ``opsbook_text.typed_confirmation_problem``, the rule every module and preflight applies.
+
+    ``needed``: the operation's reason for needing the confirmation, empty when it needs
+    none (``"opsbook_env is production: VACUUM FULL of t locks it ... needs the typed
+    confirmation"``). The answer ends ``: re-run with -e confirm=<target> to go ahead``.
     """
-    text = str(dsn or "").strip()
-    if not text:
-        return ""
-    if re.match(r"postgres(ql)?://", text):
-        parts = urlsplit(text)
-        query = parse_qs(parts.query)
-        if query.get("dbname"):
-            return query["dbname"][0]
-        return unquote(parts.path.lstrip("/")) or unquote(parts.username or "") or (
-            query.get("user", [""])[0]
-        )
-    pairs = {
-        key: value[1:-1].replace("\\'", "'").replace("\\\\", "\\")
-        if value.startswith("'")
-        else value
-        for key, value in _KV_PAIR_RE.findall(text)
-    }
-    return pairs.get("dbname") or pairs.get("user") or ""
+    problem = opsbook_text.typed_confirmation_problem(
+        str(target or ""), str(confirm or ""), str(needed or ""), what=what
+    )
+    return problem or ""
 
 
 def worst_verdict(*verdicts: str) -> str:
@@ -357,6 +381,8 @@ class FilterModule:
         return {
             "dsn_database": dsn_database,
             "dsn_redact": dsn_redact,
+            "opsbook_bytes": opsbook_bytes,
+            "opsbook_confirmation": opsbook_confirmation,
             "health_check_app_summary": health_check_app_summary,
             "health_check_database_summary": health_check_database_summary,
             "health_check_report": health_check_report,

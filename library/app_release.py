@@ -1466,7 +1466,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         result["release"] = found[0] if found else None
     if manager.adopted:
         result["adopted"] = manager.adopted
-    result["warnings_list"] = manager.warnings
+    result["warnings_"] = manager.warnings
     return result
 
 
@@ -1531,7 +1531,7 @@ def main() -> int:
         )
     except Exception as exc:  # a report, not a traceback the controller cannot read
         return exit_json({"failed": True, "msg": f"app_release {action}: unexpected error {exc!r}"})
-    warnings = result.pop("warnings_list", [])
+    warnings = result.pop("warnings_", [])
     if warnings:
         result["warnings"] = warnings
     return exit_json(result)

@@ -83,8 +83,8 @@ notes:
   - Values are never shown for inputs declared C(no_log) or whose name says they are secret
     (password, token, secret, ...); URLs in the re-run commands lose their credentials and
     query strings.
-  - Defaults stay with the playbook (C(playbooks/vars/deploy_inputs.yml) for deploy and
-    rollback); the declaration's C(default) documents them, and a unit test keeps both equal.
+  - Defaults stay with the roles (C(roles/deploy/defaults/main.yml) for deploy and rollback);
+    the declaration's C(default) documents them, and a unit test keeps both equal.
 seealso:
   - module: deploy_lock
     description: Quotes RV(rerun) when another run holds the lock.

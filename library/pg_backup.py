@@ -448,7 +448,7 @@ msg:
   description: A one-line summary.
   returned: always
   type: str
-  sample: "backup app-20240501T120000Z-3fa2 of app: 194.5 MB -> 46.0 MB in 9.8 s (20.9 MB/s)"
+  sample: "backup app-20240501T120000Z-3fa2 of app: 185.5 MiB -> 43.9 MiB in 9.8 s (20.9 MB/s)"
 """
 
 import contextlib
@@ -466,7 +466,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_backup import (
     CHUNK_SIZE,
     DATA_OBJECT,
@@ -501,8 +500,7 @@ from ansible.module_utils.opsbook_pg import (
     connect,
     dsn_passwords,
     pg_connection_argument_spec,
-    register_dsn_secrets,
-    require_psycopg,
+    pg_module,
     safe_error,
     scrub_data,
     validate_connection_params,
@@ -517,6 +515,7 @@ from ansible.module_utils.opsbook_proc import (
     watch_ansible,
 )
 from ansible.module_utils.opsbook_storage import StorageError, open_storage, part_size_for
+from ansible.module_utils.opsbook_text import human_bytes
 
 MiB = 1024 * 1024
 PIPE_SIZE = MiB  # F_SETPIPE_SZ: fewer, larger reads (Linux; best effort)
@@ -682,14 +681,6 @@ def throughput_mb_s(size: int, seconds: float) -> float:
     return round(size / seconds / 1e6, 1) if seconds > 0 else 0.0
 
 
-def human_bytes(size: int) -> str:
-    """``512 B``, ``34.1 kB``, ``204.0 MB``, ``1.2 GB`` (powers of 1000)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
-
-
 def labels_of(raw: dict[str, Any] | None) -> tuple[dict[str, str], list[str]]:
     """String labels, and errors for values that are not scalars."""
     labels: dict[str, str] = {}
@@ -703,8 +694,7 @@ def labels_of(raw: dict[str, Any] | None) -> tuple[dict[str, str], list[str]]:
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:
-    spec = pg_connection_argument_spec()
-    spec.update(
+    return pg_connection_argument_spec(
         storage_url={"type": "str", "required": True},
         s3_endpoint_url={"type": "str"},
         s3_region={"type": "str"},
@@ -732,7 +722,6 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         keep_monthly={"type": "int", "default": 0},
         stale_after_minutes={"type": "int", "default": 60},
     )
-    return spec
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
@@ -1705,6 +1694,10 @@ def _minor(version: str) -> int:
         return 0
 
 
+# What a backup that failed before its manifest leaves as it was (its failure message says so).
+UNCHANGED = "the database and the existing backups are unchanged; retention did not run"
+
+
 def failure(message: str) -> dict[str, Any]:
     """A failed result that changed nothing."""
     return {"failed": True, "changed": False, "msg": f"pg_backup: {message}"}
@@ -1755,7 +1748,7 @@ def run_backup(run: BackupRun) -> dict[str, Any]:
                 )
             with signals_held():
                 note = run.cleanup()
-            return failure(f"{what}; no backup was written (no manifest){note}")
+            return failure(f"{what}; no backup was written (no manifest){note}; {UNCHANGED}")
         except Exception as exc:
             if run.written is not None:
                 return after_backup_failure(
@@ -1767,16 +1760,15 @@ def run_backup(run: BackupRun) -> dict[str, Any]:
             with signals_held():
                 note = run.cleanup()
             return failure(
-                f"unexpected error: {run.safe(exc)}; no backup was written (no manifest){note}"
+                f"unexpected error: {run.safe(exc)}; no backup was written (no manifest){note}; "
+                + UNCHANGED
             )
     close_quietly(run.conn)
     return result
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    require_psycopg(module)
-    register_dsn_secrets(module, module.params["dsn"])
+    module = pg_module("pg_backup", argument_spec())
     finish_module(module, execute(module.params, module.check_mode))
 
 

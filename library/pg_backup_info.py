@@ -79,6 +79,7 @@ options:
   backup_id:
     description:
       - With O(state=select) or O(state=verify), that backup.
+      - Mutually exclusive with O(before).
     type: str
   before:
     description:
@@ -384,6 +385,10 @@ def argument_spec() -> dict[str, dict[str, Any]]:
     }
 
 
+# One way to pick a backup (the rules in the argument spec; validate_params has the rest).
+ARGUMENT_RULES: dict[str, Any] = {"mutually_exclusive": [("backup_id", "before")]}
+
+
 def validate_params(params: dict[str, Any]) -> list[str]:
     errors = []
     state = params.get("state") or "list"
@@ -398,8 +403,6 @@ def validate_params(params: dict[str, Any]) -> list[str]:
     if params.get("before"):
         if state != "select":
             errors.append("before is only used with state=select")
-        elif params.get("backup_id"):
-            errors.append("give backup_id or before, not both")
         else:
             try:
                 parse_time(params["before"])
@@ -577,7 +580,9 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=argument_spec(), supports_check_mode=True, **ARGUMENT_RULES
+    )
     errors = validate_params(module.params)
     if errors:
         module.fail_json(msg="pg_backup_info: invalid input: " + "; ".join(errors))

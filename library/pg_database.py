@@ -30,10 +30,7 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-requirements:
-  - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
-extends_documentation_fragment:
-  - opsbook_pg
+extends_documentation_fragment: [opsbook_pg]  # psycopg and the connection options
 options:
   name:
     description:
@@ -168,24 +165,17 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_pg import (
     PgConnectError,
     close_quietly,
-    connect,
+    connect_params,
+    make_conninfo,
     pg_connection_argument_spec,
-    register_dsn_secrets,
-    require_psycopg,
+    pg_module,
     safe_error,
+    sql,
     validate_connection_params,
 )
-
-try:
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
-except ImportError:  # pragma: no cover - reported by HAS_PSYCOPG
-    sql = None  # type: ignore[assignment]
-    make_conninfo = None  # type: ignore[assignment]
 
 NEVER_DROP = ("postgres", "template0", "template1")
 RESTORE_SCRATCH_INFIX = "__opsbook_restore_"
@@ -193,8 +183,7 @@ MAX_IDENTIFIER_BYTES = 63
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:
-    spec = pg_connection_argument_spec()
-    spec.update(
+    return pg_connection_argument_spec(
         name={"type": "str", "required": True},
         state={"type": "str", "choices": ["present", "absent"], "default": "present"},
         owner={"type": "str"},
@@ -204,7 +193,6 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         force={"type": "bool", "default": False},
         restore_leftovers={"type": "bool", "default": False},
     )
-    return spec
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
@@ -279,7 +267,7 @@ def drop_database(cur: Any, name: str, force: bool, server_version_num: int) -> 
     cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
 
 
-def run_absent(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> dict[str, Any]:
+def run_absent(module: Any, conn: Any, result: dict[str, Any]) -> dict[str, Any]:
     params = module.params
     name = params["name"]
     with conn.cursor() as cur:
@@ -320,7 +308,7 @@ def run_absent(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> dict
     return result
 
 
-def run_present(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> dict[str, Any]:
+def run_present(module: Any, conn: Any, result: dict[str, Any]) -> dict[str, Any]:
     params = module.params
     name = params["name"]
     with conn.cursor() as cur:
@@ -348,20 +336,20 @@ def run_present(module: AnsibleModule, conn: Any, result: dict[str, Any]) -> dic
     return result
 
 
+def nothing_done(params: dict[str, Any]) -> dict[str, Any]:
+    """The result of a run that changed nothing (invalid input included)."""
+    return {"changed": False, "name": params["name"], "created": False, "dropped": []}
+
+
 class ModuleFailure(Exception):
     """A failure whose message is already free of secrets."""
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    require_psycopg(module)
+    module = pg_module("pg_database", argument_spec(), validate_params, fail_fields=nothing_done)
     params = module.params
-    register_dsn_secrets(module, params["dsn"])
     name = params["name"]
-    result: dict[str, Any] = {"changed": False, "name": name, "created": False, "dropped": []}
-    errors = validate_params(params)
-    if errors:
-        module.fail_json(msg="pg_database: invalid input: " + "; ".join(errors), **result)
+    result = nothing_done(params)
     if params["state"] == "absent":
         refusal = drop_refusal(name, params["scratch_prefixes"], params["confirm"])
         if refusal:
@@ -370,12 +358,7 @@ def main() -> None:
     conn = None
     try:
         dsn = make_conninfo(params["dsn"], dbname=params["maintenance_db"])
-        conn = connect(
-            dsn,
-            connect_timeout=params["connect_timeout"],
-            application_name=params["application_name"],
-            autocommit=True,
-        )
+        conn = connect_params(params, dsn, autocommit=True)
         runner = run_absent if params["state"] == "absent" else run_present
         result = runner(module, conn, result)
     except PgConnectError as exc:

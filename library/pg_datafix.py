@@ -30,9 +30,11 @@ description:
     replaced by the module's transaction (transaction modes of the C(BEGIN), such as
     C(ISOLATION LEVEL SERIALIZABLE), are kept). Any other transaction control (C(COMMIT),
     C(ROLLBACK), C(BEGIN) in the middle, C(PREPARE TRANSACTION)), statements that cannot run
-    in a transaction (C(VACUUM), C(CREATE INDEX CONCURRENTLY), C(CREATE DATABASE), ...),
-    psql meta-commands (lines starting with a backslash) and C(BEGIN ATOMIC) function bodies
-    are refused before anything runs."
+    in a transaction (C(VACUUM), C(CREATE INDEX CONCURRENTLY), C(CREATE DATABASE), ...) and
+    psql meta-commands (lines starting with a backslash) are refused before anything runs."
+  - The file is split into statements as psql splits it (quotes, C(E'') strings, dollar
+    quotes, nested comments and the C(BEGIN ATOMIC ... END) body of a SQL-standard function),
+    by the splitter M(pg_migrate) uses too (C(module_utils/opsbook_sql.py)).
   - The verify query is O(verify), or the single statement that follows a line
     C(-- opsbook:verify) in the file (a fix file can carry its own verification). With
     O(require_verify=true) a fix without a verify query is refused before anything runs.
@@ -46,10 +48,7 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-requirements:
-  - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
-extends_documentation_fragment:
-  - opsbook_pg
+extends_documentation_fragment: [opsbook_pg]  # psycopg and the connection options
 options:
   path:
     description:
@@ -285,8 +284,8 @@ msg:
 """
 
 import contextlib
+import dataclasses
 import hashlib
-import itertools
 import os
 import re
 import time
@@ -294,239 +293,32 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_pg import (
     PgConnectError,
     close_quietly,
-    connect,
+    connect_params,
     pg_connection_argument_spec,
-    register_dsn_secrets,
-    require_psycopg,
+    pg_module,
     safe_error,
     validate_connection_params,
+)
+from ansible.module_utils.opsbook_sql import (
+    Comment,
+    SqlParseError,
+    Statement,
+    parse_sql,
+    split_sql,
 )
 
 NAME_RE = re.compile(r"^data-fix-(\d{4})-(\d{2})-(\d{2})-[A-Za-z0-9][A-Za-z0-9._-]*\.sql$")
 VERIFY_MARKER_RE = re.compile(r"^--\s*opsbook:verify\s*$", re.IGNORECASE)
 COUNTED_COMMANDS = ("INSERT", "UPDATE", "DELETE", "MERGE", "COPY")
 NO_CHANGE_COMMANDS = ("SELECT", "SET", "SHOW", "RESET", "SAVEPOINT", "RELEASE", "ROLLBACK")
-PREVIEW_CHARS = 120
 VALUE_CHARS = 200
-_IDENT_CHAR_RE = re.compile(r"[\w$]")
-_DOLLAR_TAG_RE = re.compile(r"\$(?:[A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$")
-_WORD_RE = re.compile(r"[A-Za-z_]+")
-
-
-class SqlParseError(Exception):
-    """The file cannot be split into statements (unterminated quote or comment, ...)."""
 
 
 class FixRefused(Exception):
     """The fix is refused before anything runs."""
-
-
-# ---------------------------------------------------------------------------
-# splitting a file into statements
-
-
-@dataclass
-class Statement:
-    """One statement of the file: its text as written, where it starts, and two views of it."""
-
-    index: int
-    line: int
-    text: str
-    clean: str  # comments removed
-    skeleton: str  # comments removed, literal and quoted-identifier contents removed
-
-    @property
-    def words(self) -> list[str]:
-        return [w.upper() for w in _WORD_RE.findall(self.skeleton)]
-
-    @property
-    def preview(self) -> str:
-        return preview(self.clean)
-
-
-def preview(text: str, width: int = PREVIEW_CHARS) -> str:
-    """One line, whitespace collapsed, truncated to ``width`` characters (with an ellipsis)."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "\u2026"
-
-
-@dataclass
-class SplitResult:
-    statements: list[Statement]
-    verify_from: int | None = None  # index into statements where the verify section begins
-    verify_marker_line: int | None = None
-
-
-def _prev_is_ident(text: str, i: int) -> bool:
-    return i > 0 and bool(_IDENT_CHAR_RE.match(text[i - 1]))
-
-
-def split_sql(text: str) -> SplitResult:
-    """Split SQL text into statements on semicolons outside quotes and comments (like psql).
-
-    Handles '...' (with '' escapes), E'...' (backslash escapes), "..." identifiers,
-    dollar-quoted strings ($$...$$, $tag$...$tag$), -- comments and nested /* */ comments.
-    Raises SqlParseError for unterminated constructs and psql meta-commands.
-    """
-    statements: list[Statement] = []
-    result = SplitResult(statements)
-    n = len(text)
-    i = 0
-    line = 1
-    start = 0  # start offset of the current statement's raw text
-    start_line: int | None = None  # line of its first code character
-    clean: list[str] = []
-    skel: list[str] = []
-    line_has_code = False  # a code character since the last newline
-
-    def has_code() -> bool:
-        return start_line is not None
-
-    def finish(end: int) -> None:
-        nonlocal start, start_line, clean, skel
-        if has_code():
-            assert start_line is not None
-            statements.append(
-                Statement(
-                    index=len(statements) + 1,
-                    line=start_line,
-                    text=text[start:end].strip(),
-                    clean="".join(clean).strip(),
-                    skeleton="".join(skel).strip(),
-                )
-            )
-        start, start_line, clean, skel = end + 1, None, [], []
-
-    def mark_code() -> None:
-        nonlocal start_line, line_has_code
-        if start_line is None:
-            start_line = line
-        line_has_code = True
-
-    while i < n:
-        c = text[i]
-        if c == "\n":
-            line += 1
-            line_has_code = False
-            clean.append(c)
-            skel.append(c)
-            i += 1
-            continue
-        if c in " \t\r\f\v":
-            clean.append(c)
-            skel.append(c)
-            i += 1
-            continue
-        if c == "-" and text.startswith("--", i):
-            end = text.find("\n", i)
-            end = n if end == -1 else end
-            comment = text[i:end].strip()
-            if VERIFY_MARKER_RE.match(comment):
-                if has_code():
-                    raise SqlParseError(
-                        f"line {line}: the -- opsbook:verify marker must come between statements, "
-                        "not inside one"
-                    )
-                if result.verify_from is not None:
-                    raise SqlParseError(f"line {line}: a second -- opsbook:verify marker")
-                result.verify_from = len(statements)
-                result.verify_marker_line = line
-            clean.append(" ")
-            skel.append(" ")
-            i = end
-            continue
-        if c == "/" and text.startswith("/*", i):
-            depth, j, first_line = 1, i + 2, line
-            while depth and j < n:
-                if text.startswith("/*", j):
-                    depth, j = depth + 1, j + 2
-                elif text.startswith("*/", j):
-                    depth, j = depth - 1, j + 2
-                else:
-                    if text[j] == "\n":
-                        line += 1
-                    j += 1
-            if depth:
-                raise SqlParseError(f"line {first_line}: unterminated /* comment")
-            clean.append(" ")
-            skel.append(" ")
-            i = j
-            continue
-        if c == "\\" and not line_has_code:
-            end = text.find("\n", i)
-            command = text[i : n if end == -1 else end].strip()
-            raise SqlParseError(
-                f"line {line}: psql meta-command {preview(command, 40)!r} is not SQL; "
-                "a data fix file holds SQL statements only"
-            )
-        if c == ";":
-            finish(i)
-            i += 1
-            continue
-        mark_code()
-        if c == "'":
-            escape = i > 0 and text[i - 1] in "eE" and not _prev_is_ident(text, i - 1)
-            j, first_line = i + 1, line
-            while True:
-                if j >= n:
-                    raise SqlParseError(f"line {first_line}: unterminated quoted string")
-                ch = text[j]
-                if ch == "\n":
-                    line += 1
-                if escape and ch == "\\":
-                    if j + 1 < n and text[j + 1] == "\n":
-                        line += 1
-                    j += 2
-                    continue
-                if ch == "'":
-                    if text.startswith("''", j):
-                        j += 2
-                        continue
-                    break
-                j += 1
-            clean.append(text[i : j + 1])
-            skel.append("''")
-            i = j + 1
-            continue
-        if c == '"':
-            j, first_line = i + 1, line
-            while True:
-                if j >= n:
-                    raise SqlParseError(f"line {first_line}: unterminated quoted identifier")
-                if text[j] == "\n":
-                    line += 1
-                if text[j] == '"':
-                    if text.startswith('""', j):
-                        j += 2
-                        continue
-                    break
-                j += 1
-            clean.append(text[i : j + 1])
-            skel.append('""')
-            i = j + 1
-            continue
-        if c == "$" and not _prev_is_ident(text, i):
-            match = _DOLLAR_TAG_RE.match(text, i)
-            if match:
-                tag = match.group(0)
-                end = text.find(tag, match.end())
-                if end == -1:
-                    raise SqlParseError(f"line {line}: unterminated dollar-quoted string {tag}")
-                body = text[i : end + len(tag)]
-                line += body.count("\n")
-                clean.append(body)
-                skel.append("$$ $$")
-                i = end + len(tag)
-                continue
-        clean.append(c)
-        skel.append(c)
-        i += 1
-    finish(n)
-    return result
 
 
 # ---------------------------------------------------------------------------
@@ -578,10 +370,6 @@ def no_transaction_command(words: list[str]) -> str | None:
     return None
 
 
-def is_begin_atomic(words: list[str]) -> bool:
-    return any(a == "BEGIN" and b == "ATOMIC" for a, b in itertools.pairwise(words))
-
-
 _BEGIN_MODES_RE = re.compile(
     r"^\s*(?:BEGIN(?:\s+(?:WORK|TRANSACTION))?|START\s+TRANSACTION)\b\s*(?P<modes>.*?)\s*$",
     re.IGNORECASE | re.DOTALL,
@@ -600,25 +388,61 @@ class FixPlan:
     notes: list[str] = field(default_factory=list)
 
 
+def verify_marker(comments: list[Comment]) -> tuple[int | None, int | None]:
+    """(how many statements come before the ``-- opsbook:verify`` marker, its line), or
+    (None, None) when the file has none; FixRefused when one stands inside a statement or
+    there are two."""
+    found: Comment | None = None
+    for comment in comments:
+        if not VERIFY_MARKER_RE.match(comment.text):
+            continue
+        if comment.inside:
+            problem = "the -- opsbook:verify marker must come between statements, not inside one"
+        elif found is not None:
+            problem = "a second -- opsbook:verify marker"
+        else:
+            found = comment
+            continue
+        raise FixRefused(f"the file cannot be read as SQL: line {comment.line}: {problem}")
+    return (found.after, found.line) if found else (None, None)
+
+
+def refusal(stmt: Statement) -> str | None:
+    """Why the statement cannot run in the module's one transaction (None when it can)."""
+    control = transaction_control(stmt.words)
+    if control:
+        return (
+            f"statement {stmt.index} (line {stmt.line}) is {control}: a data fix runs in ONE "
+            "transaction that the module begins and commits or rolls back; remove the "
+            "file's own transaction control (a BEGIN; first and a COMMIT; last are accepted)"
+        )
+    command = no_transaction_command(stmt.words)
+    if command:
+        return (
+            f"statement {stmt.index} (line {stmt.line}) is {command}, which cannot run "
+            "inside a transaction; run it as a migration or maintenance instead"
+        )
+    return None
+
+
 def plan_fix(text: str, verify_option: str | None, require_verify: bool) -> FixPlan:
     """Split and check the file; raise FixRefused (nothing runs) when it cannot run safely."""
     try:
-        split = split_sql(text)
+        script = parse_sql(text)
     except SqlParseError as exc:
         raise FixRefused(f"the file cannot be read as SQL: {exc}") from None
-    statements = list(split.statements)
+    verify_boundary, marker_line = verify_marker(script.comments)
+    statements = list(script.statements)
     notes: list[str] = []
     modes: str | None = None
-    verify_boundary = split.verify_from
     # The runbooks' own BEGIN; ... COMMIT; wrapper is replaced by the module's transaction.
     if (
         len(statements) >= 2
         and transaction_control(statements[0].words) in ("BEGIN", "START TRANSACTION")
         and transaction_control(statements[-1].words) in ("COMMIT", "END")
-        and not is_begin_atomic(statements[0].words)
     ):
         first, last = statements[0], statements[-1]
-        match = _BEGIN_MODES_RE.match(first.clean)
+        match = _BEGIN_MODES_RE.match(first.code)
         modes = (match.group("modes") if match else "") or None
         statements = statements[1:-1]
         if verify_boundary is not None:
@@ -629,25 +453,9 @@ def plan_fix(text: str, verify_option: str | None, require_verify: bool) -> FixP
             + (f"; its transaction modes ({modes}) are kept" if modes else "")
         )
     for stmt in statements:
-        words = stmt.words
-        control = transaction_control(words)
-        if control:
-            raise FixRefused(
-                f"statement {stmt.index} (line {stmt.line}) is {control}: a data fix runs in ONE "
-                "transaction that the module begins and commits or rolls back; remove the "
-                "file's own transaction control (a BEGIN; first and a COMMIT; last are accepted)"
-            )
-        command = no_transaction_command(words)
-        if command:
-            raise FixRefused(
-                f"statement {stmt.index} (line {stmt.line}) is {command}, which cannot run "
-                "inside a transaction; run it as a migration or maintenance instead"
-            )
-        if is_begin_atomic(words):
-            raise FixRefused(
-                f"statement {stmt.index} (line {stmt.line}) has a BEGIN ATOMIC body, which this "
-                "module does not split; use a dollar-quoted ($$ ... $$) body"
-            )
+        problem = refusal(stmt)
+        if problem:
+            raise FixRefused(problem)
     verify_text: str | None = None
     verify_source: str | None = None
     verify_preview: str | None = None
@@ -655,20 +463,20 @@ def plan_fix(text: str, verify_option: str | None, require_verify: bool) -> FixP
         fix_part, verify_part = statements[:verify_boundary], statements[verify_boundary:]
         if len(verify_part) != 1:
             raise FixRefused(
-                f"the -- opsbook:verify section (line {split.verify_marker_line}) must hold "
+                f"the -- opsbook:verify section (line {marker_line}) must hold "
                 f"exactly one query, it holds {len(verify_part)} statements"
             )
         if verify_option:
             raise FixRefused(
                 "the verify query is given twice: in the verify option and in the file's "
-                f"-- opsbook:verify section (line {split.verify_marker_line}); keep one"
+                f"-- opsbook:verify section (line {marker_line}); keep one"
             )
         statements = fix_part
         verify_text, verify_source = verify_part[0].text, "file"
         verify_preview = verify_part[0].preview
     elif verify_option and verify_option.strip():
         try:
-            parts = split_sql(verify_option).statements
+            parts = split_sql(verify_option)
         except SqlParseError as exc:
             raise FixRefused(f"the verify query cannot be read as SQL: {exc}") from None
         if len(parts) != 1:
@@ -684,7 +492,7 @@ def plan_fix(text: str, verify_option: str | None, require_verify: bool) -> FixP
         raise FixRefused("the file holds no statement to run")
     # renumber what runs: statement numbers in the report are those of the fix itself
     renumbered = [
-        Statement(k, s.line, s.text, s.clean, s.skeleton) for k, s in enumerate(statements, 1)
+        dataclasses.replace(stmt, index=k) for k, stmt in enumerate(statements, 1)
     ]
     return FixPlan(
         statements=renumbered,
@@ -1141,8 +949,7 @@ def _run_verify(cur: Any, run: FixRun, dsn: str) -> None:
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:
-    spec = pg_connection_argument_spec()
-    spec.update(
+    return pg_connection_argument_spec(
         path={"type": "path"},
         content={"type": "str"},
         name={"type": "str"},
@@ -1157,7 +964,13 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         lock_timeout={"type": "str"},
         parse_only={"type": "bool", "default": False},
     )
-    return spec
+
+
+# path or content, not both (the rules in the argument spec; validate_params has the rest)
+ARGUMENT_RULES: dict[str, Any] = {
+    "mutually_exclusive": [("path", "content")],
+    "required_one_of": [("path", "content")],
+}
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
@@ -1235,14 +1048,9 @@ def run_module(module: Any) -> tuple[dict[str, Any], list[str]]:
         return run.result(), warnings
     if not run.plan.verify:
         warnings.append("no verify query: nothing but the row bounds checked the fix")
-    register_dsn_secrets(module, params["dsn"])
     conn = None
     try:
-        conn = connect(
-            params["dsn"],
-            connect_timeout=params["connect_timeout"],
-            application_name=params["application_name"],
-        )
+        conn = connect_params(params)
         execute_fix(conn, run, params["dsn"])
     except PgConnectError as exc:
         run.outcome = "not_run"
@@ -1260,19 +1068,9 @@ def run_module(module: Any) -> tuple[dict[str, Any], list[str]]:
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=argument_spec(),
-        mutually_exclusive=[("path", "content")],
-        required_one_of=[("path", "content")],
-        supports_check_mode=True,
+    module = pg_module(
+        "pg_datafix", argument_spec(), validate_params, "nothing was run", **ARGUMENT_RULES
     )
-    require_psycopg(module)
-    register_dsn_secrets(module, module.params["dsn"])
-    errors = validate_params(module.params)
-    if errors:
-        module.fail_json(
-            msg="pg_datafix: invalid input: " + "; ".join(errors) + "; nothing was run"
-        )
     result, warnings = run_module(module)
     for warning in warnings:
         module.warn(warning)

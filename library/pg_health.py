@@ -69,10 +69,7 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-requirements:
-  - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
-extends_documentation_fragment:
-  - opsbook_pg
+extends_documentation_fragment: [opsbook_pg]  # psycopg and the connection options
 options:
   checks:
     description:
@@ -439,12 +436,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_pg import (
     PgConnectError,
     pg_connection_argument_spec,
+    pg_module,
     pg_session,
-    require_psycopg,
     safe_error,
     validate_connection_params,
 )
@@ -1227,8 +1223,7 @@ CHECKS: dict[str, Callable[[Any, dict[str, Any]], CheckOutcome]] = {
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:
-    spec = pg_connection_argument_spec()
-    spec.update(
+    return pg_connection_argument_spec(
         checks={
             "type": "list",
             "elements": "str",
@@ -1254,7 +1249,6 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         retry_delay_s={"type": "float", "default": 1.0},
         fail_on_problem={"type": "bool", "default": False},
     )
-    return spec
 
 
 def run_checks(conn: Any, params: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
@@ -1312,12 +1306,8 @@ def build_result(
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    require_psycopg(module)
+    module = pg_module("pg_health", argument_spec(), validate_params)
     params = module.params
-    errors = validate_params(params)
-    if errors:
-        module.fail_json(msg="pg_health: invalid input: " + "; ".join(errors))
     checks = list(dict.fromkeys(params["checks"]))  # keep order, drop repeats
     params = {**params, "checks": checks, "_check_mode": module.check_mode}
     try:

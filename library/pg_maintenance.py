@@ -51,10 +51,8 @@ version_added: "0.1.0"
 author:
   - opsbook maintainers
 requirements:
-  - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
   - PostgreSQL 12 or later (C(REINDEX CONCURRENTLY))
-extends_documentation_fragment:
-  - opsbook_pg
+extends_documentation_fragment: [opsbook_pg]  # psycopg and the connection options
 options:
   schemas:
     description:
@@ -288,14 +286,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_pg import (
     PgConnectError,
     close_quietly,
-    connect,
+    connect_params,
     pg_connection_argument_spec,
-    register_dsn_secrets,
-    require_psycopg,
+    pg_module,
     safe_error,
     validate_connection_params,
 )
@@ -1071,8 +1067,7 @@ class MaintenanceRefused(Exception):
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:
-    spec = pg_connection_argument_spec()
-    spec.update(
+    return pg_connection_argument_spec(
         schemas={"type": "list", "elements": "str", "default": []},
         exclude_tables={"type": "list", "elements": "str", "default": []},
         vacuum={"type": "bool", "default": True},
@@ -1091,7 +1086,6 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         lock_timeout={"type": "str"},
         statement_timeout={"type": "str"},
     )
-    return spec
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
@@ -1120,23 +1114,11 @@ def validate_params(params: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    require_psycopg(module)
+    module = pg_module("pg_maintenance", argument_spec(), validate_params, "nothing was done")
     params = module.params
-    register_dsn_secrets(module, params["dsn"])
-    errors = validate_params(params)
-    if errors:
-        module.fail_json(
-            msg="pg_maintenance: invalid input: " + "; ".join(errors) + "; nothing was done"
-        )
     conn = None
     try:
-        conn = connect(
-            params["dsn"],
-            connect_timeout=params["connect_timeout"],
-            application_name=params["application_name"],
-            autocommit=True,
-        )
+        conn = connect_params(params, autocommit=True)
         run = Maintenance(conn, params, module.check_mode)
         result = run.run()
     except PgConnectError as exc:

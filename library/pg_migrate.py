@@ -60,10 +60,7 @@ description:
 version_added: "0.2.0"
 author:
   - opsbook maintainers
-requirements:
-  - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
-extends_documentation_fragment:
-  - opsbook_pg
+extends_documentation_fragment: [opsbook_pg]  # psycopg and the connection options
 options:
   action:
     description:
@@ -101,7 +98,7 @@ options:
   migration:
     description:
       - With O(action=resolve), the migration to resolve - the numbered layout accepts its
-        version (C(3), C(003)) or its file name; prisma, its folder name.
+        version (C(3), C(003)) or its file name; prisma, its folder name. Required for resolve.
     type: str
   resolve_as:
     description:
@@ -109,7 +106,7 @@ options:
         pending again and runs on the next apply; like C(prisma migrate resolve
         --rolled-back)); C(applied) records a failed or not yet applied migration as applied
         without running it (after finishing it by hand, or to baseline an existing database;
-        like C(prisma migrate resolve --applied)).
+        like C(prisma migrate resolve --applied)). Required for resolve.
     type: str
     choices: [applied, rolled_back]
   lock_timeout_s:
@@ -378,19 +375,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_pg import (
     PgConnectError,
     close_quietly,
-    connect,
+    connect_params,
     pg_connection_argument_spec,
-    register_dsn_secrets,
-    require_psycopg,
+    pg_module,
     safe_error,
     validate_connection_params,
     watch_the_client,
 )
 from ansible.module_utils.opsbook_proc import Interrupted, signals_held, stop_signals, watch_ansible
+from ansible.module_utils.opsbook_sql import SqlParseError, Statement, line_at, split_sql
 
 PRISMA_LOCK_KEY = 72707369
 NUMBERED = "numbered"
@@ -406,8 +402,6 @@ NUMBERED_RE = re.compile(
     r"^migration-(?P<version>\d+)-(?P<description>[A-Za-z0-9][A-Za-z0-9_.\-]*?)(?P<down>\.down)?\.sql$"
 )
 _MARKER_RE = re.compile(r"^--\s*opsbook\s*:\s*no-transaction\s*$", re.IGNORECASE)
-_WORD_RE = re.compile(r"[A-Za-z_\u0080-\uffff][A-Za-z0-9_$\u0080-\uffff]*")
-_DOLLAR_TAG_RE = re.compile(r"\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$")
 
 # Prisma URI parameters that libpq rejects ("invalid URI query parameter").
 PRISMA_ONLY_PARAMS = frozenset(
@@ -428,7 +422,8 @@ PRISMA_ONLY_PARAMS = frozenset(
 PRISMA_IGNORED_TABLES = frozenset({"spatial_ref_sys"})
 
 # Statements PostgreSQL refuses (or, for ADD VALUE, restricts) inside a transaction block.
-# Matched against a statement with comments removed and whitespace collapsed.
+# Matched against a statement's skeleton (comments removed, whitespace collapsed, the contents
+# of literals and quoted identifiers removed).
 _NON_TRANSACTIONAL = [
     (re.compile(r"^CREATE (UNIQUE )?INDEX CONCURRENTLY\b", re.I), "CREATE INDEX CONCURRENTLY"),
     (re.compile(r"^DROP INDEX CONCURRENTLY\b", re.I), "DROP INDEX CONCURRENTLY"),
@@ -462,165 +457,7 @@ class MigrateError(Exception):
         self.extra = extra
 
 
-class SqlParseError(ValueError):
-    """A migration file that cannot be split into statements (unterminated quote or comment)."""
-
-
 # ------------------------------------------------------------------ SQL scripts
-
-
-@dataclass
-class Statement:
-    """One SQL statement of a script: its raw text, its text without comments, its line."""
-
-    text: str
-    code: str
-    line: int  # line of the statement's first keyword
-    text_line: int = 0  # line where ``text`` (which may open with comments) starts
-
-    @property
-    def words(self) -> list[str]:
-        return [w.upper() for w in _WORD_RE.findall(self.code)]
-
-
-def _line_at(sql: str, pos: int) -> int:
-    return sql.count("\n", 0, pos) + 1
-
-
-def _skip_quoted(sql: str, i: int, quote: str, backslash: bool) -> int:
-    """Index just past the string or identifier opening at i (doubled quotes escape)."""
-    n = len(sql)
-    j = i + 1
-    while j < n:
-        ch = sql[j]
-        if backslash and ch == "\\":
-            j += 2
-            continue
-        if ch == quote:
-            if j + 1 < n and sql[j + 1] == quote:
-                j += 2
-                continue
-            return j + 1
-        j += 1
-    kind = "identifier" if quote == '"' else "string"
-    raise SqlParseError(f"unterminated quoted {kind} starting at line {_line_at(sql, i)}")
-
-
-def _skip_block_comment(sql: str, i: int) -> int:
-    depth, j, n = 0, i, len(sql)
-    while j < n:
-        if sql.startswith("/*", j):
-            depth += 1
-            j += 2
-        elif sql.startswith("*/", j):
-            depth -= 1
-            j += 2
-            if depth == 0:
-                return j
-        else:
-            j += 1
-    raise SqlParseError(f"unterminated /* comment */ starting at line {_line_at(sql, i)}")
-
-
-def _is_routine(words: list[str]) -> bool:
-    """CREATE [OR REPLACE] FUNCTION|PROCEDURE: its SQL-standard body may hold semicolons."""
-    if words[:1] != ["CREATE"]:
-        return False
-    rest = words[3:4] if words[1:3] == ["OR", "REPLACE"] else words[1:2]
-    return rest in (["FUNCTION"], ["PROCEDURE"])
-
-
-def split_statements(sql: str) -> list[Statement]:
-    """Split a script into statements the way psql does.
-
-    Semicolons inside quotes, dollar quotes, comments (nested block comments too) and the
-    BEGIN ATOMIC ... END body of a SQL-standard function do not end a statement. Raises
-    SqlParseError on an unterminated quote or comment.
-    """
-    statements: list[Statement] = []
-    n = len(sql)
-    i = 0
-    start = 0
-    code: list[str] = []
-    words: list[str] = []
-    first_code = -1
-    depth = 0
-
-    def flush(end: int) -> None:
-        nonlocal code, words, first_code, depth
-        raw = sql[start:end]
-        text = raw.strip()
-        code_text = " ".join("".join(code).split())
-        if code_text:
-            text_line = _line_at(sql, start + len(raw) - len(raw.lstrip()))
-            statements.append(Statement(text, code_text, _line_at(sql, first_code), text_line))
-        code, words, first_code, depth = [], [], -1, 0
-
-    while i < n:
-        ch = sql[i]
-        if ch == "-" and sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j < 0 else j
-            code.append(" ")
-            continue
-        if ch == "/" and sql.startswith("/*", i):
-            i = _skip_block_comment(sql, i)
-            code.append(" ")
-            continue
-        if ch.isspace():
-            code.append(" ")
-            i += 1
-            continue
-        if first_code < 0 and ch != ";":
-            first_code = i
-        if ch == "'":
-            prev = sql[i - 1] if i > 0 else ""
-            before = sql[i - 2] if i > 1 else ""
-            backslash = prev in ("e", "E") and not (before.isalnum() or before in "_$")
-            j = _skip_quoted(sql, i, "'", backslash)
-            code.append(sql[i:j])
-            i = j
-            continue
-        if ch == '"':
-            j = _skip_quoted(sql, i, '"', False)
-            code.append(sql[i:j])
-            i = j
-            continue
-        if ch == "$":
-            prev = sql[i - 1] if i > 0 else ""
-            match = _DOLLAR_TAG_RE.match(sql, i)
-            if match and not (prev.isalnum() or prev in "_$"):
-                tag = match.group(0)
-                end = sql.find(tag, match.end())
-                if end < 0:
-                    raise SqlParseError(
-                        f"unterminated dollar-quoted string {tag} starting at line "
-                        f"{_line_at(sql, i)}"
-                    )
-                code.append(" $body$ ")
-                i = end + len(tag)
-                continue
-        if ch == ";" and depth == 0:
-            flush(i)
-            i += 1
-            start = i
-            continue
-        match = _WORD_RE.match(sql, i)
-        if match:
-            word = match.group(0).upper()
-            words.append(word)
-            if _is_routine(words):
-                if word == "BEGIN" or (word == "CASE" and depth > 0):
-                    depth += 1
-                elif word == "END" and depth > 0:
-                    depth -= 1
-            code.append(match.group(0))
-            i = match.end()
-            continue
-        code.append(ch)
-        i += 1
-    flush(n)
-    return statements
 
 
 def header_lines(sql: str) -> list[str]:
@@ -647,14 +484,14 @@ def transaction_mode(sql: str, statements: list[Statement]) -> tuple[bool, str |
         return False, f"marked `{NO_TRANSACTION_MARKER}`"
     for stmt in statements:
         for regex, what in _NON_TRANSACTIONAL:
-            if regex.match(stmt.code):
+            if regex.match(stmt.skeleton):
                 return False, (
                     f"{what} (line {stmt.line}) cannot run inside a transaction block"
                     if what != "ALTER TYPE ... ADD VALUE"
                     else f"{what} (line {stmt.line}): the new value is unusable until committed"
                 )
     for stmt in statements:
-        match = _TRANSACTION_CONTROL.match(stmt.code)
+        match = _TRANSACTION_CONTROL.match(stmt.skeleton)
         if match:
             return False, (
                 f"the file manages its own transactions ({match.group(1).upper()} at line "
@@ -720,7 +557,7 @@ def load_script(path: Path) -> Script:
         raise MigrateError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     text = text.lstrip("\ufeff")
     try:
-        statements = split_statements(text)
+        statements = split_sql(text)
     except SqlParseError as exc:
         raise MigrateError(f"{path}: {exc}") from None
     transactional, note = transaction_mode(text, statements)
@@ -1177,7 +1014,7 @@ def describe_db_error(
         parts[0] += f" ({sqlstate})"
     position = getattr(diag, "statement_position", None)
     if script is not None and position and str(position).isdigit():
-        parts[0] += f" at line {first_line - 1 + _line_at(script, int(position) - 1)}"
+        parts[0] += f" at line {first_line - 1 + line_at(script, int(position) - 1)}"
     elif line:
         parts[0] += f" at line {line}"
     for extra in (getattr(diag, "message_detail", None), getattr(diag, "message_hint", None)):
@@ -1200,7 +1037,7 @@ class Migrator:
     """One run of the module against one database."""
 
     def __init__(
-        self, module: AnsibleModule, dsn: str, sleep: Callable[[float], None] = time.sleep
+        self, module: Any, dsn: str, sleep: Callable[[float], None] = time.sleep
     ):
         self.module = module
         self.params = module.params
@@ -1225,12 +1062,7 @@ class Migrator:
     def connect(self) -> None:
         p = self.params
         try:
-            self.conn = connect(
-                self.dsn,
-                connect_timeout=p["connect_timeout"],
-                application_name=p["application_name"],
-                autocommit=True,
-            )
+            self.conn = connect_params(p, self.dsn, autocommit=True)
         except PgConnectError as exc:
             raise MigrateError(f"cannot connect to the database: {exc}") from None
         row = self.query_one("SELECT current_database(), current_user")
@@ -1713,7 +1545,7 @@ def prisma_logs(name: str, error: str) -> str:
 class Run:
     """What the module does for one action; builds the result."""
 
-    def __init__(self, module: AnsibleModule) -> None:
+    def __init__(self, module: Any) -> None:
         self.module = module
         self.p = module.params
         dsn, dsn_schema = strip_prisma_params(self.p["dsn"])
@@ -1954,7 +1786,8 @@ class Run:
                 f"it ran outside a transaction: {failure.statements_done} of "
                 f"{failure.statements_total} statements ran and stay applied"
             )
-            if any(r.match(s.code) for s in script.statements for r, w in _NON_TRANSACTIONAL[:1]):
+            concurrently = _NON_TRANSACTIONAL[0][0]
+            if any(concurrently.match(s.skeleton) for s in script.statements):
                 state += (
                     "; a failed CREATE INDEX CONCURRENTLY leaves an INVALID index - drop it "
                     "(DROP INDEX CONCURRENTLY) before retrying"
@@ -2199,8 +2032,7 @@ class Run:
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:
-    spec = pg_connection_argument_spec()
-    spec.update(
+    return pg_connection_argument_spec(
         action={
             "type": "str",
             "default": "status",
@@ -2219,7 +2051,15 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         prisma_schema={"type": "str"},
         applied_by={"type": "str"},
     )
-    return spec
+
+
+# What an action needs (the rules in the argument spec; validate_params has the rest).
+ARGUMENT_RULES: dict[str, Any] = {
+    "required_if": [
+        ("action", "resolve", ("migration", "resolve_as")),
+        ("action", "down", ("target",)),
+    ],
+}
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
@@ -2230,8 +2070,8 @@ def validate_params(params: dict[str, Any]) -> list[str]:
     key = params["lock_key"]
     if not -(2**63) <= key < 2**63:
         errors.append(f"lock_key must be a bigint, got {key}")
-    if params["action"] == "resolve" and not (params["migration"] and params["resolve_as"]):
-        errors.append("action=resolve needs migration and resolve_as (applied|rolled_back)")
+    if params["action"] == "resolve" and not (params["migration"] or "").strip():
+        errors.append("action=resolve needs migration: the migration to resolve")
     if params["action"] == "down" and not (params["target"] or "").strip():
         errors.append("action=down needs target: the version to go back to (0 reverts all)")
     if params["prisma_schema"] is not None and not params["prisma_schema"].strip():
@@ -2240,14 +2080,9 @@ def validate_params(params: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    require_psycopg(module)
-    register_dsn_secrets(module, module.params["dsn"])
-    errors = validate_params(module.params)
-    if errors:
-        module.fail_json(
-            msg="pg_migrate: invalid input: " + "; ".join(errors) + "; nothing was run"
-        )
+    module = pg_module(
+        "pg_migrate", argument_spec(), validate_params, "nothing was run", **ARGUMENT_RULES
+    )
     run = Run(module)
     try:
         with stop_signals():

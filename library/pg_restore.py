@@ -551,7 +551,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_backup import (
     BackupError,
     client_conninfo,
@@ -573,12 +572,13 @@ from ansible.module_utils.opsbook_pg import (
     close_quietly,
     connect,
     dsn_passwords,
+    make_conninfo,
     pg_connection_argument_spec,
-    register_dsn_secrets,
-    require_psycopg,
+    pg_module,
     safe_error,
     scrub_data,
     scrub_secrets,
+    sql,
     validate_connection_params,
 )
 from ansible.module_utils.opsbook_proc import (
@@ -592,13 +592,7 @@ from ansible.module_utils.opsbook_proc import (
     watch_ansible,
 )
 from ansible.module_utils.opsbook_storage import StorageError, open_storage
-
-try:
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
-except ImportError:  # pragma: no cover - reported through HAS_PSYCOPG
-    sql = None  # type: ignore[assignment]
-    make_conninfo = None  # type: ignore[assignment]
+from ansible.module_utils.opsbook_text import human_bytes, typed_confirmation_problem
 
 SCRATCH_INFIX = "__opsbook_restore_"
 WORK_PREFIX = "opsbook-restore-"  # the local work directory of a run
@@ -661,22 +655,22 @@ def confirmation_problem(
     """Why the typed confirmation does not allow this restore (None when it does).
 
     ``confirm`` must equal the target database's name for ``mode=replace`` and, in
-    production, for every mode. A ``confirm`` that names another database is always
-    refused: the operator had a different database in mind.
+    production, for every mode; the rule itself (a ``confirm`` naming another database is
+    always refused) is ``opsbook_text.typed_confirmation_problem``, as in every preflight.
     """
-    required = mode == "replace" or is_production(env)
-    if not confirm:
-        if not required:
-            return None
-        why = (
-            "mode=replace replaces an existing database"
-            if mode == "replace"
-            else "env is production"
-        )
-        return f"{why}: set confirm to the target database's name ({target!r}) to go ahead"
-    if confirm != target:
-        return f"confirm ({confirm!r}) does not equal the target database's name ({target!r})"
-    return None
+    needed = None
+    if mode == "replace":
+        needed = "mode=replace replaces an existing database"
+    elif is_production(env):
+        needed = "env is production"
+    return typed_confirmation_problem(
+        target,
+        confirm,
+        needed,
+        what="the target database",
+        go_ahead=f"set confirm to the target database's name ({target!r}) to go ahead",
+        quote=True,
+    )
 
 
 def database_name_problem(name: str | None, what: str) -> str | None:
@@ -848,15 +842,6 @@ def filter_globals(text: str, keep_out_role: str) -> tuple[str, int]:
                 continue
         kept.append(line)
     return "".join(kept), dropped
-
-
-def human_bytes(count: float) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"  # pragma: no cover
 
 
 def disk_space_needed(manifest: dict[str, Any], jobs: int) -> int:
@@ -2211,8 +2196,7 @@ def summarize(result: dict[str, Any], check_mode: bool, preflight_only: bool = F
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:
-    spec = pg_connection_argument_spec()
-    spec.update(
+    return pg_connection_argument_spec(
         maintenance_db={"type": "str", "default": "postgres"},
         storage_url={"type": "str", "required": True},
         s3_endpoint_url={"type": "str"},
@@ -2246,7 +2230,6 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         psql_path={"type": "path"},
         zstd_path={"type": "path"},
     )
-    return spec
 
 
 def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
@@ -2282,9 +2265,7 @@ def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    require_psycopg(module)
-    register_dsn_secrets(module, module.params["dsn"])
+    module = pg_module("pg_restore", argument_spec())
     finish_module(module, execute(module.params, module.check_mode))
 
 

@@ -30,13 +30,16 @@ from typing import Any
 
 try:
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     HAS_PSYCOPG = True
     PSYCOPG_IMPORT_ERROR: str | None = None
 except ImportError:  # pragma: no cover - exercised only where psycopg is missing
     psycopg = None  # type: ignore[assignment]
+    sql = None  # type: ignore[assignment]
     conninfo_to_dict = None  # type: ignore[assignment]
+    make_conninfo = None  # type: ignore[assignment]
     HAS_PSYCOPG = False
     PSYCOPG_IMPORT_ERROR = traceback.format_exc()
 
@@ -49,9 +52,10 @@ CLIENT_CHECK_INTERVAL = "2s"
 _URI_USERINFO_RE = re.compile(r"(?P<prefix>postgres(?:ql)?://[^:/?#@\s]*:)(?P<pw>[^@\s/?#]*)(?=@)")
 # ...?password=secret&...  in a URI query string
 _URI_QUERY_RE = re.compile(r"(?P<prefix>[?&]password=)(?P<pw>[^&#\s]*)", re.IGNORECASE)
-# password=secret  or  password='se cret'  in a key/value conninfo string
+# password=secret, password='se cret' or password=se\ cret  in a key/value conninfo string
 _KV_RE = re.compile(
-    r"(?P<prefix>(?:^|\s)password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^\s']\S*)",
+    r"(?P<prefix>(?:^|\s)password\s*=\s*)"
+    r"(?P<pw>'(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)(?:[^\s\\]|\\.)*)",
     re.IGNORECASE,
 )
 
@@ -66,13 +70,55 @@ def require_psycopg(module: Any) -> None:
         )
 
 
-def pg_connection_argument_spec() -> dict[str, dict[str, Any]]:
-    """Argument spec of the connection options shared by every opsbook Postgres module."""
+def pg_connection_argument_spec(**options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Argument spec of the connection options shared by every opsbook Postgres module,
+    followed by the module's own ``options``."""
     return {
         "dsn": {"type": "str", "required": True, "no_log": True},
         "connect_timeout": {"type": "int", "default": DEFAULT_CONNECT_TIMEOUT},
         "application_name": {"type": "str", "default": DEFAULT_APPLICATION_NAME},
+        **options,
     }
+
+
+def pg_module(
+    name: str,
+    argument_spec: dict[str, dict[str, Any]],
+    validate: Callable[[dict[str, Any]], list[str]] | None = None,
+    unchanged: str = "",
+    fail_fields: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    **rules: Any,
+) -> Any:
+    """The opening every opsbook Postgres module's ``main()`` shares; returns the AnsibleModule.
+
+    Builds it (check mode supported; ``rules`` are AnsibleModule's own ``required_if``,
+    ``mutually_exclusive``, ``required_together``, ``required_one_of``, ``required_by``),
+    fails when psycopg 3 is missing, registers the DSN's password so that Ansible masks it
+    in all output, then fails on the input errors ``validate(params)`` finds (the rules the
+    argument spec cannot say) as ``<name>: invalid input: <errors>[; <unchanged>]``, with
+    ``fail_fields(params)`` in the result.
+    """
+    from ansible.module_utils.basic import AnsibleModule
+
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, **rules)
+    require_psycopg(module)
+    register_dsn_secrets(module, module.params["dsn"])
+    errors = validate(module.params) if validate else []
+    if errors:
+        what = [f"{name}: invalid input: " + "; ".join(errors)] + ([unchanged] if unchanged else [])
+        module.fail_json(msg="; ".join(what), **(fail_fields(module.params) if fail_fields else {}))
+    return module
+
+
+def connect_params(params: dict[str, Any], dsn: str | None = None, **options: Any) -> Any:
+    """``connect`` with a module's shared connection options (``params``: its dsn - or
+    ``dsn`` instead -, connect_timeout, application_name) and ``options`` (autocommit, ...)."""
+    return connect(
+        params["dsn"] if dsn is None else dsn,
+        connect_timeout=params["connect_timeout"],
+        application_name=params["application_name"],
+        **options,
+    )
 
 
 def validate_connection_params(params: dict[str, Any]) -> list[str]:
@@ -118,6 +164,52 @@ def dsn_passwords(dsn: str) -> list[str]:
             found.append(str(decoded))
     # longest first, so that scrubbing never leaves the tail of a longer secret
     return sorted({v for v in found if v}, key=len, reverse=True)
+
+
+def dsn_settings(dsn: str) -> dict[str, str]:
+    """The connection settings a DSN gives, as libpq reads them (no defaults filled in).
+
+    libpq's own parser (``psycopg.conninfo.conninfo_to_dict``) where psycopg is installed,
+    as on the controller; without psycopg, or for a DSN libpq refuses (the connection will
+    say why), ``_parse_dsn`` below reads URIs and key/value strings the same way.
+    """
+    if HAS_PSYCOPG and dsn:
+        with suppress(Exception):
+            parsed = conninfo_to_dict(dsn)
+            return {key: str(value) for key, value in parsed.items() if value is not None}
+    return _parse_dsn(dsn)
+
+
+def dsn_database(dsn: str) -> str:
+    """The database a DSN names ("" when none): ``dbname`` (in a URI, ``?dbname=`` wins over
+    the path), else - as libpq connects - the database named like the user."""
+    settings = dsn_settings(dsn)
+    return settings.get("dbname") or settings.get("user") or ""
+
+
+# key=value or key='quoted \' value' (backslash escapes in both)
+_KV_PAIR_RE = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)(?:[^\s\\]|\\.)*)")
+
+
+def _parse_dsn(dsn: str) -> dict[str, str]:
+    """``dsn_settings`` without libpq: URIs (percent-decoded; query parameters win over the
+    path, as in libpq) and key/value strings (quotes and backslash escapes undone)."""
+    from urllib.parse import parse_qs, unquote, urlsplit  # needed only without libpq
+
+    text = (dsn or "").strip()
+    if re.match(r"postgres(?:ql)?://", text):
+        parts = urlsplit(text)
+        settings = {
+            "user": unquote(parts.username or ""),
+            "password": unquote(parts.password or ""),
+            "dbname": unquote(parts.path.lstrip("/")),
+        }
+        settings.update((key, values[-1]) for key, values in parse_qs(parts.query).items())
+        return {key: value for key, value in settings.items() if value}
+    return {
+        key: re.sub(r"\\(.)", r"\1", value[1:-1] if value.startswith("'") else value)
+        for key, value in _KV_PAIR_RE.findall(text)
+    }
 
 
 def scrub_secrets(text: str, secrets: list[str] | tuple[str, ...]) -> str:

@@ -28,18 +28,16 @@ from typing import Any
 import pytest
 
 from opsbook.lab import (
-    DEFAULT_PG_SETTINGS,
     AppHost,
-    MotoS3Server,
     PostgresCluster,
     SshKeyPair,
     load_app_schema,
     start_app_hosts,
     stop_all,
-    write_inventory,
 )
 from opsbook.lab._proc import make_lab_dir, sweep
 from tests.harness import PROJECT_ROOT, ansible_env, run_ansible
+from tests.lab import DEFAULT_PG_SETTINGS, MotoS3Server, write_inventory
 
 APP_DB = "app"
 S3_BUCKET = "opsbook-test"

@@ -29,9 +29,17 @@ __all__ = [
 
 # In dependency order: each may import the ones before it.
 MODULE_UTILS = (
+    "opsbook_text",
     "opsbook_module",
     "opsbook_proc",
     "opsbook_pg",
+    "opsbook_sql",
+    "opsbook_storage_common",
+    "opsbook_storage_file",
+    "opsbook_s3",
+    "opsbook_s3_upload",
+    "opsbook_s3_download",
+    "opsbook_storage_s3",
     "opsbook_storage",
     "opsbook_deploy_state",
     "opsbook_backup",

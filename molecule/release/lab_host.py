@@ -3,14 +3,15 @@
 
     lab_host.py up --dir DIR [--address 41] [--version 1.0.0]
         sshd on 127.0.10.<address> + the sample app <version> running from
-        <deploy_root>/current; writes DIR/inventory/ (opsbook.lab.write_inventory: group `app`,
+        <deploy_root>/current; writes DIR/inventory/ (tests.lab.write_inventory: group `app`,
         strict host-key checking, ansible_python_interpreter=/usr/bin/python3) and DIR/lab.json.
     lab_host.py artifact --dir DIR --version 2.0.0
         builds DIR/artifacts/sampleapp-<version>.tar.gz (opsbook.lab.build_release).
     lab_host.py down --dir DIR
         stops the host and everything it started, removes DIR.
 
-Each command prints one JSON object. Run with the project's virtualenv Python (opsbook.lab).
+Each command prints one JSON object. Run with the project's virtualenv Python (opsbook.lab;
+tests.lab is imported from the project directory).
 """
 
 from __future__ import annotations
@@ -21,15 +22,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from opsbook.lab import (
-    AppHost,
-    SshKeyPair,
-    build_release,
-    host_address,
-    sha256_file,
-    sweep,
-    write_inventory,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project: tests.lab
+
+from opsbook.lab import AppHost, SshKeyPair, build_release, host_address, sha256_file, sweep
+from tests.lab import write_inventory
 
 HOST_NAME = "release-host"
 

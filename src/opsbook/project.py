@@ -44,6 +44,7 @@ INPUT_WARNINGS_SHOWN_ENV = "OPSBOOK_INPUT_WARNINGS_SHOWN"
 
 # Runbook and environment names: no path separators, no leading dot or dash.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# A site.yml imports every playbook (the kubespray convention): running it is never one runbook.
 _NOT_RUNBOOKS = {"site"}
 
 

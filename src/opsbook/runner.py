@@ -74,7 +74,6 @@ log = logging.getLogger("opsbook")
 EventHandler = Callable[[dict[str, Any]], Any]
 CancelCallback = Callable[[], bool]
 
-STATUSES = ("successful", "failed", "unreachable", "timeout", "canceled")
 DEFAULT_KEEP_RUNS = 20
 # How often runner's loop wakes up without output: bounds the reaction time to
 # a timeout or a cancel (runner's default is 5 s).

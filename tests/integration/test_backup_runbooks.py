@@ -22,17 +22,10 @@ from typing import Any
 
 import pytest
 
-from opsbook.lab import (
-    AppHost,
-    MotoS3Server,
-    PostgresCluster,
-    app_table_checksums,
-    http_get,
-    load_app_schema,
-    write_inventory,
-)
+from opsbook.lab import AppHost, PostgresCluster, http_get, load_app_schema
 from tests.harness import ansible_env, run_ansible
 from tests.integration.stats_helper import StatsRun, run_with_stats, stats_env
+from tests.lab import MotoS3Server, app_table_checksums, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -289,10 +282,11 @@ def test_backup_to_unusable_storage_fails_clearly(
     result = run("backup", inventory)
     assert result.rc != 0
     url = f"file://{blocker}/sub"
+    # the module's message is the task's own failure line (issue 12: one failure, one line)
     assert (
-        f"to {url} failed: pg_backup: storage: {url} is not writable: Not a directory "
+        f"pg_backup: storage: {url} is not writable: Not a directory "
         f"({blocker}/sub); no backup was written (no manifest); the database and the existing "
-        "backups are unchanged; retention did not run."
+        "backups are unchanged; retention did not run"
     ) in result.output
     assert "backup" not in result.stats
     assert blocker.read_text() == "not a directory\n"

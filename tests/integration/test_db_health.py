@@ -17,8 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from opsbook.lab import DEFAULT_PG_SETTINGS, PostgresCluster
+from opsbook.lab import PostgresCluster
 from tests.integration.stats_helper import run_with_stats
+from tests.lab import DEFAULT_PG_SETTINGS
 from tests.loaders import load_library
 
 pytestmark = pytest.mark.integration

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from opsbook.lab import S3_CREDENTIALS, AppHost, SshKeyPair, start_app_hosts, stop_all
+from opsbook.lab import AppHost, SshKeyPair, start_app_hosts, stop_all
 from tests.harness import VENV_BIN, ansible_env, run_ansible
 from tests.integration.stats_helper import run_with_stats
+from tests.lab import S3_CREDENTIALS
 from tests.loaders import PROJECT_ROOT, load_module_utils
 from tests.webhook import Webhook
 

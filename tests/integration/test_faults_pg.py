@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from opsbook.lab import AppHost, PostgresCluster, app_table_checksums
+from opsbook.lab import AppHost, PostgresCluster
 from tests.integration.faults import Injector
 from tests.integration.stats_helper import run_with_stats
+from tests.lab import app_table_checksums
 
 pytestmark = pytest.mark.integration
 

@@ -17,21 +17,11 @@ import psycopg
 import pytest
 import yaml
 
-from opsbook.lab import (
-    AppHost,
-    Lab,
-    LabError,
-    MotoS3Server,
-    PostgresCluster,
-    SshHost,
-    app_table_checksums,
-    load_app_schema,
-    load_pgbench,
-    pid_alive,
-)
+from opsbook.lab import AppHost, LabError, PostgresCluster, SshHost, load_app_schema, pid_alive
 from opsbook.lab._proc import processes_referencing
 from tests.conftest import reset_lab
 from tests.harness import run_ansible
+from tests.lab import Lab, MotoS3Server, app_table_checksums, load_pgbench
 
 pytestmark = pytest.mark.integration
 

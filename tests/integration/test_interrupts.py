@@ -31,9 +31,10 @@ from typing import Any
 
 import pytest
 
-from opsbook.lab import MotoS3Server, PostgresCluster, load_pgbench
+from opsbook.lab import PostgresCluster
 from opsbook.runner import find_run_processes
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env, wait_for
+from tests.lab import MotoS3Server, load_pgbench
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -348,7 +349,7 @@ def restore_backup(
     pg: PostgresCluster, restore_source: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """backup.yml of the pgbench database to file:// storage (restores fetch it fast)."""
-    from opsbook.lab import write_inventory
+    from tests.lab import write_inventory
 
     base = tmp_path_factory.mktemp("intr-restore")
     storage = base / "backups"

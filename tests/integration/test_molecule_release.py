@@ -2,8 +2,10 @@
 
 `molecule test -s release`: destroy, syntax, create (an SSH test host on 127.0.10.41 with the
 sample app 1.0.0, started by opsbook.lab), prepare (the 2.0.0 artifact), converge (roles/release
-main), idempotence, verify (current, metadata, /api/version answering 2.0.0 from a new pid),
-destroy. The scenario's ephemeral directory is this test's tmp dir.
+fetch, then roles/deploy install and switch - the path deploy.yml runs - with an after_unpack
+hook), idempotence, verify (current, metadata, the hook, /api/version answering 2.0.0 from a new
+pid; then roles/deploy's rollback back to 1.0.0 with the after_rollback hook), destroy. The
+scenario's ephemeral directory is this test's tmp dir.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from opsbook.lab import DEFAULT_PG_SETTINGS, S3_CREDENTIALS, MotoS3Server, PostgresCluster
+from opsbook.lab import PostgresCluster
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env, wait_for
+from tests.lab import DEFAULT_PG_SETTINGS, S3_CREDENTIALS, MotoS3Server
 from tests.loaders import load_module_utils
 from tests.tcp_proxy import TcpProxy
 

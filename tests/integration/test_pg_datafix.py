@@ -23,9 +23,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from opsbook.lab import PostgresCluster, app_table_checksums, load_app_schema
+from opsbook.lab import PostgresCluster, load_app_schema
 from tests.harness import VENV_BIN, ansible_env, run_ansible
 from tests.integration.stats_helper import run_with_stats
+from tests.lab import app_table_checksums
 
 pytestmark = pytest.mark.integration
 
@@ -262,7 +263,9 @@ def test_a_file_with_its_own_commit_is_refused_before_any_backup(
         },
     )
     assert run.returncode != 0
-    assert "refused before anything ran: statement 2 (line 2) is COMMIT" in run.stdout
+    # the module's refusal is the task's own failure line (issue 12: one failure, one line)
+    assert "fatal: [localhost]" in run.stdout and "output has been hidden" not in run.stdout
+    assert "refused, nothing was run: statement 2 (line 2) is COMMIT" in run.stdout
     assert "does not follow the convention data-fix-YYYY-MM-DD-description.sql" in (
         run.stdout + run.stderr
     )
@@ -373,6 +376,13 @@ CASES = [
     Case("args_type", "args", {"content": PASSING_FIX, "max_rows": "many"}),
     Case("args_ranges", "args", {
         "content": PASSING_FIX, "max_rows": -1, "verify_show_rows": -1,
+    }),
+    # a SQL-standard function body: its semicolons do not end the statement (opsbook_sql)
+    Case("begin_atomic", "begin_atomic", {
+        "content": "CREATE FUNCTION dfx_lowered(p int) RETURNS int LANGUAGE sql\n"
+                   "BEGIN ATOMIC\n  SELECT CASE WHEN p > 1 THEN p - 1 ELSE p END;\nEND;\n"
+                   "UPDATE tasks SET priority = dfx_lowered(priority) WHERE id = 3;\n",
+        "verify": NOTHING,
     }),
     # the verify query shows a row holding the DSN's password (table settings, made first)
     Case("masked", "masked", {
@@ -583,6 +593,14 @@ def test_the_fix_does_not_wait_for_readers(module_run: ModuleRun) -> None:
     assert module_run.seen["reader_after"] == teams  # the reader still saw the old data
     dsn = module_run.dsns["readers"]
     assert scalar(dsn, "SELECT count(*) FROM users WHERE plan = 'team'") == 0
+
+
+def test_a_begin_atomic_function_body_runs_as_one_statement(module_run: ModuleRun) -> None:
+    result = module_run["begin_atomic"]
+    assert result["failed"] is False and result["committed"] is True, result["reason"]
+    assert [s["command"] for s in result["statements"]] == ["CREATE FUNCTION", "UPDATE"]
+    assert result["rows_affected"] == 1
+    assert scalar(module_run.dsns["begin_atomic"], "SELECT dfx_lowered(3)") == 2
 
 
 def test_argument_checks_refuse_before_anything_runs(module_run: ModuleRun) -> None:

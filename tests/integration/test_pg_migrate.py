@@ -491,6 +491,26 @@ def test_check_mode_leaves_the_schema_unchanged_and_reports_the_error(
 # ------------------------------------------------------------------ down
 
 
+@pytest.mark.parametrize(
+    ("params", "missing"),
+    [
+        ({"action": "down"}, "action is down but all of the following are missing: target"),
+        (
+            {"action": "resolve", "migration": "2"},
+            "action is resolve but all of the following are missing: resolve_as",
+        ),
+    ],
+)
+def test_what_an_action_needs_is_checked_before_anything_runs(
+    new_db: Callable[..., str], params: dict[str, Any], missing: str
+) -> None:
+    """The argument spec's required_if (ARGUMENT_RULES), applied by AnsibleModule in main()."""
+    dsn = new_db(app_schema=True)
+    result = run_module(module_args(dsn, EXAMPLES / "numbered", **params))
+    assert result["failed"] is True and result["msg"] == missing
+    assert query(dsn, "SELECT to_regclass('opsbook.schema_migrations')") == [(None,)]
+
+
 def test_down_to_a_target(new_db: Callable[..., str], tmp_path: Path) -> None:
     dsn = new_db(app_schema=True)
     migrations = copy_dir(EXAMPLES / "numbered", tmp_path / "m")

@@ -28,14 +28,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from opsbook.lab import (
-    MotoS3Server,
-    PostgresCluster,
-    app_table_checksums,
-    load_app_schema,
-    load_pgbench,
-)
+from opsbook.lab import PostgresCluster, load_app_schema
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env, run_ansible
+from tests.lab import MotoS3Server, app_table_checksums, load_pgbench
 
 pytestmark = pytest.mark.integration
 

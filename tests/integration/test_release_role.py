@@ -31,17 +31,16 @@ import pytest
 
 from opsbook.lab import (
     AppHost,
-    MotoS3Server,
     SshKeyPair,
     build_release,
     pid_alive,
     sha256_file,
     start_app_hosts,
     stop_all,
-    write_inventory,
 )
 from opsbook.lab._proc import make_lab_dir
 from tests.harness import ansible_env, run_ansible
+from tests.lab import MotoS3Server, write_inventory
 
 pytestmark = pytest.mark.integration
 

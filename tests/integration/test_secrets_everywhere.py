@@ -39,7 +39,6 @@ import pytest
 
 from opsbook.lab import (
     AppHost,
-    MotoS3Server,
     PostgresCluster,
     SshKeyPair,
     load_app_schema,
@@ -49,6 +48,7 @@ from opsbook.lab import (
 from opsbook.lab.sampleapp import build_release
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
 from tests.integration.canaries import encrypt_file, leaks
+from tests.lab import MotoS3Server
 from tests.webhook import Webhook
 
 pytestmark = pytest.mark.integration

@@ -29,8 +29,8 @@ import pytest
 import urllib3.exceptions
 from botocore.awsrequest import AWSResponse
 
-from opsbook.lab import S3_CREDENTIALS, MotoS3Server
 from tests.harness import VENV_BIN, ansible_env, run_ansible, wait_for
+from tests.lab import S3_CREDENTIALS, MotoS3Server
 from tests.loaders import load_module_utils
 from tests.tcp_proxy import TcpProxy
 
@@ -82,6 +82,13 @@ def open_s3(s3: MotoS3Server, prefix: str) -> Callable[..., Any]:
 
 def leftover_uploads(client: Any, prefix: str) -> list[dict[str, Any]]:
     return client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])
+
+
+def assert_nothing_left(s3: MotoS3Server, prefix: str) -> None:
+    """No object and no multipart upload under prefix, on the server itself."""
+    client = s3.client()
+    assert object_keys(client, prefix) == []
+    assert leftover_uploads(client, prefix) == []
 
 
 def object_keys(client: Any, prefix: str) -> list[str]:
@@ -245,13 +252,14 @@ def test_writer_memory_is_bounded_streaming_100mib(
 # without any large buffer), the peak while streaming (sampled every 2 ms, and the kernel's
 # VmHWM reset through /proc/self/clear_refs where that is allowed), and after commit().
 RSS_SCRIPT = r"""
-import importlib.util, json, os, sys, threading, time
+import json, os, sys, threading, time
 
-path, url, endpoint, part_size, concurrency, total = sys.argv[1:7]
+import ansible.module_utils
+
+module_utils, url, endpoint, part_size, concurrency, total = sys.argv[1:7]
 part_size, concurrency, total = int(part_size), int(concurrency), int(total)
-spec = importlib.util.spec_from_file_location("opsbook_storage", path)
-st = sys.modules["opsbook_storage"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(st)
+ansible.module_utils.__path__.append(module_utils)  # found as Ansible ships module_utils
+from ansible.module_utils import opsbook_storage as st
 MiB = 1024 * 1024
 
 def rss():
@@ -318,7 +326,7 @@ def test_writer_rss_stays_within_its_bound_streaming_150mib(
             str(VENV_BIN / "python"),
             "-c",
             RSS_SCRIPT,
-            str(PROJECT_ROOT / "module_utils" / "opsbook_storage.py"),
+            str(PROJECT_ROOT / "module_utils"),
             f"s3://{BUCKET}/{prefix}",
             s3.endpoint_url,
             str(part_size),
@@ -358,9 +366,7 @@ def test_exception_inside_the_block_leaves_nothing(
             writer.write(chunk)
         assert writer.upload_id is not None  # parts are on the server already
         raise RuntimeError("pg_dump exited 1")
-    client = s3.client()
-    assert object_keys(client, prefix) == []
-    assert leftover_uploads(client, prefix) == []
+    assert_nothing_left(s3, prefix)
 
 
 def test_refused_part_aborts_the_upload(
@@ -375,9 +381,7 @@ def test_refused_part_aborts_the_upload(
     assert f"s3://{BUCKET}/{prefix}/db-1/data" in message
     assert "upload of part 3 failed" in message and "access denied" in message
     assert SECRET not in message
-    client = s3.client()
-    assert object_keys(client, prefix) == []
-    assert leftover_uploads(client, prefix) == []
+    assert_nothing_left(s3, prefix)
 
 
 def test_failed_complete_aborts_the_upload(
@@ -390,9 +394,7 @@ def test_failed_complete_aborts_the_upload(
         writer.write(chunk)
     with pytest.raises(st.StorageError, match="CompleteMultipartUpload failed"):
         writer.commit()
-    client = s3.client()
-    assert object_keys(client, prefix) == []
-    assert leftover_uploads(client, prefix) == []
+    assert_nothing_left(s3, prefix)
 
 
 def test_server_killed_mid_upload_fails_fast_and_clearly(tmp_path: Path) -> None:
@@ -485,8 +487,9 @@ def test_missing_objects(open_s3: Callable[..., Any]) -> None:
 
 KILLED_WRITER = """
 import os, signal, sys
-sys.path.insert(0, os.path.dirname(sys.argv[1]))
-import opsbook_storage as st
+import ansible.module_utils
+ansible.module_utils.__path__.append(sys.argv[1])  # module_utils/, found as Ansible ships it
+from ansible.module_utils import opsbook_storage as st
 storage = st.open_storage(sys.argv[2], endpoint_url=sys.argv[3], region="us-east-1",
                           part_size=5 << 20, concurrency=1)
 writer = storage.open_writer("db-1/data.pgdump.zst")
@@ -519,7 +522,7 @@ def test_incomplete_uploads_lists_only_what_opsbook_writers_left(
             str(VENV_BIN / "python"),
             "-c",
             KILLED_WRITER,
-            str(Path(st.__file__)),
+            str(Path(st.__file__).parent),
             storage.url,
             s3.endpoint_url,
         ],
@@ -675,18 +678,29 @@ class Requests:
         assert len(seen) == len(set(seen)), seen
 
 
+@pytest.fixture
+def open_proxied(open_s3: Callable[..., Any], proxy: TcpProxy) -> Callable[..., Any]:
+    """open_proxied(**kwargs): open_s3 through the proxy (5 MiB parts, 2 at a time unless
+    told otherwise)."""
+
+    def make(**kwargs: Any) -> Any:
+        kwargs.setdefault("part_size", 5 * MiB)
+        kwargs.setdefault("concurrency", 2)
+        return open_s3(endpoint_url=proxy.url, **kwargs)
+
+    return make
+
+
 def test_stalled_endpoint_fails_uploads_and_downloads_within_20_s(
-    s3: MotoS3Server, proxy: TcpProxy, prefix: str
+    s3: MotoS3Server,
+    proxy: TcpProxy,
+    prefix: str,
+    open_s3: Callable[..., Any],
+    open_proxied: Callable[..., Any],
 ) -> None:
     """With the default settings, everything in flight when the endpoint goes silent fails
     within 20 s, saying which endpoint, operation and key stalled and what was left."""
-    storage = st.open_storage(
-        f"s3://{BUCKET}/{prefix}",
-        endpoint_url=proxy.url,
-        region="us-east-1",
-        part_size=5 * MiB,
-        concurrency=2,
-    )
+    storage = open_proxied()
     limit = st.DEFAULT_STALL_TIMEOUT
     storage.put_bytes("db-0/data", os.urandom(8 * MiB))
     requests = Requests(storage)
@@ -766,28 +780,19 @@ def test_stalled_endpoint_fails_uploads_and_downloads_within_20_s(
     assert [method for _t, method, _q in requests.sent].count("GET") == 1
     assert SECRET not in repr(outcome)
     # What the dead writer left is found and removed by the next run.
-    [item] = open_s3_direct(s3, prefix).cleanup_incomplete(older_than=0)
+    [item] = open_s3().cleanup_incomplete(older_than=0)  # straight to the server
     assert item.id == writer.upload_id and item.key == "db-1/data"
     assert leftover_uploads(s3.client(), prefix) == []
 
 
-def open_s3_direct(s3: MotoS3Server, prefix: str, **kwargs: Any) -> Any:
-    """The same storage, straight to the server (not through the proxy)."""
-    return st.open_storage(
-        f"s3://{BUCKET}/{prefix}", endpoint_url=s3.endpoint_url, region="us-east-1", **kwargs
-    )
-
-
 def test_upload_that_stalls_then_resumes_within_the_limit_succeeds(
-    s3: MotoS3Server, proxy: TcpProxy, prefix: str
+    s3: MotoS3Server,
+    proxy: TcpProxy,
+    prefix: str,
+    open_s3: Callable[..., Any],
+    open_proxied: Callable[..., Any],
 ) -> None:
-    storage = st.open_storage(
-        f"s3://{BUCKET}/{prefix}",
-        endpoint_url=proxy.url,
-        region="us-east-1",
-        part_size=5 * MiB,
-        concurrency=2,
-    )
+    storage = open_proxied()
     requests = Requests(storage)
     data = os.urandom(18 * MiB)
     pause = st.DEFAULT_STALL_TIMEOUT - 3  # silent for 4 s, under the 7 s limit
@@ -803,25 +808,18 @@ def test_upload_that_stalls_then_resumes_within_the_limit_succeeds(
     timer.join()
     assert took >= pause - 0.5  # it did wait out the silence
     assert result["parts"] == 4 and result["bytes"] == len(data)
-    assert open_s3_direct(s3, prefix).get_bytes("db-1/data") == data
+    assert open_s3().get_bytes("db-1/data") == data  # straight to the server
     requests.assert_none_sent_twice()
     assert leftover_uploads(s3.client(), prefix) == []
     assert object_keys(s3.client(), prefix) == [f"{prefix}/db-1/data"]  # the marker is gone
 
 
 def test_slow_but_live_endpoint_is_never_failed(
-    s3: MotoS3Server, proxy: TcpProxy, prefix: str
+    proxy: TcpProxy, open_proxied: Callable[..., Any]
 ) -> None:
     """Requests far longer than the stall timeout succeed while bytes keep moving."""
     limit = 1.5
-    storage = st.open_storage(
-        f"s3://{BUCKET}/{prefix}",
-        endpoint_url=proxy.url,
-        region="us-east-1",
-        part_size=12 * MiB,
-        concurrency=1,
-        stall_timeout=limit,
-    )
+    storage = open_proxied(part_size=12 * MiB, concurrency=1, stall_timeout=limit)
     requests = Requests(storage)
     ended: list[float] = []
     storage.client.meta.events.register(

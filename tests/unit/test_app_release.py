@@ -396,7 +396,7 @@ def test_check_mode_assumes_a_release_installed_earlier_in_the_run(lab: Lab) -> 
     for action, extra in (("activate", {}), ("mark", {"status": "good"})):
         result = run(lab.root, action, check=True, release_id="2.0.0", **extra)
         assert result["changed"] is True and "not installed yet" in result["msg"]
-        assert "check mode assumes an earlier task" in result["warnings_list"][0]
+        assert "check mode assumes an earlier task" in result["warnings_"][0]
     assert lab.tree() == before
     with pytest.raises(ar.ReleaseError, match="not installed"):
         run(lab.root, "activate", release_id="2.0.0")
@@ -632,7 +632,7 @@ def test_current_pointing_outside_releases_is_reported(lab: Lab) -> None:
     (lab.root / "current").symlink_to("/tmp")
     result = run(lab.root)
     assert result["current"] is None
-    assert "outside" in result["warnings_list"][0]
+    assert "outside" in result["warnings_"][0]
 
 
 def test_a_held_lock_makes_writes_wait_then_fail(lab: Lab) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from tests.loaders import load_library, load_module_utils
 
@@ -858,7 +859,6 @@ def info_params(**overrides: Any) -> dict[str, Any]:
         ({"state": "list", "keep_last": 3}, "only used with state=retention"),
         ({"state": "select", "before": "soon"}, "before: not an ISO 8601 time"),
         ({"state": "list", "before": "2024-01-01"}, "before is only used with state=select"),
-        ({"state": "select", "before": "2024-01-01", "backup_id": "x"}, "not both"),
         ({"state": "list", "backup_id": "x"}, "backup_id is only used"),
         ({"state": "verify", "backup_id": "../x"}, "backup_id"),
         ({"state": "retention", "keep_daily": -2}, "keep_daily must be >= 0"),
@@ -867,6 +867,17 @@ def info_params(**overrides: Any) -> dict[str, Any]:
 def test_pg_backup_info_validate_params(overrides: dict[str, Any], fragment: str) -> None:
     errors = pbi.validate_params(info_params(**overrides))
     assert any(fragment in e for e in errors), errors
+
+
+def test_pg_backup_info_takes_backup_id_or_before_not_both() -> None:
+    """The rule is in the argument spec (ARGUMENT_RULES, which main() gives AnsibleModule)."""
+    validator = ArgumentSpecValidator(pbi.argument_spec(), **pbi.ARGUMENT_RULES)
+    both = {"storage_url": "file:///x", "state": "select", "before": "2024-01-01"}
+    checked = validator.validate({**both, "backup_id": "x"})
+    assert [str(m) for m in checked.error_messages] == [
+        "parameters are mutually exclusive: backup_id|before"
+    ]
+    assert not validator.validate(both).error_messages
 
 
 def test_pg_backup_info_states_on_file_storage(storage: Any, tmp_path: Path) -> None:

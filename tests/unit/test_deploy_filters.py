@@ -125,10 +125,10 @@ def release(rid: str, version: str, status: str = "good", current: bool = False)
 def test_rollback_target_missing_lists_what_each_host_holds() -> None:
     same = {"releases": [release("1.0.0-a", "1.0.0"), release("2.0.0-b", "2.0.0", current=True)]}
     hostvars = {
-        "app1": {"rollback_info": same},
-        "app2": {"rollback_info": same},
-        "app3": {"rollback_info": {"releases": [release("1.0.0-a", "1.0.0")]}},
-        "down": {"rollback_info": {"unreachable": True, "msg": "ssh: timeout"}},
+        "app1": {"deploy_rollback_info": same},
+        "app2": {"deploy_rollback_info": same},
+        "app3": {"deploy_rollback_info": {"releases": [release("1.0.0-a", "1.0.0")]}},
+        "down": {"deploy_rollback_info": {"unreachable": True, "msg": "ssh: timeout"}},
         "limited": {},
     }
     hosts = list(hostvars)
@@ -145,14 +145,14 @@ def test_rollback_target_missing_lists_what_each_host_holds() -> None:
 
 def rolled(host: str, changed: bool = True, **kw: Any) -> dict[str, Any]:
     switch = {"changed": changed, "from": "2.0.0-b", "to": "1.0.0-a", "current_version": "1.0.0"}
-    return {"app_base_url": f"http://{host}:8080", "rollback_switch": {**switch, **kw}}
+    return {"app_base_url": f"http://{host}:8080", fd.ROLLBACK_SWITCH: {**switch, **kw}}
 
 
 def test_rollback_gate_targets_only_hosts_switched_and_restarted() -> None:
     hostvars = {
         "app1": rolled("app1"),
         "app2": rolled("app2", changed=False),
-        "app3": {**rolled("app3"), "rollback_error": "restart failed"},
+        "app3": {**rolled("app3"), "deploy_rollback_error": "restart failed"},
         "app4": rolled("app4", unreachable=True),
         "app5": {**rolled("app5"), "app_service_result": {"unreachable": True}},
         "app6": {},
@@ -169,11 +169,14 @@ def test_rollback_gate_targets_only_hosts_switched_and_restarted() -> None:
 def test_rollback_host_states_from_what_each_host_registered() -> None:
     gate = {"by_host": {"app1": {"ok": True}, "app2": {"ok": False, "problems": ["/health: 500"]}}}
     hostvars = {
-        "app1": {**rolled("app1"), "rollback_gate": gate},
-        "app2": {**rolled("app2"), "rollback_gate": gate},
-        "app3": {**rolled("app3", failed=True, msg="no good release"), "rollback_error": "x"},
+        "app1": {**rolled("app1"), "deploy_rollback_gate": gate},
+        "app2": {**rolled("app2"), "deploy_rollback_gate": gate},
+        "app3": {
+            **rolled("app3", failed=True, msg="no good release"),
+            "deploy_rollback_error": "x",
+        },
         "app4": rolled("app4", unreachable=True, msg="ssh: refused "),
-        "app5": {**rolled("app5", changed=False), "rollback_gate_error": "gate crashed"},
+        "app5": {**rolled("app5", changed=False), "deploy_rollback_gate_error": "gate crashed"},
         "app6": {},
     }
     states = fd.rollback_host_states(hostvars, list(hostvars))

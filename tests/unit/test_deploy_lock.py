@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -242,7 +243,7 @@ def test_s3_conditional_requests_and_their_errors() -> None:
 
 
 def test_s3_conflict_is_retried_then_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(st.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(time, "sleep", lambda _s: None)
     client = FakeS3(fail_with=client_error("ConditionalRequestConflict", 409))
     storage = s3_storage(client)
     with pytest.raises(st.PreconditionFailedError, match="kept conflicting"):

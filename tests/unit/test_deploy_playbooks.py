@@ -1,5 +1,6 @@
 """deploy.yml and rollback.yml, read as data: once the deploy lock is taken, no play can end
-the run before the report play releases it.
+the run before the report play releases it. The plays import roles/deploy's entry points: a
+play's tasks are read with those imports (and the role's include_tasks) expanded.
 
 Ansible stops a playbook when every host of a play (or of a serial batch) failed, and a failed
 host takes no part in later plays: a failure after the lock that is not rescued would leave
@@ -20,6 +21,23 @@ import yaml
 from tests.loaders import PROJECT_ROOT
 
 PLAYBOOKS = PROJECT_ROOT / "playbooks"
+DEPLOY_TASKS = PROJECT_ROOT / "roles" / "deploy" / "tasks"
+
+
+def expand(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tasks with every import of a roles/deploy entry point replaced by its tasks."""
+    found = []
+    for task in tasks or []:
+        call = role_call(task)
+        if call and call[0] == "deploy" and "ansible.builtin.import_role" in task:
+            found += expand(yaml.safe_load((DEPLOY_TASKS / f"{call[1]}.yml").read_text()))
+        else:
+            found.append(task)
+    return found
+
+
+def play_tasks(play: dict[str, Any]) -> list[dict[str, Any]]:
+    return expand(play["tasks"])
 
 
 def role_call(task: dict[str, Any]) -> tuple[str, str] | None:
@@ -30,12 +48,16 @@ def role_call(task: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def walk(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every task, blocks and their rescue/always included."""
+    """Every task, blocks and their rescue/always included, and the tasks of the role's own
+    include_tasks files."""
     found = []
     for task in tasks or []:
         found.append(task)
         for part in ("block", "rescue", "always"):
             found += walk(task.get(part) or [])
+        include = task.get("ansible.builtin.include_tasks")
+        if include and (DEPLOY_TASKS / include).is_file():
+            found += walk(yaml.safe_load((DEPLOY_TASKS / include).read_text()))
     return found
 
 
@@ -65,8 +87,8 @@ RELEASE = ("deploy_lock", "release")
 @pytest.mark.parametrize("name", ["deploy", "rollback"])
 def test_after_the_lock_no_play_can_end_the_run_before_it_is_released(name: str) -> None:
     plays = yaml.safe_load((PLAYBOOKS / f"{name}.yml").read_text())
-    lock_play = next(i for i, p in enumerate(plays) if calls(p["tasks"], ACQUIRE))
-    tasks = plays[lock_play]["tasks"]
+    lock_play = next(i for i, p in enumerate(plays) if calls(play_tasks(p), ACQUIRE))
+    tasks = play_tasks(plays[lock_play])
     holder = next(i for i, t in enumerate(tasks) if calls([t], ACQUIRE))
     if holder < len(tasks) - 1:  # tasks follow the lock in its play: its rescue releases it
         assert "block" in tasks[holder] and calls(tasks[holder]["rescue"], RELEASE), name
@@ -74,14 +96,27 @@ def test_after_the_lock_no_play_can_end_the_run_before_it_is_released(name: str)
     assert later, name
     for play in later:
         assert not play.get("any_errors_fatal"), play["name"]
-        for task in play["tasks"]:
-            assert safe(task, PLAYBOOKS), f"{name}: {play['name']}: {task['name']}"
-    first, *rest = report["tasks"]
+        for task in play_tasks(play):
+            assert safe(task, DEPLOY_TASKS), f"{name}: {play['name']}: {task['name']}"
+    first, *rest = play_tasks(report)
     assert calls(first.get("always") or [], RELEASE), f"{name}: the report releases in always"
     assert all("ansible.builtin.fail" in t for t in rest), f"{name}: only the verdict follows"
 
 
 def test_the_safety_rule_catches_an_unrescued_task() -> None:
-    assert not safe({"name": "x", "ansible.builtin.set_fact": {"a": 1}}, PLAYBOOKS)
-    assert not safe({"name": "x", "block": [{"name": "y"}]}, PLAYBOOKS)
-    assert safe({"name": "x", "block": [{"name": "y"}], "rescue": [{"name": "z"}]}, PLAYBOOKS)
+    assert not safe({"name": "x", "ansible.builtin.set_fact": {"a": 1}}, DEPLOY_TASKS)
+    assert not safe({"name": "x", "block": [{"name": "y"}]}, DEPLOY_TASKS)
+    assert safe({"name": "x", "block": [{"name": "y"}], "rescue": [{"name": "z"}]}, DEPLOY_TASKS)
+    include = {"name": "x", "ansible.builtin.include_tasks": "lock_release.yml"}
+    assert not safe(include, DEPLOY_TASKS)  # an import_role with no rescue
+
+
+def test_the_plays_import_the_deploy_roles_entry_points() -> None:
+    """Thin playbooks: every deploy play, and rollback.yml's non-database ones, is one import
+    of a roles/deploy entry point; the expansion reads the role's tasks."""
+    for name in ("deploy", "rollback"):
+        for play in yaml.safe_load((PLAYBOOKS / f"{name}.yml").read_text()):
+            if name == "rollback" and "database" in play["name"]:
+                continue
+            assert len(play["tasks"]) == 1 and role_call(play["tasks"][0])[0] == "deploy"
+            assert play_tasks(play) != play["tasks"]

@@ -48,6 +48,8 @@ def test_filters_are_registered() -> None:
     assert set(names) == {
         "dsn_database",
         "dsn_redact",
+        "opsbook_bytes",
+        "opsbook_confirmation",
         "health_check_app_summary",
         "health_check_database_summary",
         "health_check_report",

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,13 @@ def test_opsbook_run_knows_the_names_the_preflight_knows() -> None:
     assert proj.known_inputs(PROJECT_ROOT, "no_such_runbook") is None
 
 
+def test_the_deploy_hooks_are_known_inputs() -> None:
+    """roles/deploy's inputs (its argument specs) are known: -e deploy_hook_... is no typo."""
+    hooks = {f"deploy_hook_{p}" for p in ("after_unpack", "before_switch", "after_switch")}
+    assert hooks | {"deploy_hook_after_rollback"} <= known("deploy")
+    assert "deploy_hook_after_rollback" in known("rollback")
+
+
 def test_tour_knows_what_the_runbooks_it_imports_know() -> None:
     tour = known("tour")
     assert {"tour_app_version", "deploy_batch", "rollback_to", "pg_backup_keep_last"} <= tour
@@ -61,18 +67,15 @@ def test_tour_knows_what_the_runbooks_it_imports_know() -> None:
     assert "maintenance" not in tour  # maintenance_mode is not part of the tour
 
 
-def _playbook_defaults(path: Path) -> dict[str, str]:
-    """`deploy_opt_x: "{{ x | default(D) }}"` -> {x: D} from the deploy/rollback vars file."""
-    found = {}
-    for value in yaml.safe_load(path.read_text()).values():
-        match = re.fullmatch(r"\{\{ (\w+) \| default\((.+?)\) \}\}", str(value))
-        if match and not match.group(2).startswith(("(", "deploy_")):
-            found[match.group(1)] = yaml.safe_load(match.group(2).replace("'", '"'))
-    return found
+def _role_defaults(path: Path) -> dict[str, Any]:
+    """The deploy role's defaults (the inputs of deploy.yml and rollback.yml under the names
+    users set), leaving out those derived from another variable (a template)."""
+    found = yaml.safe_load(path.read_text())
+    return {name: value for name, value in found.items() if "{{" not in str(value)}
 
 
 def test_declared_defaults_are_the_ones_the_playbooks_apply() -> None:
-    applied = _playbook_defaults(PROJECT_ROOT / "playbooks" / "vars" / "deploy_inputs.yml")
+    applied = _role_defaults(PROJECT_ROOT / "roles" / "deploy" / "defaults" / "main.yml")
     assert {"deploy_batch", "deploy_keep_releases", "deploy_health_retries"} <= set(applied)
     for runbook in ("deploy", "rollback"):
         for name, spec in declaration(runbook)["options"].items():

@@ -1,5 +1,5 @@
-"""library/pg_datafix.py: splitting, refusals, bounds, the report, the commit/rollback rule
-(no server needed)."""
+"""library/pg_datafix.py: planning (the file's BEGIN/COMMIT, the verify section), refusals,
+bounds, the report, the commit/rollback rule (no server needed)."""
 
 from __future__ import annotations
 
@@ -18,67 +18,8 @@ dfx = load_library("pg_datafix")
 SECRET = "S3cr#t-pw_42"
 
 
-# ----------------------------------------------------------------- splitting
-
-
-def texts(sql: str) -> list[str]:
-    return [s.text for s in dfx.split_sql(sql).statements]
-
-
-def test_split_on_semicolons_outside_quotes_identifiers_dollars_and_comments() -> None:
-    sql = (
-        "-- header; not a statement\n"
-        "UPDATE t SET a = 'x;y', b = 'it''s; fine' WHERE c = E'a\\'b;c';\n"
-        'SELECT "we;ird" FROM "t""q;";\n'
-        "/* block ; /* nested ; */ still ; */ DO $body$ BEGIN PERFORM 1; END $body$;\n"
-        "SELECT $$a;b$$, $1, foo$bar;\n"
-        "SELECT 1"
-    )
-    assert texts(sql) == [
-        "-- header; not a statement\n"
-        "UPDATE t SET a = 'x;y', b = 'it''s; fine' WHERE c = E'a\\'b;c'",
-        'SELECT "we;ird" FROM "t""q;"',
-        "/* block ; /* nested ; */ still ; */ DO $body$ BEGIN PERFORM 1; END $body$",
-        "SELECT $$a;b$$, $1, foo$bar",
-        "SELECT 1",
-    ]
-
-
-def test_split_records_the_line_of_the_first_code_character_and_drops_empty_statements() -> None:
-    sql = (
-        "\n-- comment\n\nSELECT 1;;\n  ;\n/* c */\nUPDATE t\nSET a = 1;\n-- trailing comment only\n"
-    )
-    statements = dfx.split_sql(sql).statements
-    assert [(s.index, s.line) for s in statements] == [(1, 4), (2, 7)]
-    assert statements[1].preview == "UPDATE t SET a = 1"
-    assert statements[1].words[:2] == ["UPDATE", "T"]
-
-
-def test_skeleton_hides_literals_from_keyword_checks() -> None:
-    stmt = dfx.split_sql(
-        "UPDATE t SET note = 'VACUUM; COMMIT' WHERE \"COMMIT\" = $$BEGIN$$"
-    ).statements[0]
-    assert "VACUUM" not in stmt.words and "COMMIT" not in stmt.words and "BEGIN" not in stmt.words
-
-
-@pytest.mark.parametrize(
-    ("sql", "fragment"),
-    [
-        ("SELECT 'open", "line 1: unterminated quoted string"),
-        ('SELECT 1;\nSELECT "open', "line 2: unterminated quoted identifier"),
-        ("SELECT $x$ never closed", "line 1: unterminated dollar-quoted string $x$"),
-        ("SELECT 1; /* open /* nested */", "line 1: unterminated /* comment"),
-        ("SELECT 1;\n\\set x 1\n", "line 2: psql meta-command"),
-    ],
-)
-def test_split_errors_name_the_line(sql: str, fragment: str) -> None:
-    with pytest.raises(dfx.SqlParseError, match=re.escape(fragment)):
-        dfx.split_sql(sql)
-
-
-def test_a_backslash_inside_a_statement_is_not_a_meta_command() -> None:
-    assert texts("SELECT 'a' \\\n;") == ["SELECT 'a' \\"]
-
+# The splitting itself (quotes, comments, dollar quotes, BEGIN ATOMIC, the lines) is
+# module_utils/opsbook_sql.py's, tested in tests/unit/test_sql.py.
 
 # ----------------------------------------------------------------- planning and refusals
 
@@ -137,17 +78,35 @@ def test_plan_keeps_the_transaction_modes_of_the_files_begin() -> None:
         ("REINDEX (CONCURRENTLY) TABLE t;", "is REINDEX CONCURRENTLY"),
         ("CREATE DATABASE x;", "is CREATE DATABASE"),
         ("ALTER SYSTEM SET work_mem = '1GB';", "is ALTER SYSTEM"),
-        (
-            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;",
-            "BEGIN ATOMIC",
-        ),
         ("-- only a comment\n", "the file holds no statement to run"),
         ("SELECT 'open", "cannot be read as SQL: line 1: unterminated quoted string"),
+        ("SELECT 1;\n\\set x 1\n", "cannot be read as SQL: line 2: psql meta-command"),
+        ("UPDATE t\n-- opsbook:verify\nSET a = 1;", "line 2: the -- opsbook:verify marker"),
+        (
+            "UPDATE t SET a = 1;\n-- opsbook:verify\nSELECT 1;\n-- opsbook:verify\nSELECT 2;",
+            "line 4: a second -- opsbook:verify marker",
+        ),
     ],
 )
 def test_plan_refuses_what_cannot_run_in_one_transaction(sql: str, fragment: str) -> None:
     with pytest.raises(dfx.FixRefused, match=re.escape(fragment)):
         dfx.plan_fix(sql, "SELECT 1 WHERE false", require_verify=True)
+
+
+def test_a_begin_atomic_function_body_is_one_statement_of_the_fix() -> None:
+    """The splitter pg_migrate uses (module_utils/opsbook_sql.py) reads a SQL-standard body as
+    PostgreSQL does: a fix may create such a function (pg_datafix refused it before)."""
+    plan = dfx.plan_fix(
+        "BEGIN;\nCREATE FUNCTION f() RETURNS int LANGUAGE sql\nBEGIN ATOMIC SELECT 1; END;\n"
+        "UPDATE t SET a = f();\nCOMMIT;",
+        "SELECT 1 WHERE false",
+        require_verify=True,
+    )
+    assert [(s.index, s.line, s.words[:2]) for s in plan.statements] == [
+        (1, 2, ["CREATE", "FUNCTION"]),
+        (2, 4, ["UPDATE", "T"]),
+    ]
+    assert plan.statements[0].text.endswith("BEGIN ATOMIC SELECT 1; END")
 
 
 def test_savepoints_stay_inside_the_transaction() -> None:

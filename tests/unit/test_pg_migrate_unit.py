@@ -1,6 +1,6 @@
-"""library/pg_migrate.py, the pure parts: splitting SQL into statements, the no-transaction
-marker and the statements that need it, checksums (Prisma's comparison included), scanning
-both layouts, ordering, the analysis of disk against history."""
+"""library/pg_migrate.py, the pure parts: the no-transaction marker and the statements that
+need it, checksums (Prisma's comparison included), scanning both layouts, ordering, the
+analysis of disk against history."""
 
 from __future__ import annotations
 
@@ -10,16 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from tests.loaders import PROJECT_ROOT, load_library
 
 pgm = load_library("pg_migrate")
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
-
-
-def texts(sql: str) -> list[str]:
-    return [s.text for s in pgm.split_statements(sql)]
 
 
 def write(directory: Path, files: dict[str, str]) -> Path:
@@ -30,77 +27,7 @@ def write(directory: Path, files: dict[str, str]) -> Path:
     return directory
 
 
-# ------------------------------------------------------------------ splitting statements
-
-
-def test_split_plain_statements_and_lines() -> None:
-    sql = "-- header\nCREATE TABLE a (id int);\n\nINSERT INTO a VALUES (1);\nSELECT 1"
-    statements = pgm.split_statements(sql)
-    assert [s.text for s in statements] == [
-        "-- header\nCREATE TABLE a (id int)",
-        "INSERT INTO a VALUES (1)",
-        "SELECT 1",
-    ]
-    assert [s.line for s in statements] == [2, 4, 5]
-    assert statements[0].text_line == 1
-    assert statements[0].code == "CREATE TABLE a (id int)"
-
-
-def test_split_ignores_semicolons_in_strings_identifiers_and_comments() -> None:
-    sql = (
-        "INSERT INTO t VALUES ('a;b', 'it''s; fine');\n"
-        'CREATE TABLE "we;ird" (x int); -- trailing; comment\n'
-        "/* block; /* nested; */ still comment; */ SELECT E'back\\'slash;';\n"
-        "SELECT 'x'"
-    )
-    assert texts(sql) == [
-        "INSERT INTO t VALUES ('a;b', 'it''s; fine')",
-        'CREATE TABLE "we;ird" (x int)',
-        "-- trailing; comment\n/* block; /* nested; */ still comment; */ SELECT E'back\\'slash;'",
-        "SELECT 'x'",
-    ]
-
-
-def test_split_dollar_quotes_with_and_without_tags() -> None:
-    sql = (
-        "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END; $$;\n"
-        "DO $body$ BEGIN PERFORM 'a;$$'; END $body$;\n"
-        "SELECT $1abc"  # not a dollar quote: $1 is a parameter
-    )
-    statements = texts(sql)
-    assert len(statements) == 3
-    assert statements[0].endswith("$$")
-    assert statements[1].startswith("DO $body$")
-
-
-def test_split_sql_standard_function_body() -> None:
-    sql = (
-        "CREATE OR REPLACE FUNCTION add(a int, b int) RETURNS int LANGUAGE sql\n"
-        "BEGIN ATOMIC\n  SELECT CASE WHEN a > 0 THEN a + b ELSE b END;\n  SELECT 1;\nEND;\n"
-        "SELECT add(1, 2);"
-    )
-    statements = texts(sql)
-    assert len(statements) == 2
-    assert statements[0].endswith("END")
-    assert statements[1] == "SELECT add(1, 2)"
-
-
-def test_split_only_comments_is_empty() -> None:
-    assert pgm.split_statements("-- nothing here\n/* nor here */\n;;\n") == []
-
-
-@pytest.mark.parametrize(
-    ("sql", "what"),
-    [
-        ("SELECT 'open", "unterminated quoted string starting at line 1"),
-        ('SELECT 1;\nSELECT "open', "unterminated quoted identifier starting at line 2"),
-        ("SELECT 1 /* open", "unterminated /* comment */"),
-        ("DO $x$ BEGIN", "unterminated dollar-quoted string $x$"),
-    ],
-)
-def test_split_unterminated(sql: str, what: str) -> None:
-    with pytest.raises(pgm.SqlParseError, match=what.replace("$", r"\$").replace("*", r"\*")):
-        pgm.split_statements(sql)
+# Splitting a script into statements is module_utils/opsbook_sql.py's (tests/unit/test_sql.py).
 
 
 # ------------------------------------------------------------------ transaction mode
@@ -117,7 +44,7 @@ def test_split_unterminated(sql: str, what: str) -> None:
 def test_marker_in_the_header(header: str) -> None:
     sql = header + "CREATE INDEX i ON t (x);\n"
     assert pgm.has_no_transaction_marker(sql)
-    assert pgm.transaction_mode(sql, pgm.split_statements(sql)) == (
+    assert pgm.transaction_mode(sql, pgm.split_sql(sql)) == (
         False,
         "marked `-- opsbook: no-transaction`",
     )
@@ -133,7 +60,7 @@ def test_marker_in_the_header(header: str) -> None:
 )
 def test_marker_elsewhere_is_not_a_marker(sql: str) -> None:
     assert not pgm.has_no_transaction_marker(sql)
-    assert pgm.transaction_mode(sql, pgm.split_statements(sql)) == (True, None)
+    assert pgm.transaction_mode(sql, pgm.split_sql(sql)) == (True, None)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +82,7 @@ def test_marker_elsewhere_is_not_a_marker(sql: str) -> None:
     ],
 )
 def test_detects_statements_that_need_no_transaction(sql: str, what: str, line: int) -> None:
-    transactional, note = pgm.transaction_mode(sql, pgm.split_statements(sql))
+    transactional, note = pgm.transaction_mode(sql, pgm.split_sql(sql))
     assert transactional is False
     assert what in note
     assert f"(line {line})" in note
@@ -164,7 +91,7 @@ def test_detects_statements_that_need_no_transaction(sql: str, what: str, line: 
 @pytest.mark.parametrize("control", ["BEGIN;", "START TRANSACTION;", "COMMIT;", "END;", "ABORT;"])
 def test_files_with_their_own_transactions_run_as_written(control: str) -> None:
     sql = f"{control}\nUPDATE t SET x = 1;\n"
-    transactional, note = pgm.transaction_mode(sql, pgm.split_statements(sql))
+    transactional, note = pgm.transaction_mode(sql, pgm.split_sql(sql))
     assert transactional is False
     assert "manages its own transactions" in note
 
@@ -181,7 +108,7 @@ def test_files_with_their_own_transactions_run_as_written(control: str) -> None:
     ],
 )
 def test_transactional_statements(sql: str) -> None:
-    assert pgm.transaction_mode(sql, pgm.split_statements(sql)) == (True, None)
+    assert pgm.transaction_mode(sql, pgm.split_sql(sql)) == (True, None)
 
 
 # ------------------------------------------------------------------ checksums
@@ -345,12 +272,12 @@ def test_example_migrations_parse() -> None:
 def migration(key: Any, sql: str = "SELECT 1;", down: str | None = None) -> Any:
     name = key if isinstance(key, str) else f"migration-{key:03d}-m{key}"
     script = pgm.Script(
-        Path(f"{name}.sql"), sql.encode(), sql, pgm.split_statements(sql), True, None
+        Path(f"{name}.sql"), sql.encode(), sql, pgm.split_sql(sql), True, None
     )
     down_script = None
     if down is not None:
         down_script = pgm.Script(
-            Path(f"{name}.down.sql"), down.encode(), down, pgm.split_statements(down), True, None
+            Path(f"{name}.down.sql"), down.encode(), down, pgm.split_sql(down), True, None
         )
     return pgm.Migration(key, name, script, down_script)
 
@@ -512,12 +439,38 @@ def base_params(**overrides: Any) -> dict[str, Any]:
     return params
 
 
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ({"action": "down"}, "action is down but all of the following are missing: target"),
+        (
+            {"action": "resolve"},
+            "action is resolve but all of the following are missing: migration, resolve_as",
+        ),
+        (
+            {"action": "resolve", "migration": "3"},
+            "action is resolve but all of the following are missing: resolve_as",
+        ),
+        ({"action": "down", "target": "0"}, None),
+        ({"action": "apply"}, None),
+    ],
+)
+def test_what_an_action_needs_is_in_the_argument_spec(args: dict[str, Any], error: Any) -> None:
+    """AnsibleModule applies ARGUMENT_RULES (main() passes them) before validate_params runs."""
+    checked = ArgumentSpecValidator(pgm.argument_spec(), **pgm.ARGUMENT_RULES).validate(
+        {"dsn": "postgresql://db/app", "migrations_dir": "/m", **args}
+    )
+    assert [str(m) for m in checked.error_messages] == ([error] if error else [])
+
+
 def test_validate_params() -> None:
     assert pgm.validate_params(base_params()) == []
     assert pgm.validate_params(base_params(action="down")) == [
         "action=down needs target: the version to go back to (0 reverts all)"
     ]
-    assert "needs migration and resolve_as" in pgm.validate_params(base_params(action="resolve"))[0]
+    assert pgm.validate_params(base_params(action="resolve", resolve_as="applied")) == [
+        "action=resolve needs migration: the migration to resolve"
+    ]
     assert pgm.validate_params(base_params(lock_timeout_s=-1)) == [
         "lock_timeout_s must be >= 0, got -1"
     ]

@@ -32,6 +32,10 @@ from botocore.exceptions import (
 from tests.loaders import load_module_utils
 
 st = load_module_utils("opsbook_storage")
+# The parts of it some tests reach into (the facade above re-exports only public names).
+s3_client = load_module_utils("opsbook_s3")
+s3_upload = load_module_utils("opsbook_s3_upload")
+file_storage = load_module_utils("opsbook_storage_file")
 MiB = st.MiB
 SECRET = "wJalrXUtnFEMI-K7MDENG-not-a-real-secret"
 
@@ -522,7 +526,7 @@ class FakeS3:
         return {"ETag": f'"multi-{len(numbers)}"'}
 
     def abort_multipart_upload(self, **kw: Any) -> dict[str, Any]:
-        self.abort_single_attempt.append(getattr(st._SINGLE_ATTEMPT, "active", False))
+        self.abort_single_attempt.append(getattr(s3_client._SINGLE_ATTEMPT, "active", False))
         self._record("AbortMultipartUpload", kw)
         self.uploads.pop(kw["UploadId"], None)
         return {}
@@ -792,7 +796,7 @@ def test_marker_failure_aborts_the_upload() -> None:
 
 
 def test_too_many_parts_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(st, "MAX_PARTS", 2)
+    monkeypatch.setattr(s3_upload, "MAX_PARTS", 2)
     fake = FakeS3()
     writer = fake_storage(fake).open_writer("x")
     with pytest.raises(st.StorageError, match="exceeds 2 parts of 5 MiB"):
@@ -874,7 +878,7 @@ def test_file_nothing_visible_before_commit(files: Any, tmp_path: Path) -> None:
     directory = tmp_path / "backups" / "db-1"
     assert not (directory / "data").exists()
     [temp] = list(directory.iterdir())
-    assert st._TEMP_RE.search(temp.name) and temp.name.startswith("data.opsbook.tmp-")
+    assert file_storage._TEMP_RE.search(temp.name) and temp.name.startswith("data.opsbook.tmp-")
     assert files.list() == [] and files.head("db-1/data") is None
     writer.commit()
     assert [p.name for p in directory.iterdir()] == ["data"]
@@ -904,8 +908,9 @@ def test_file_exception_or_abort_removes_the_temp_file(files: Any, tmp_path: Pat
 
 CRASH_SCRIPT = """
 import os, sys
-sys.path.insert(0, os.path.dirname(sys.argv[1]))
-import opsbook_storage as st
+import ansible.module_utils
+ansible.module_utils.__path__.append(sys.argv[1])  # module_utils/, found as Ansible ships it
+from ansible.module_utils import opsbook_storage as st
 storage = st.open_storage(sys.argv[2])
 writer = storage.open_writer("db-1/data.pgdump.zst")
 writer.write(os.urandom(1 << 20))
@@ -920,7 +925,7 @@ def _age(path: Path, seconds: float) -> None:
 
 def test_file_crash_before_commit_leaves_no_final_file(files: Any, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", CRASH_SCRIPT, str(st.__file__), files.url],
+        [sys.executable, "-c", CRASH_SCRIPT, str(Path(st.__file__).parent), files.url],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL cluster for tests and the sandbox, plus sample-data loaders.
+"""A throwaway PostgreSQL cluster for tests and the sandbox, plus the sample app schema
+(load_app_schema); the tests' other data loaders are in tests/lab/pgdata.py.
 
 The cluster lives entirely in ``base_dir``::
 
@@ -45,9 +46,7 @@ from opsbook.lab._proc import (
 
 __all__ = [
     "PostgresCluster",
-    "app_table_checksums",
     "load_app_schema",
-    "load_pgbench",
     "pg_bindir",
 ]
 
@@ -511,44 +510,3 @@ def load_app_schema(
     except psycopg.Error as exc:
         raise LabError(f"loading the sample app schema failed: {exc}") from exc
     return {"users": len(user_rows), "tasks": len(task_rows)}
-
-
-def app_table_checksums(dsn: str, tables: tuple[str, ...] = ("users", "tasks")) -> dict[str, str]:
-    """'<rows>:<md5 of every row's text, in order>' per table, to compare data across operations.
-
-    Rows are ordered by their text, so any table works (pgbench_history has no key).
-    """
-    result = {}
-    with psycopg.connect(dsn, connect_timeout=10) as conn:
-        for table in tables:
-            query = sql.SQL(
-                "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
-                "FROM {} AS t"
-            ).format(sql.Identifier(table))
-            row = conn.execute(query).fetchone()
-            assert row is not None
-            result[table] = f"{row[0]}:{row[1]}"
-    return result
-
-
-def load_pgbench(cluster: PostgresCluster, dbname: str = "pgbench", scale: int = 1) -> str:
-    """Create dbname if needed and initialise pgbench data at scale; return its DSN.
-
-    Runs ``pgbench -i -s scale`` with the password in PGPASSWORD, never on argv.
-    """
-    cluster.create_database(dbname)
-    args = [
-        str(cluster.bindir / "pgbench"),
-        "-i", "-q", "-s", str(scale), "-I", "dtGvp",
-        "-h", cluster.host, "-p", str(cluster.port), "-U", cluster.superuser,
-        dbname,
-    ]  # fmt: skip
-    result = subprocess.run(
-        args, env=cluster.client_env(dbname), capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise LabError(
-            f"pgbench -i -s {scale} on {cluster.label}/{dbname} failed "
-            f"(exit {result.returncode}):\n{result.stderr.strip()}"
-        )
-    return cluster.dsn_for(dbname)

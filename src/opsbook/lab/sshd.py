@@ -272,11 +272,6 @@ class SshHost:
             check=False,
         )
 
-    def authorize_key(self, public_key_line: str) -> None:
-        """Also accept another public key."""
-        with self.authorized_keys.open("a") as handle:
-            handle.write(public_key_line.strip() + "\n")
-
     # ------------------------------------------------------------ internals
 
     def prepare(self) -> None:

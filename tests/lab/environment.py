@@ -3,7 +3,8 @@
 Postgres with the sample app schema (and optionally pgbench data), the S3
 server with a bucket, N app hosts with the sample app, an SSH key pair and a
 known_hosts file, all under one base_dir. Used by the pytest fixtures, by
-``tests/harness.py up``, by the sandbox and by benchmarks::
+``tests/harness.py up`` and by benchmarks (the sandbox builds its own from
+``opsbook.lab``'s parts)::
 
     with Lab(tempfile.mkdtemp(), hosts=2) as lab:
         inventory = lab.write_inventory(lab.base_dir / "inventory")
@@ -23,10 +24,11 @@ from typing import Any
 
 from opsbook.lab._proc import LabError, make_lab_dir, pid_alive, sweep
 from opsbook.lab.hosts import AppHost, start_app_hosts, stop_all
-from opsbook.lab.inventory import write_inventory
-from opsbook.lab.postgres import PostgresCluster, SettingValue, load_app_schema, load_pgbench
-from opsbook.lab.s3 import MotoS3Server
+from opsbook.lab.postgres import PostgresCluster, SettingValue, load_app_schema
 from opsbook.lab.sshd import SshKeyPair, write_known_hosts
+from tests.lab.inventory import write_inventory
+from tests.lab.pgdata import load_pgbench
+from tests.lab.s3 import MotoS3Server
 
 __all__ = ["DEFAULT_PG_SETTINGS", "Lab"]
 
@@ -163,10 +165,6 @@ class Lab:
     @property
     def file_backup_url(self) -> str:
         return f"file://{self.backup_dir}"
-
-    @property
-    def s3_backup_url(self) -> str | None:
-        return f"s3://{self.bucket}/backups" if self.s3 else None
 
     def pids(self) -> list[int]:
         """Every live process the lab runs (servers, apps, sshd sessions)."""
