@@ -1,9 +1,7 @@
 # Copyright: opsbook contributors
 # Apache-2.0
-"""Controller side of library/pg_restore.py: on the controller's local connection (the default
-dbadmin host) the module's execute() runs in the task's worker process - no module process, no
-payload (its arguments hold the DSN) - as for the controller modules (see
-opsbook_controller_module.py). On any other connection it runs as an ordinary module."""
+"""Controller side of library/pg_restore.py, as action_plugins/pg_backup.py is of pg_backup.py:
+the module's execute() in the task's worker on the controller's local connection."""
 
 from __future__ import annotations
 

@@ -25,8 +25,7 @@ description:
 version_added: "0.2.0"
 author:
   - opsbook maintainers
-requirements:
-  - boto3 for C(s3://) storage
+extends_documentation_fragment: [opsbook_s3, opsbook_controller]  # S3 options, action attribute
 options:
   url:
     description:
@@ -105,31 +104,11 @@ options:
       - O(state=query) without O(version) - how many of the newest entries to return.
     type: int
     default: 20
-  s3_endpoint_url:
-    description:
-      - Endpoint of an S3-compatible service; AWS when omitted.
-    type: str
-  s3_region:
-    description:
-      - Region of the bucket.
-    type: str
 attributes:
-  action:
-    support: full
-    description:
-      An action plugin (action_plugins/deploy_ledger.py) runs this module's code inside the task's
-      worker on the controller's local connection - no module process, no payload written to
-      disk; on any other connection the module runs the ordinary way.
   check_mode:
     support: full
     description: O(state=record) reports the entry it would write and writes nothing;
       O(state=query) only reads.
-  diff_mode:
-    support: none
-    description: No diff is produced.
-  platform:
-    platforms: posix
-    description: Runs on the controller (C(delegate_to) C(localhost)).
 notes:
   - Entries are never modified or deleted by opsbook. To retract one by hand, delete both its
     object under C(ledger/) and its copy under C(ledger-index/).
@@ -234,7 +213,6 @@ import os
 import re
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_deploy_state import (
     LEDGER_STATUSES,
     DeployStateError,
@@ -243,7 +221,7 @@ from ansible.module_utils.opsbook_deploy_state import (
     login_name,
     state_errors,
 )
-from ansible.module_utils.opsbook_module import finish_module
+from ansible.module_utils.opsbook_module import run_module
 from ansible.module_utils.opsbook_storage import StorageError, open_storage
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -345,8 +323,7 @@ def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    finish_module(module, execute(module.params, module.check_mode))
+    run_module(argument_spec(), execute)
 
 
 if __name__ == "__main__":

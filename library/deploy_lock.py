@@ -34,8 +34,7 @@ description:
 version_added: "0.2.0"
 author:
   - opsbook maintainers
-requirements:
-  - boto3 for C(s3://) storage
+extends_documentation_fragment: [opsbook_s3, opsbook_controller]  # S3 options, action attribute
 options:
   url:
     description:
@@ -124,30 +123,12 @@ options:
         at the same moment, before failing.
     type: float
     default: 30
-  s3_endpoint_url:
-    description:
-      - Endpoint of an S3-compatible service; AWS when omitted. Credentials come from the
-        usual boto3 sources.
-    type: str
-  s3_region:
-    description:
-      - Region of the bucket.
-    type: str
 attributes:
-  action:
-    support: full
-    description:
-      An action plugin (action_plugins/deploy_lock.py) runs this module's code inside the task's
-      worker on the controller's local connection - no module process, no payload written to
-      disk; on any other connection the module runs the ordinary way.
   check_mode:
     support: full
     description: Reads the lock and reports what would happen (RV(action), RV(acquirable));
       writes nothing - not even the S3 capability probe. A lock that a real run could not
       take fails the task in check mode too.
-  diff_mode:
-    support: none
-    description: No diff is produced.
   platform:
     platforms: posix
     description: Runs on the controller (C(delegate_to) C(localhost)), where the state URL is
@@ -284,7 +265,6 @@ msg:
 import os
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_deploy_state import (
     DEFAULT_TTL_S,
     DeployLock,
@@ -292,7 +272,7 @@ from ansible.module_utils.opsbook_deploy_state import (
     login_name,
     state_errors,
 )
-from ansible.module_utils.opsbook_module import finish_module
+from ansible.module_utils.opsbook_module import run_module
 from ansible.module_utils.opsbook_storage import StorageError, open_storage
 
 
@@ -424,8 +404,7 @@ def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    finish_module(module, execute(module.params, module.check_mode))
+    run_module(argument_spec(), execute)
 
 
 if __name__ == "__main__":

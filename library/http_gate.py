@@ -23,6 +23,7 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
+extends_documentation_fragment: [opsbook_controller]  # the action, diff_mode, platform attributes
 options:
   targets:
     description:
@@ -81,21 +82,9 @@ options:
     type: bool
     default: false
 attributes:
-  action:
-    support: full
-    description:
-      An action plugin (action_plugins/http_gate.py) runs this module's code inside the task's
-      worker on the controller's local connection - no module process, no payload written to
-      disk; on any other connection the module runs the ordinary way.
   check_mode:
     support: full
     description: Read-only; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed.
-  platform:
-    platforms: posix
-    description: Runs on the controller.
 notes:
   - Redirects are followed; proxies from the environment are used.
 seealso:
@@ -154,9 +143,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_http import run_check, validate_params
-from ansible.module_utils.opsbook_module import finish_module
+from ansible.module_utils.opsbook_module import run_module
 
 MAX_THREADS = 32
 
@@ -284,8 +272,7 @@ def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    finish_module(module, execute(module.params, module.check_mode))
+    run_module(argument_spec(), execute)
 
 
 if __name__ == "__main__":

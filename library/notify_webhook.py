@@ -25,6 +25,7 @@ description:
 version_added: "0.2.0"
 author:
   - opsbook maintainers
+extends_documentation_fragment: [opsbook_controller]  # the action, diff_mode, platform attributes
 options:
   url:
     description:
@@ -108,21 +109,9 @@ options:
     type: bool
     default: false
 attributes:
-  action:
-    support: full
-    description:
-      An action plugin (action_plugins/notify_webhook.py) runs this module's code inside the task's
-      worker on the controller's local connection - no module process, no payload written to
-      disk; on any other connection the module runs the ordinary way.
   check_mode:
     support: full
     description: Nothing is sent in check mode; RV(payload) shows what would be.
-  diff_mode:
-    support: none
-    description: No diff is produced.
-  platform:
-    platforms: posix
-    description: Runs on the controller (C(delegate_to) C(localhost)).
 notes:
   - The task reports C(changed=false) - a notification changes nothing on the managed systems.
 """
@@ -183,8 +172,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.opsbook_module import finish_module
+from ansible.module_utils.opsbook_module import run_module
 from ansible.module_utils.urls import open_url
 
 EVENTS = {
@@ -422,8 +410,7 @@ def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    finish_module(module, execute(module.params, module.check_mode))
+    run_module(argument_spec(), execute)
 
 
 if __name__ == "__main__":

@@ -65,27 +65,15 @@ version_added: "0.1.0"
 author:
   - opsbook maintainers
 requirements:
-  - psycopg >= 3.1 (psycopg 3) and, for C(s3://) storage, boto3, for the Python
-    interpreter that runs the module
   - pg_dump (and pg_dumpall with O(globals)) of the server's major version or newer
   - the C(zstd) command line tool (package C(zstd))
-extends_documentation_fragment:
-  - opsbook_pg
+extends_documentation_fragment: [opsbook_pg, opsbook_s3, opsbook_controller]  # connections, action
 options:
   storage_url:
     description:
       - Where backups go, C(s3://bucket/prefix) or C(file:///absolute/path).
     type: str
     required: true
-  s3_endpoint_url:
-    description:
-      - Endpoint of an S3-compatible service (MinIO, Ceph, ...); AWS when omitted.
-      - Credentials come from the usual boto3 sources (environment, profile, instance role).
-    type: str
-  s3_region:
-    description:
-      - Region of the bucket.
-    type: str
   sse:
     description:
       - Server-side encryption of the stored objects (C(s3://) only).
@@ -237,13 +225,6 @@ options:
     type: int
     default: 60
 attributes:
-  action:
-    support: full
-    description:
-      - An action plugin (action_plugins/pg_backup.py) runs this module's code inside the task's
-        worker on the controller's local connection (the default dbadmin host) - no module
-        process, no payload holding the DSN; on any other connection the module runs the
-        ordinary way (pipelined - its arguments are never written to the host's disk either).
   check_mode:
     support: full
     description: Connects and reads the catalog (a read-only transaction, rolled back),
@@ -254,7 +235,7 @@ attributes:
   platform:
     platforms: posix
     description: Runs where the client tools are and the database is reachable (group
-      C(dbadmin) in opsbook).
+      C(dbadmin) in opsbook, by default the controller's local connection).
 notes:
   - The password of O(dsn) never appears on a command line either; pg_dump's session is named
     C(<application_name>-pg_dump).

@@ -38,23 +38,13 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-requirements:
-  - boto3 for C(s3://) storage
+extends_documentation_fragment: [opsbook_s3]  # boto3 and the S3 connection options
 options:
   storage_url:
     description:
       - Where the backups are, C(s3://bucket/prefix) or C(file:///absolute/path).
     type: str
     required: true
-  s3_endpoint_url:
-    description:
-      - Endpoint of an S3-compatible service; AWS when omitted. Credentials come from the
-        usual boto3 sources.
-    type: str
-  s3_region:
-    description:
-      - Region of the bucket.
-    type: str
   sse:
     description:
       - Server-side encryption for the objects this module writes (C(verified.json)), for

@@ -54,11 +54,9 @@ author:
   - opsbook maintainers
 requirements:
   - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
-  - boto3 for s3:// storage
   - the PostgreSQL client tools (C(pg_restore); C(psql) for O(globals)), preferably of the
     server's major version, and C(zstd), on the host that runs the module
-extends_documentation_fragment:
-  - opsbook_pg
+extends_documentation_fragment: [opsbook_pg, opsbook_s3, opsbook_controller]  # connections, action
 options:
   maintenance_db:
     description:
@@ -70,14 +68,6 @@ options:
     description: Where the backups are, C(s3://bucket/prefix) or C(file:///abs/path).
     type: str
     required: true
-  s3_endpoint_url:
-    description:
-      - Endpoint of an S3-compatible service (MinIO, R2, a test server). Credentials come from
-        the usual boto3 sources (environment, profile, instance role), never from options.
-    type: str
-  s3_region:
-    description: Region of the bucket.
-    type: str
   backup:
     description:
       - C(latest) (the newest backup, or with O(before) the newest started at or before that
@@ -253,13 +243,6 @@ options:
     description: The C(zstd) to use. Default - C(zstd) on C(PATH).
     type: path
 attributes:
-  action:
-    support: full
-    description:
-      - An action plugin (action_plugins/pg_restore.py) runs this module's code inside the task's
-        worker on the controller's local connection (the default dbadmin host) - no module
-        process, no payload holding the DSN; on any other connection the module runs the
-        ordinary way (pipelined - its arguments are never written to the host's disk either).
   check_mode:
     support: full
     description:
@@ -274,7 +257,8 @@ attributes:
     description: Databases are not diffed.
   platform:
     platforms: posix
-    description: Runs on the host that has the PostgreSQL client tools (group C(dbadmin)).
+    description: Runs on the host that has the PostgreSQL client tools (group C(dbadmin), by
+      default the controller's local connection).
 notes:
   - O(dsn) names the server to restore B(into). The module connects to O(maintenance_db) on
     that server, not to the database the DSN names, so the DSN of the application database

@@ -30,8 +30,7 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-requirements:
-  - boto3 for C(s3://) sources (on the controller)
+extends_documentation_fragment: [opsbook_s3]  # boto3 and the S3 connection options
 options:
   src:
     description:
@@ -57,15 +56,6 @@ options:
         C(<project>/.opsbook/artifacts).
       - When omitted, C($OPSBOOK_ARTIFACT_CACHE), else C(~/.cache/opsbook/artifacts).
     type: path
-  s3_endpoint_url:
-    description:
-      - Endpoint of an S3-compatible service; AWS when omitted. Credentials come from boto3's
-        usual sources (environment, profile, instance role).
-    type: str
-  s3_region:
-    description:
-      - Region of the bucket.
-    type: str
   headers:
     description:
       - Extra HTTP request headers (an C(Authorization) token ...). Secret (C(no_log)).

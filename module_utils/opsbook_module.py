@@ -2,10 +2,12 @@
 # Apache-2.0
 """What every opsbook module's code needs of its run, in a module process or in the task's
 worker (action_plugins/opsbook_controller_module.py): its params and check mode, warnings to
-return, and the one way ``main()`` turns ``execute()``'s result into the module's exit."""
+return, and the one way ``main()`` turns ``execute()``'s result into the module's exit
+(``run_module``: all a controller module's ``main()`` does)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -30,3 +32,18 @@ def finish_module(module: Any, result: dict[str, Any]) -> None:
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)
+
+
+def run_module(
+    argument_spec: dict[str, Any],
+    execute: Callable[[dict[str, Any], bool], dict[str, Any]],
+    **rules: Any,
+) -> None:
+    """The whole ``main()`` of a module whose code is ``execute(params, check_mode)`` (the
+    controller modules, whose action plugin calls the same function): an AnsibleModule with
+    check mode supported and ``rules`` (AnsibleModule's own ``required_if``,
+    ``mutually_exclusive``, ...), then ``finish_module``."""
+    from ansible.module_utils.basic import AnsibleModule
+
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, **rules)
+    finish_module(module, execute(module.params, module.check_mode))

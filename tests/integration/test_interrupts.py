@@ -244,7 +244,16 @@ class SlowBackup:
     inventory: Path
 
     def uploading(self) -> None:
-        wait_for(lambda: uploads(self.s3, self.prefix), 30, "the backup's multipart upload")
+        """Until the backup's multipart upload runs and is recorded as opsbook's (its marker
+        object: the one request between CreateMultipartUpload and the first part). A writer
+        killed inside that request leaves an upload no one can tell from another tool's: the
+        bucket's lifecycle rule (AbortIncompleteMultipartUpload) is what removes those."""
+
+        def started() -> bool:
+            recorded = any("/.opsbook-uploads/" in key for key in objects(self.s3, self.prefix))
+            return recorded and uploads(self.s3, self.prefix) != []
+
+        wait_for(started, 30, "the backup's multipart upload and its marker")
 
     def left_nothing(self) -> bool:
         return uploads(self.s3, self.prefix) == [] and objects(self.s3, self.prefix) == []

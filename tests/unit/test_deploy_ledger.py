@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.loaders import load_library, load_module_utils
 
@@ -185,19 +184,6 @@ def params(**kw: Any) -> dict[str, Any]:
     values.update(url="file:///srv/state", env="staging")
     values.update(kw)
     return values
-
-
-def test_argument_spec_matches_documentation() -> None:
-    documented = yaml.safe_load(dg.DOCUMENTATION)["options"]
-    spec = dg.argument_spec()
-    assert set(documented) == set(spec)
-    for name, option in spec.items():
-        assert documented[name]["type"] == option["type"], name
-        assert documented[name].get("default") == option.get("default"), name
-        if "choices" in option:
-            assert documented[name]["choices"] == option["choices"], name
-    yaml.safe_load(dg.EXAMPLES)
-    yaml.safe_load(dg.RETURN)
 
 
 def test_validate_params() -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from botocore.exceptions import ClientError
 
 from tests.loaders import load_library, load_module_utils
@@ -726,19 +725,6 @@ def test_conditional_mode_switches_to_intent_when_the_server_answers_501() -> No
 
 
 # ============================================================ the module's pure parts
-
-
-def test_argument_spec_matches_documentation() -> None:
-    documented = yaml.safe_load(dl.DOCUMENTATION)["options"]
-    spec = dl.argument_spec()
-    assert set(documented) == set(spec)
-    for name, option in spec.items():
-        assert documented[name]["type"] == option["type"], name
-        assert documented[name].get("default") == option.get("default"), name
-        if "choices" in option:
-            assert documented[name]["choices"] == option["choices"], name
-    yaml.safe_load(dl.EXAMPLES)
-    yaml.safe_load(dl.RETURN)
 
 
 def test_fill_defaults_from_the_opsbook_environment() -> None:

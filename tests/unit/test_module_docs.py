@@ -99,3 +99,25 @@ def test_module_page_shows_its_options_returns_and_examples(
         assert text in page, f"{name}: {text}"
     if "opsbook_pg" in (doc.get("extends_documentation_fragment") or []):
         assert "Shared by every opsbook Postgres module" in page
+
+
+# Options a module documents that its action plugin takes on the controller, not the module.
+ACTION_ONLY_OPTIONS = {"app_release": {"src"}}
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in MODULES if callable(getattr(load_library(n), "argument_spec", None))]
+)
+def test_documented_options_are_the_argument_spec(name: str) -> None:
+    """What ansible-doc shows (doc fragments merged) is what the module takes: the same
+    names, types, defaults and choices."""
+    module = load_library(name)
+    documented = module_documentation(module)["options"]
+    spec = module.argument_spec()
+    assert set(documented) - ACTION_ONLY_OPTIONS.get(name, set()) == set(spec)
+    for option, declared in spec.items():
+        shown = documented[option]
+        assert shown.get("type", "str") == declared.get("type", "str"), option
+        assert shown.get("default") == declared.get("default"), option
+        assert shown.get("choices") == declared.get("choices"), option
+
