@@ -176,6 +176,7 @@ from ansible.module_utils.opsbook_pg import (
     sql,
     validate_connection_params,
 )
+from ansible.module_utils.opsbook_text import typed_confirmation_problem
 
 NEVER_DROP = ("postgres", "template0", "template1")
 RESTORE_SCRATCH_INFIX = "__opsbook_restore_"
@@ -218,16 +219,12 @@ def drop_refusal(name: str, prefixes: list[str], confirm: str | None) -> str | N
     """Why ``name`` may not be dropped (None when it may)."""
     if name in NEVER_DROP:
         return f"{name!r} is a system database and is never dropped"
-    if confirm:
-        if confirm != name:
-            return f"confirm ({confirm!r}) does not equal the database's name ({name!r})"
-        return None
-    if any(name.startswith(p) and len(name) > len(p) for p in prefixes):
-        return None
+    scratch = any(name.startswith(p) and len(name) > len(p) for p in prefixes)
     shown = ", ".join(repr(p) for p in prefixes) or "none"
-    return (
-        f"{name!r} is not a scratch database (scratch name prefixes: {shown}); "
-        f"set confirm to {name!r} to drop it"
+    needed = f"{name!r} is not a scratch database (scratch name prefixes: {shown})"
+    return typed_confirmation_problem(
+        name, confirm, None if scratch else needed, go_ahead=f"set confirm to {name!r} to drop it",
+        quote=True,
     )
 
 

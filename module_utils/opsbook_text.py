@@ -8,6 +8,10 @@
   the number and its unit agree: one backup's size is one number wherever it is printed.
 - ``typed_confirmation_problem``: the typed-confirmation rule of every destructive operation.
 
+One exception, on purpose: sizes of tables and indexes (``pg_maintenance``, ``pg_health``) are
+shown as PostgreSQL's ``pg_size_pretty`` shows them (``2208 kB``), the numbers an operator
+compares with ``psql``'s ``\\dt+``; ``pg_health`` takes them from the server itself.
+
 The filters in ``filter_plugins/opsbook_filters.py`` (``opsbook_bytes``,
 ``opsbook_confirmation``) call these very functions. Standard library only: modules that
 run on any host may import it.

@@ -725,7 +725,7 @@ def test_pg_database_drops_only_scratch_databases_unless_confirmed(
     assert r[1]["changed"] is False and r[1]["exists"] is True
     assert r[2]["failed"] and "is not a scratch database" in r[2]["msg"]
     assert "nothing was dropped" in r[2]["msg"]
-    assert r[3]["failed"] and "does not equal the database's name" in r[3]["msg"]
+    assert r[3]["failed"] and "does not equal the name of the database" in r[3]["msg"]
     assert r[4]["failed"] and "system database" in r[4]["msg"]
     assert r[5]["changed"] is True and r[5]["dropped"] == [scratch]  # check mode: would drop
     assert r[6]["changed"] is True and r[6]["dropped"] == [scratch]

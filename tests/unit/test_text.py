@@ -96,6 +96,23 @@ def test_confirmation_messages_say_which_input_what_is_wrong_and_how_to_go_ahead
     )
 
 
+def test_pg_database_drops_by_the_same_rule() -> None:
+    refusal = load_library("pg_database").drop_refusal
+    prefixes = ["opsbook_drill_"]
+    assert refusal("opsbook_drill_1", prefixes, None) is None  # a scratch database needs none
+    assert refusal("app", prefixes, "app") is None
+    assert refusal("app", prefixes, None) == (
+        "'app' is not a scratch database (scratch name prefixes: 'opsbook_drill_'): "
+        "set confirm to 'app' to drop it"
+    )
+    # A confirmation naming another database is refused, scratch or not.
+    assert refusal("opsbook_drill_1", prefixes, "app") == (
+        "confirm ('app') does not equal the name of the database ('opsbook_drill_1'): "
+        "set confirm to 'opsbook_drill_1' to drop it"
+    )
+    assert "system database" in refusal("postgres", prefixes, "postgres")
+
+
 PREFLIGHTS = ["pg_restore", "db_datafix", "db_maintenance", "db_health", "db_migrate"]
 
 
