@@ -45,7 +45,6 @@ class ApiMismatch(AssertionError):
 class Operation:
     method: str
     template: str  # the document's path, e.g. /v1/projects/{ref}/secrets
-    pointer: str  # JSON pointer of the operation in the document
     spec: dict[str, Any]
     parameters: list[dict[str, Any]]
 
@@ -101,9 +100,10 @@ class VendorApi:
             path = path[len(base) :]
         known = []
         for operation in self._operations():
-            match = _template_regex(operation.template).fullmatch(path)
+            pattern, names = _template_regex(operation.template)
+            match = pattern.fullmatch(path)
             if match and operation.method == method.lower():
-                return operation, match.groupdict()
+                return operation, dict(zip(names, match.groups(), strict=True))
             if match:
                 known.append(operation.method.upper())
         if known:
@@ -223,8 +223,7 @@ class VendorApi:
                         (p["in"], p["name"]): p
                         for p in (self._deref(x) for x in [*shared, *spec.get("parameters", [])])
                     }
-                    pointer = f"/paths/{_escape(template)}/{method}"
-                    yield Operation(method, template, pointer, spec, list(params.values()))
+                    yield Operation(method, template, spec, list(params.values()))
 
     def _base_path(self) -> str:
         servers = self.doc.get("servers") or [{}]
@@ -237,7 +236,7 @@ class VendorApi:
 
     def _resolve(self, ref: str) -> dict[str, Any]:
         node: Any = self.doc
-        for part in ref.lstrip("#/").split("/"):
+        for part in ref.removeprefix("#/").split("/"):
             node = node[part.replace("~1", "/").replace("~0", "~")]
         return node
 
@@ -273,20 +272,12 @@ def _with_base(schema: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 @cache
-def _template_regex(template: str) -> re.Pattern[str]:
+def _template_regex(template: str) -> tuple[re.Pattern[str], list[str]]:
+    """The path template as a regex, and its placeholders' names in order."""
     parts = re.split(r"(\{[^}]+\})", template)
-    pattern = "".join(
-        f"(?P<{_group_name(p)}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts
-    )
-    return re.compile(pattern)
-
-
-def _group_name(placeholder: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_]", "_", placeholder[1:-1])
-
-
-def _escape(template: str) -> str:
-    return template.replace("~", "~0").replace("/", "~1")
+    names = [p[1:-1] for p in parts if p.startswith("{")]
+    pattern = "".join("([^/]+)" if p.startswith("{") else re.escape(p) for p in parts)
+    return re.compile(pattern), names
 
 
 def _is_array(schema: Any) -> bool:
