@@ -4,6 +4,7 @@
 
 - ``dsn_redact``: a Postgres DSN with its password replaced by ``********``.
 - ``dsn_database``: the database a DSN names, as libpq reads it.
+- ``dsn_with_credentials``: the same DSN (URI or key=value) with another password (and user).
 - ``opsbook_bytes``: a byte count in IEC units (``43.9 MiB``), as the modules print it.
 - ``opsbook_confirmation``: why a typed confirmation does not allow an operation ("" if it does).
 - ``health_check_app_summary``: one app host's /health and /api/version results -> summary.
@@ -67,6 +68,20 @@ def dsn_database(dsn: Any) -> str:
     """The database a DSN names, as libpq reads it ("" when it names none): see
     ``opsbook_pg.dsn_database``."""
     return opsbook_pg().dsn_database(str(dsn or ""))
+
+
+def dsn_with_credentials(dsn: Any, password: Any, user: Any = None) -> str:
+    """The same DSN, in the form it was written, with ``password`` (and ``user``, when given)
+    in place of its own: see ``opsbook_pg.dsn_with_credentials``. The result holds a secret:
+    use it in ``no_log`` tasks only."""
+    from ansible.errors import AnsibleFilterError
+
+    try:
+        return opsbook_pg().dsn_with_credentials(
+            str(dsn or ""), str(password or ""), None if user is None else str(user)
+        )
+    except ValueError as exc:  # says which input, never its value
+        raise AnsibleFilterError(f"dsn_with_credentials: {exc}") from None
 
 
 def opsbook_bytes(count: Any) -> str:
@@ -381,6 +396,7 @@ class FilterModule:
         return {
             "dsn_database": dsn_database,
             "dsn_redact": dsn_redact,
+            "dsn_with_credentials": dsn_with_credentials,
             "opsbook_bytes": opsbook_bytes,
             "opsbook_confirmation": opsbook_confirmation,
             "health_check_app_summary": health_check_app_summary,

@@ -212,6 +212,85 @@ def _parse_dsn(dsn: str) -> dict[str, str]:
     }
 
 
+# key=value values written without quotes (anything else is quoted, as libpq reads it)
+_KV_PLAIN_VALUE_RE = re.compile(r"[A-Za-z0-9_.:/@+,%~-]+")
+
+
+def dsn_with_credentials(dsn: str, password: str, user: str | None = None) -> str:
+    """The same DSN with its password (and, when ``user`` is given, its user) replaced, in
+    the form it was written: a URI stays a URI (percent-encoded; hosts, port, database and
+    query parameters such as ``sslmode`` kept as written), a key/value string stays one (libpq
+    quoting; every other pair kept as written). A password or user the DSN carries is
+    replaced where it is (a URI's user info and its ``?password=``/``?user=`` parameter, which
+    libpq prefers); one it does not carry is added (to a URI's user info).
+
+    Raises ``ValueError`` for an empty password or user, or one holding a NUL character (libpq
+    cannot carry either). The result holds a secret: never log it.
+    """
+    wanted = {"user": user, "password": password} if user is not None else {"password": password}
+    for key, value in wanted.items():
+        if not isinstance(value, str) or value == "" or "\x00" in value:
+            raise ValueError(f"{key} must be a non-empty string without NUL characters")
+    text = dsn or ""
+    scheme = re.match(r"\s*postgres(?:ql)?://", text)
+    if scheme:
+        return _uri_with_credentials(text[: scheme.end()], text[scheme.end() :], wanted)
+    return _kv_with_credentials(text, wanted)
+
+
+def _uri_with_credentials(scheme: str, rest: str, wanted: dict[str, str]) -> str:
+    """``dsn_with_credentials`` for ``scheme`` + ``rest`` (a URI), split as libpq splits it:
+    the user info ends at the first ``@`` before any ``/``; query parameters are ``&``-separated
+    ``key=value`` pairs (percent-encoded)."""
+    from urllib.parse import quote, unquote  # needed only for URIs
+
+    userinfo: str | None = None
+    if "@" in rest.split("/", 1)[0]:
+        userinfo, rest = rest.split("@", 1)
+    base, mark, query = rest.partition("?")
+    in_query: set[str] = set()
+    params = []
+    for param in query.split("&") if mark else []:
+        key, equals, _ = param.partition("=")
+        name = unquote(key)
+        if equals and name in wanted:
+            param = f"{key}={quote(wanted[name], safe='')}"
+            in_query.add(name)
+        params.append(param)
+    old_user, colon, _ = (userinfo or "").partition(":")
+    user_part = old_user
+    if "user" in wanted and (old_user or "user" not in in_query):
+        user_part = quote(wanted["user"], safe="")
+    password_part = ""
+    if colon or "password" not in in_query:
+        password_part = ":" + quote(wanted["password"], safe="")
+    if userinfo is not None or user_part or password_part:
+        scheme += f"{user_part}{password_part}@"
+    return scheme + base + ("?" + "&".join(params) if mark else "")
+
+
+def _kv_with_credentials(text: str, wanted: dict[str, str]) -> str:
+    """``dsn_with_credentials`` for a key/value DSN."""
+
+    def quoted(value: str) -> str:
+        if _KV_PLAIN_VALUE_RE.fullmatch(value):
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    placed: set[str] = set()
+
+    def replace(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in wanted:
+            return match.group(0)
+        placed.add(key)
+        return f"{key}={quoted(wanted[key])}"
+
+    out = _KV_PAIR_RE.sub(replace, text)
+    added = [f"{key}={quoted(value)}" for key, value in wanted.items() if key not in placed]
+    return " ".join(part for part in (out.strip(), *added) if part) if added else out
+
+
 def scrub_secrets(text: str, secrets: list[str] | tuple[str, ...]) -> str:
     """Replace every occurrence of each secret in ``text`` by ``********``."""
     out = str(text)

@@ -41,9 +41,14 @@ MODULE_UTILS = (
     "opsbook_s3_download",
     "opsbook_storage_s3",
     "opsbook_storage",
+    "opsbook_secret_store",
+    "opsbook_secret_store_vault",
+    "opsbook_secret_store_aws",
     "opsbook_deploy_state",
     "opsbook_backup",
     "opsbook_http",
+    "opsbook_rotation",
+    "opsbook_rest",
 )
 
 

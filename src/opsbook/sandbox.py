@@ -42,6 +42,7 @@ from opsbook.lab import (
     sweep,
     write_known_hosts,
 )
+from opsbook.lab.hosts import seed_env_values
 from opsbook.lab.sampleapp import build_release
 
 __all__ = ["Sandbox", "SandboxConfig", "main"]
@@ -178,6 +179,7 @@ class Sandbox:
 
     def hosts(self) -> list[AppHost]:
         key = self.key()
+        shared = seed_env_values()  # used only by a host whose shared/.env does not exist yet
         return [
             AppHost(
                 spec.name,
@@ -186,6 +188,7 @@ class Sandbox:
                 key,
                 port=spec.ssh_port,
                 app_port=spec.app_port,
+                env_seed=shared,
             )
             for spec in self.config.app_hosts
         ]

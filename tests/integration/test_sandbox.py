@@ -130,6 +130,14 @@ def test_up_is_idempotent_and_runbooks_run_against_it(sandbox_project: Path) -> 
     assert tour.returncode == 0, tour.stdout + tour.stderr
     assert "Health check verdict: OK" in tour.stdout
     assert "Restore drill: PASSED" in tour.stdout
+    # the rotation: every host on a new JWT_SECRET, the session opened before still accepted
+    assert "Secrets rotate in local: succeeded" in tour.stdout
+    assert "is still accepted on app1, app2" in tour.stdout
+    envs = [
+        (sandbox_project / ".sandbox/hosts" / name / "deploy_root/shared/.env").read_text()
+        for name in ("app1", "app2")
+    ]
+    assert envs[0] == envs[1] and "JWT_SECRET_PREVIOUS=" in envs[0]
     backups = list((sandbox_project / ".sandbox" / "backups").glob("app-*/manifest.json"))
     assert len(backups) == 1
 

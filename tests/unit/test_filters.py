@@ -48,6 +48,7 @@ def test_filters_are_registered() -> None:
     assert set(names) == {
         "dsn_database",
         "dsn_redact",
+        "dsn_with_credentials",
         "opsbook_bytes",
         "opsbook_confirmation",
         "health_check_app_summary",

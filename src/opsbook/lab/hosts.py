@@ -5,16 +5,27 @@ Layout of a host's deploy_root (what the deploy runbooks manage)::
     deploy_root/
       releases/<release>/   app.py, VERSION (an unpacked artifact)
       current -> releases/<release>   switched atomically (symlink + rename)
-      shared/               health_mode, maintenance, app.json, app.pid, app.log
+      shared/               health_mode, maintenance, app.json, app.pid, app.log,
+                            .env (the app's secrets, mode 0600), notes/
 
 The app is started detached (``app.py --detach``, exactly as a deploy restarts
 it over SSH) and tracked by its pid file, so any process can stop it.
+
+``shared/.env`` is seeded once, when a host is set up and has none: fresh random
+JWT_SECRET, NEXTAUTH_SECRET (``secrets.token_urlsafe(48)``) and ENCRYPTION_KEY
+(base64 of 32 random bytes). An existing one is never overwritten (the sandbox's
+data survives down/up); ``reset()`` (between tests) puts the seeded content back,
+removes shared/notes/ and restarts the app when it may hold other values (the app
+reads .env only when it starts).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import tarfile
@@ -36,6 +47,7 @@ from opsbook.lab._proc import (
     wait_until,
 )
 from opsbook.lab.sampleapp import artifact_name, build_release
+from opsbook.lab.sampleapp.app import parse_env
 from opsbook.lab.sshd import SshHost, SshKeyPair, host_address
 
 __all__ = [
@@ -44,12 +56,43 @@ __all__ = [
     "HttpAnswer",
     "extract_release",
     "http_get",
+    "render_env",
+    "seed_env_values",
     "start_app_hosts",
     "stop_all",
 ]
 
 HOST_PYTHON = "/usr/bin/python3"
 HEALTH_MODES = ("ok", "fail", "slow")
+ENV_HEADER = "# opsbook lab: the sample app's secrets (read when the app starts)\n"
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ENV_UNQUOTED = re.compile(r"[A-Za-z0-9_./:@+=,-]*\Z")
+
+
+def seed_env_values() -> dict[str, str]:
+    """Fresh secrets for a new host's shared/.env."""
+    return {
+        "JWT_SECRET": secrets.token_urlsafe(48),
+        "NEXTAUTH_SECRET": secrets.token_urlsafe(48),
+        "ENCRYPTION_KEY": base64.b64encode(secrets.token_bytes(32)).decode("ascii"),
+    }
+
+
+def render_env(values: dict[str, str], header: str = ENV_HEADER) -> str:
+    """An env file of values: KEY=value, quoted as the rotation design says (unquoted when
+    the value is only [A-Za-z0-9_./:@+=,-], else in double quotes with \\ and \" escaped).
+    ValueError (naming the key, never the value) for a bad key or a value with a newline
+    or NUL."""
+    lines = [header] if header else []
+    for key, value in values.items():
+        if not _ENV_KEY.match(key):
+            raise ValueError(f"invalid env key {key!r}")
+        if any(c in value for c in "\n\r\0"):
+            raise ValueError(f"the value of {key} holds a newline or NUL")
+        if not _ENV_UNQUOTED.match(value):
+            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        lines.append(f"{key}={value}\n")
+    return "".join(lines)
 
 
 def extract_release(artifact: Path, target: Path) -> None:
@@ -108,10 +151,14 @@ class AppHost(SshHost):
         python: str = HOST_PYTHON,
         app_timeout: float = 15.0,
         deploy_root: Path | str | None = None,
+        env_seed: dict[str, str] | None = None,
     ) -> None:
         super().__init__(
             name, address, base_dir, key, port=port, user=user, deploy_root=deploy_root
         )
+        # The secrets a new shared/.env gets: the hosts of one app share them (a token one
+        # host signs is good on every other), so start_app_hosts gives them one set.
+        self.env_seed = env_seed
         self.app_port: int = app_port or int(self._state.get("app_port") or 0) or free_port(address)
         self.python = python
         self.app_timeout = app_timeout
@@ -121,6 +168,11 @@ class AppHost(SshHost):
         self.artifacts_dir = self.base_dir / "artifacts"
         self.app_pidfile = self.shared_dir / "app.pid"
         self.app_log = self.shared_dir / "app.log"
+        self.env_file = self.shared_dir / ".env"
+        # The .env content this host was set up with (reset() restores it), and the app
+        # process known to hold exactly those values.
+        self._seeded_env: bytes | None = None
+        self._seeded_env_pid: int | None = None
 
     @property
     def base_url(self) -> str:
@@ -133,8 +185,10 @@ class AppHost(SshHost):
     # ----------------------------------------------------- whole host
 
     def start(self, version: str = "1.0.0") -> AppHost:
-        """Start sshd; install release `version` unless one is current; start the app."""
+        """Start sshd; seed shared/.env unless there is one; install release `version` unless
+        one is current; start the app."""
         super().start()
+        self.seed_env()
         if self.current_release is None:
             self.install_release(version)
         if not self.app_running():
@@ -154,6 +208,7 @@ class AppHost(SshHost):
     def prepare(self) -> None:
         super().prepare()
         self._write_app_config()
+        self.seed_env()
 
     # ----------------------------------------------------- releases
 
@@ -222,6 +277,7 @@ class AppHost(SshHost):
         if self.current_release is None:
             raise LabError(f"{self.app_label}: no release is current; install_release() first")
         self._write_app_config()
+        self.seed_env()
         result = subprocess.run(
             self.app_command(),
             stdin=subprocess.DEVNULL,
@@ -292,10 +348,85 @@ class AppHost(SshHost):
             flag.unlink(missing_ok=True)
 
     def reset(self) -> None:
-        """Back to a healthy, serving host: health ok, no maintenance, sshd and app running."""
+        """Back to a healthy, serving host: health ok, no maintenance, the seeded .env and no
+        notes (a note written under a test's rotated key would outlive it), sshd and app
+        running (restarted when it may hold other secrets than the seeded ones)."""
         self.set_health("ok")
         self.set_maintenance(False)
+        self.restore_env()
+        shutil.rmtree(self.shared_dir / "notes", ignore_errors=True)
+        if self.app_running() and not self._app_holds_seeded_env():
+            self.stop_app()
         self.start()
+        self._seeded_env_pid = self.app_pid
+
+    # ----------------------------------------------------- secrets (shared/.env)
+
+    def seed_env(self) -> bool:
+        """Write shared/.env (0600) with fresh secrets unless there is one; True if written.
+        The content found or written is what reset() restores."""
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        text = render_env(self.env_seed or seed_env_values()).encode("utf-8")
+        try:
+            fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            if self._seeded_env is None:
+                self._seeded_env = self.env_file.read_bytes()
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text)
+        self._seeded_env = text
+        return True
+
+    def read_env(self) -> dict[str, str]:
+        """The values in shared/.env, parsed as the app parses them ({} without a file)."""
+        try:
+            return parse_env(self.env_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+
+    def write_env(self, values: dict[str, str]) -> None:
+        """Replace shared/.env with values, atomically, mode 0600 (restart_app() to apply)."""
+        self._write_env_bytes(render_env(values).encode("utf-8"))
+
+    def restore_env(self) -> bool:
+        """Put the seeded shared/.env back (a test's rotation must not leak into the next);
+        True when it was rewritten. The app is not restarted here."""
+        if self._seeded_env is None:
+            return self.seed_env()
+        try:
+            if self.env_file.read_bytes() == self._seeded_env:
+                return False
+        except FileNotFoundError:
+            pass
+        self._write_env_bytes(self._seeded_env)
+        return True
+
+    def _write_env_bytes(self, data: bytes) -> None:
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.shared_dir / f".env.lab-{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.env_file)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _app_holds_seeded_env(self) -> bool:
+        """Whether the running app read the seeded .env: it is the process the last reset
+        left (started with those values), or it started after .env last changed (the file
+        now holds them) - judged by mtimes, a tie counting as "maybe not"."""
+        if self.app_pid is not None and self.app_pid == self._seeded_env_pid:
+            return True
+        try:
+            return self.env_file.stat().st_mtime_ns < self.app_pidfile.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
 
     # ----------------------------------------------------- probes
 
@@ -326,9 +457,11 @@ def start_app_hosts(
 ) -> list[AppHost]:
     """Start n app hosts app1..appN on 127.0.10.<first_address>.. under base_dir/<name>.
 
-    On failure every host already started is stopped before the error propagates.
+    The hosts share one set of seeded secrets (one app). On failure every host already started
+    is stopped before the error propagates.
     """
     hosts: list[AppHost] = []
+    shared = seed_env_values()
     try:
         for i in range(n):
             name = f"{name_prefix}{i + 1}"
@@ -339,6 +472,7 @@ def start_app_hosts(
                 key,
                 port=ssh_port,
                 app_port=app_port,
+                env_seed=shared,
             )
             hosts.append(host)
             host.start(version)
