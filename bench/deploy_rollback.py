@@ -78,8 +78,22 @@ COMPARE_HOSTS = 4
 COMPARE_KINDS = ("baseline", "rollback", "manual")
 
 
+# What the runbooks do by hand to restart the app, in the host's deploy root (shared with
+# bench/rotate_secrets.py's manual rotation).
+MANUAL_RESTART = (
+    "pid=$(cat shared/app.pid) "
+    "&& kill $pid && while kill -0 $pid 2>/dev/null; do sleep 0.05; done "
+    "&& /usr/bin/python3 current/app.py --detach"
+)
+
+
 class BenchError(RuntimeError):
     pass
+
+
+def health_wait_shell(base: str) -> str:
+    """sh that curls <base>/health until it answers (10 s at most; the caller checks after)."""
+    return f"for i in $(seq 100); do curl -fsS {base}/health >/dev/null && break; sleep 0.1; done"
 
 
 @dataclass
@@ -218,11 +232,19 @@ def render(results: Sequence[Measured]) -> str:
 
 
 class Bench:
-    def __init__(self, counts: Sequence[int], keep: bool, repeat: int = 3) -> None:
+    def __init__(
+        self,
+        counts: Sequence[int],
+        keep: bool,
+        repeat: int = 3,
+        first_address: int = FIRST_ADDRESS,
+        prefix: str = "opsbook-bench-deploy-",
+    ) -> None:
         self.counts = sorted(counts)
+        self.first_address = first_address
         self.keep = keep
         self.repeat = repeat
-        self.dir = Path(tempfile.mkdtemp(prefix="opsbook-bench-deploy-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         os.chmod(self.dir, 0o755)  # the hosts' sshd runs as us, the lab may use other users
         self.hosts: list[Any] = []
         self.results: list[Measured] = []
@@ -236,8 +258,9 @@ class Bench:
     def start(self) -> None:
         key = SshKeyPair(self.dir / "ssh")
         n = max([*self.counts, COMPARE_HOSTS if self.repeat else 1])
-        self.log(f"starting {n} app hosts on 127.0.10.{FIRST_ADDRESS}..{FIRST_ADDRESS + n - 1}")
-        self.hosts = start_app_hosts(n, self.dir / "hosts", key, first_address=FIRST_ADDRESS,
+        first = self.first_address
+        self.log(f"starting {n} app hosts on 127.0.10.{first}..{first + n - 1}")
+        self.hosts = start_app_hosts(n, self.dir / "hosts", key, first_address=first,
                                      version="0.1.0")  # fmt: skip
 
     def stop(self) -> None:
@@ -252,7 +275,7 @@ class Bench:
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def inventory(self, n: int) -> Path:
+    def inventory(self, n: int, extra_vars: dict[str, Any] | None = None) -> Path:
         state = self.dir / "state"
         state.mkdir(exist_ok=True)
         return write_inventory(
@@ -261,20 +284,28 @@ class Bench:
             None,
             database_url="postgresql://unused@127.0.0.1:1/unused",
             backup_storage_url=f"file://{self.dir / 'backups'}",
-            extra_vars={"opsbook_state_url": f"file://{state}"},
+            extra_vars={"opsbook_state_url": f"file://{state}", **(extra_vars or {})},
         )
 
-    def playbook(
+    def playbook_command(
         self, name: str, inventory: Path, extravars: dict[str, Any], project: Path = ROOT
-    ) -> None:
-        """ansible-playbook playbooks/<name>.yml of project (this checkout, or the baseline's
-        worktree with its own ansible.cfg), with this checkout's Ansible."""
+    ) -> tuple[list[str], dict[str, str]]:
+        """argv and environment of ansible-playbook playbooks/<name>.yml of project (this
+        checkout, or the baseline's worktree with its own ansible.cfg), this checkout's Ansible;
+        run from project."""
         vars_file = self.dir / "extravars.json"
         vars_file.write_text(json.dumps(extravars))
         config = {"ANSIBLE_CONFIG": str(project / "ansible.cfg")}
         env = ansible_env(self.dir / "oplog.jsonl", config)
         argv = [str(VENV_BIN / "ansible-playbook"), f"playbooks/{name}.yml", "-i", str(inventory),
                 "-e", f"@{vars_file}"]  # fmt: skip
+        return argv, env
+
+    def playbook(
+        self, name: str, inventory: Path, extravars: dict[str, Any], project: Path = ROOT
+    ) -> None:
+        """Run playbook_command(...) from project; BenchError with its output's tail if it fails."""
+        argv, env = self.playbook_command(name, inventory, extravars, project)
         done = subprocess.run(
             argv, cwd=project, env=env, capture_output=True, text=True, check=False
         )
@@ -328,9 +359,7 @@ class Bench:
             release = before[host.name]
             script = (
                 f"cd {host.deploy_root} && ln -sfn releases/{release} current.new "
-                "&& mv -T current.new current && pid=$(cat shared/app.pid) "
-                "&& kill $pid && while kill -0 $pid 2>/dev/null; do sleep 0.05; done "
-                "&& /usr/bin/python3 current/app.py --detach"
+                f"&& mv -T current.new current && {MANUAL_RESTART}"
             )
             done = subprocess.run(
                 host.ssh_command(script), capture_output=True, text=True, timeout=60, check=False
@@ -338,10 +367,7 @@ class Bench:
             if done.returncode != 0:
                 raise BenchError(f"manual rollback of {host.name} failed: {done.stderr}")
             base = f"http://{host.address}:{host.app_port}"
-            check = (
-                f"for i in $(seq 100); do curl -fsS {base}/health >/dev/null && break; "
-                f"sleep 0.1; done; curl -fsS {base}/api/version"
-            )
+            check = f"{health_wait_shell(base)}; curl -fsS {base}/api/version"
             answer = subprocess.run(
                 ["sh", "-c", check], capture_output=True, text=True, timeout=60, check=False
             )

@@ -338,11 +338,18 @@ def summary(
     hosts = list(hosts)
     changed = [h for h in hosts if _get(hostvars[h], "secret_rotation_changed")]
     undone = [h for h in hosts if _get(hostvars[h], "secret_rotation_undone")]
-    undo_errors = {
-        h: _get(hostvars[h], "secret_rotation_undo_error")
-        for h in hosts
-        if _get(hostvars[h], "secret_rotation_undo_error")
-    }
+    undo_errors = {}
+    for host in hosts:
+        facts = hostvars[host]
+        why = _get(facts, "secret_rotation_undo_error")
+        if (
+            not why
+            and failed
+            and _get(_get(facts, "secret_rotation_undo_result", {}), "unreachable")
+        ):
+            why = "unreachable"
+        if why:
+            undo_errors[host] = why
     worked = [i for i in items if i.get("action") != "none"]
     if failed:
         status = "failed" if not undone and not changed else "undone"
@@ -485,6 +492,349 @@ def schedule(items: Iterable[Mapping[str, Any]], env: str, now: str) -> dict[str
     }
 
 
+# ---- the kinds that live outside the env files (roles/secret_rotation/tasks/kinds_*.yml)
+
+DB_KIND = "db_password"
+TWILIO_KIND = "twilio_auth_token"
+STRIPE_KINDS = ("stripe_secret_key", "stripe_webhook_secret")
+TWILIO_API = "https://accounts.twilio.com"
+STRIPE_API = "https://api.stripe.com"
+#: In check mode Twilio is not asked for a secondary token: the decisions are made with this
+#: stand-in (32 hex digits, as a token), which nothing stores or installs.
+TWILIO_CHECK_MODE_TOKEN = "0" * 32
+
+
+#: The task files of the kinds (roles/secret_rotation/tasks/kinds_<file>.yml), in the order they
+#: run at a phase (Stripe's before Twilio's: a refused key stops the run before Twilio makes a
+#: token), with the kinds they serve and the phases at which they have work.
+KIND_FILES = (
+    ("db", (DB_KIND,), ("create", "set", "test", "undo")),
+    ("stripe", STRIPE_KINDS, ("create", "finish")),
+    ("twilio", (TWILIO_KIND,), ("create", "finish", "undo")),
+)
+
+
+def kind_files(plan_secrets: Iterable[Mapping[str, Any]] | None, phase: str) -> list[str]:
+    """Which kinds_<file>.yml the run includes at ``phase``: those of its secrets' kinds that
+    have work then (none for a run of env-file secrets only)."""
+    present = {_get(item.get("spec"), "kind") for item in plan_secrets or []}
+    return [name for name, kinds, phases in KIND_FILES if phase in phases and present & set(kinds)]
+
+
+def _rotating(
+    plan_secrets: Iterable[Mapping[str, Any]] | None, names: Iterable[str], step: str, *kinds: str
+) -> list[Mapping[str, Any]]:
+    """The plan's secrets of ``kinds`` this run rotates: asked for (by name or ``all``), with
+    rotation_step rotate, and not a killed run's tested rotation (finished, not rotated anew)."""
+    names = list(names or [])
+    if step != "rotate":
+        return []
+    return [
+        item
+        for item in _of_kind(plan_secrets, *kinds)
+        if ("all" in names or item["name"] in names)
+        and _get(item.get("journal"), "step") != "tested"
+    ]
+
+
+def _value(values: Mapping[str, str], fp: Any, what: str) -> str:
+    if not fp or fp not in values:
+        raise AnsibleFilterError(f"the {what} ({fp}) is not among the values of the run")
+    return values[fp]
+
+
+def _of_kind(items: Iterable[Mapping[str, Any]] | None, *kinds: str) -> list[Mapping[str, Any]]:
+    return [i for i in items or [] if (i.get("kind") or _get(i.get("spec"), "kind")) in kinds]
+
+
+def kind_records(
+    store_records: Mapping[str, Any] | None,
+    plan_secrets: Iterable[Mapping[str, Any]] | None,
+    host_values: Mapping[str, Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """The stores' records, with - for each database password the app hosts' env files hold -
+    what every host holds under its ``direct_env_var`` (``direct_by_host``; DIRECT_URL follows
+    DATABASE_URL's credentials). Values inside: no_log."""
+    out = {name: dict(record or {}) for name, record in (store_records or {}).items()}
+    for item in _of_kind(plan_secrets, DB_KIND):
+        if not item.get("app_env"):
+            continue
+        var = _get(item.get("spec"), "direct_env_var") or "DIRECT_URL"
+        out.setdefault(item["name"], {})["direct_by_host"] = {
+            host: _get(values, var) for host, values in (host_values or {}).items()
+        }
+    return out
+
+
+def derived(prepared: Mapping[str, Any] | None) -> dict[str, str]:
+    """{fingerprint: value} of the values the decisions derived (a DIRECT_URL with the new
+    credentials), to add to the run's values (no_log)."""
+    out: dict[str, str] = {}
+    for decision in _get(prepared, "decisions", []) or []:
+        out.update(decision.get("derived") or {})
+    return out
+
+
+def db_admin_vars(decisions: Iterable[Mapping[str, Any]] | None, phase: str) -> list[str]:
+    """The inventory variables (``admin_url_var``) whose admin DSN the calls of ``phase`` need."""
+    names: list[str] = []
+    for decision in _of_kind(decisions, DB_KIND):
+        work = decision.get("db") or {}
+        if any(step.get("admin") for step in work.get(phase) or []):
+            var = work.get("admin_url_var") or ""
+            if var not in names:
+                names.append(var)
+    return names
+
+
+def db_calls(
+    decisions: Iterable[Mapping[str, Any]] | None,
+    phase: str,
+    values: Mapping[str, str],
+    admin_urls: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The pg_role_password calls of the database passwords at ``phase`` (``set`` or ``test``),
+    with their DSNs and passwords (no_log; ``label`` names roles only)."""
+    out = []
+    for decision in _of_kind(decisions, DB_KIND):
+        work = decision.get("db") or {}
+        for step in work.get(phase) or []:
+            call = {
+                "label": step["label"],
+                "action": step["action"],
+                "role": step.get("role"),
+                "like": step.get("like"),
+                "password": step.get("password"),
+                "expect": step.get("expect") or "success",
+            }
+            if step.get("admin"):
+                var = work.get("admin_url_var") or ""
+                call["dsn"] = _get(admin_urls, var)
+                if not call["dsn"]:
+                    raise AnsibleFilterError(
+                        f"{decision['name']}: the admin DSN {var!r} (admin_url_var) is not set "
+                        "in the inventory; it is needed to ensure and retire the login roles"
+                    )
+            if step.get("dsn_fp"):
+                call["dsn"] = _value(values, step["dsn_fp"], f"DSN of {decision['name']}")
+            if step.get("login_dsn_fp"):
+                call["login_dsn"] = _value(values, step["login_dsn_fp"], step["label"])
+                call["dsn"] = call["login_dsn"]
+            out.append(call)
+    return out
+
+
+def db_restores(
+    decisions: Iterable[Mapping[str, Any]] | None, phase: str, values: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The single-user passwords to put back at ``phase`` (``set``: a killed run's; ``undo``:
+    this run's): ``login_dsn`` must log in, else the password is set back through ``via_dsn``
+    (no_log)."""
+    out = []
+    for decision in _of_kind(decisions, DB_KIND):
+        restore = ((decision.get("db") or {}).get("restore") or {}).get(phase)
+        if restore:
+            name = decision["name"]
+            out.append(
+                {
+                    "label": f"{name}: the password of {restore['role']} as before this rotation",
+                    "role": restore["role"],
+                    "password": restore["password"],
+                    "login_dsn": _value(values, restore["login_fp"], f"current DSN of {name}"),
+                    "via_dsn": _value(values, restore["via_fp"], f"pending DSN of {name}"),
+                }
+            )
+    return out
+
+
+def twilio_creates(
+    plan_secrets: Iterable[Mapping[str, Any]] | None,
+    names: Iterable[str],
+    step: str,
+    store_records: Mapping[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """The secondary tokens to obtain before the decisions: each Twilio secret the run rotates
+    (asked for, not a killed run's tested rotation, which is finished instead). A rotation a
+    killed run left before its test keeps that run's secondary (stored as pending, named by the
+    journal): a new one would replace it, and some hosts may use it already. Values: no_log."""
+    out = []
+    for item in _rotating(plan_secrets, names, step, TWILIO_KIND):
+        name, spec = item["name"], item.get("spec") or {}
+        journal = item.get("journal") or {}
+        record = _get(store_records, name, {}) or {}
+        if not record.get("current"):
+            continue  # the decision says the store holds no current value
+        stored = record.get("pending")
+        kept = (
+            stored
+            if stored
+            and journal.get("step") in ("created", "setting")
+            and _fingerprint(stored) == journal.get("pending_fp")
+            else None
+        )
+        out.append(
+            {
+                "name": name,
+                "label": f"{name}: keep the secondary token of run {journal.get('run_id')}"
+                if kept
+                else f"{name}: create a secondary token",
+                "account_sid": spec.get("account_sid"),
+                "base_url": spec.get("base_url") or TWILIO_API,
+                "auth_token": record["current"],
+                "secondary_token": kept,
+            }
+        )
+    return out
+
+
+def twilio_made(created: Mapping[str, Any] | None, check_mode: bool = False) -> dict[str, str]:
+    """{name: secondary token} from the registered twilio_auth_token state=secondary loop (a
+    stand-in in check mode, where nothing is created)."""
+    out: dict[str, str] = {}
+    for result in _get(created, "results", []) or []:
+        if _get(result, "skipped") or _get(result, "failed"):
+            continue
+        item = _get(result, "item", {}) or {}
+        token = _get(result, "secondary_auth_token") or item.get("secondary_token")
+        if not token and check_mode:
+            token = TWILIO_CHECK_MODE_TOKEN
+        if token:
+            out[item["name"]] = token
+    return out
+
+
+def twilio_calls(
+    decisions: Iterable[Mapping[str, Any]] | None,
+    phase: str,
+    values: Mapping[str, str],
+    plan_secrets: Iterable[Mapping[str, Any]] | None = None,
+    made: Mapping[str, str] | None = None,
+    store_records: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The twilio_auth_token calls at ``phase``: ``finish`` - the rotated token promoted
+    (authenticated with it), a killed run's secondary deleted (its rotation undone); ``undo``
+    (the run failed) - the secondary this run created or kept deleted, authenticated with the
+    current token. Values: no_log."""
+    out = []
+    decided = {d["name"]: d for d in _of_kind(decisions, TWILIO_KIND)}
+
+    def call(spec: Mapping[str, Any], name: str, state: str, auth: str, secondary: str | None):
+        what = {"promoted": "promote the new token", "secondary_absent": "delete the secondary"}
+        return {
+            "name": name,
+            "label": f"{name}: {what[state]}",
+            "state": state,
+            "account_sid": spec.get("account_sid"),
+            "base_url": spec.get("base_url") or TWILIO_API,
+            "auth_token": auth,
+            "secondary_token": secondary,
+        }
+
+    for name, decision in decided.items():
+        spec, fps = decision.get("spec") or {}, decision.get("fingerprints") or {}
+        action = decision.get("action")
+        current = fps.get("current")
+        if phase == "finish" and action == "rotate":
+            pending = _value(values, fps.get("pending"), f"new token of {name}")
+            out.append(call(spec, name, "promoted", _value(values, current, name), pending))
+        elif phase == "finish" and action == "finish":
+            replaced = fps.get("previous") or current
+            promoted = _value(values, current, f"tested token of {name}")
+            out.append(call(spec, name, "promoted", _value(values, replaced, name), promoted))
+        elif (phase == "finish" and action == "undo") or (phase == "undo" and action == "rotate"):
+            out.append(call(spec, name, "secondary_absent", _value(values, current, name), None))
+    if phase == "undo":  # made before the decisions, which failed: no decision names it
+        for item in _of_kind(plan_secrets, TWILIO_KIND):
+            name = item["name"]
+            current = (_get(store_records, name, {}) or {}).get("current")
+            if name in (made or {}) and name not in decided and current:
+                out.append(call(item.get("spec") or {}, name, "secondary_absent", current, None))
+    return out
+
+
+def stripe_checks(
+    plan_secrets: Iterable[Mapping[str, Any]] | None,
+    names: Iterable[str],
+    step: str,
+    given: Mapping[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """The stripe_key_check calls that prove each given Stripe key of the run before anything
+    is stored (a secret or restricted key with GET /v1/balance, a webhook secret by format).
+    Values: no_log."""
+    out = []
+    for item in _rotating(plan_secrets, names, step, *STRIPE_KINDS):
+        name, spec = item["name"], item.get("spec") or {}
+        value = _get(given, name)
+        if not isinstance(value, str) or not value:
+            continue  # no value given: the decision says to give one
+        if spec.get("kind") == "stripe_webhook_secret":
+            kind = "webhook_secret"
+        else:
+            kind = "restricted_key" if value.startswith("rk_") else "secret_key"
+        out.append(
+            {
+                "name": name,
+                "label": f"{name}: prove the new {kind.replace('_', ' ')}",
+                "api_key": value,
+                "kind": kind,
+                "expect_livemode": None
+                if kind == "webhook_secret"
+                else spec.get("expect_livemode"),
+                "base_url": spec.get("base_url") or STRIPE_API,
+            }
+        )
+    return out
+
+
+def _shown(value: str) -> str:
+    """A Stripe key as Stripe's dashboard shows it: its prefix and last four characters."""
+    prefix = value[: value.rfind("_") + 1] if "_" in value else ""
+    return f"{prefix}...{value[-4:]}" if len(value) >= len(prefix) + 12 else f"{prefix}..."
+
+
+def vendor_revoke_lines(
+    decisions: Iterable[Mapping[str, Any]] | None, values: Mapping[str, str]
+) -> list[str]:
+    """What a revoke of a vendor's key leaves to a person: Stripe has no API to expire a key or
+    a webhook signing secret (the exact dashboard step), Twilio retired the old token at the
+    promotion. One line per secret."""
+    out = []
+    for decision in _of_kind(decisions, TWILIO_KIND, *STRIPE_KINDS):
+        if decision.get("action") != "revoke":
+            continue
+        name, kind = decision["name"], decision.get("kind")
+        head = f"{name} ({_get(decision.get('spec'), 'env_var', '?')}):"
+        fp = decision.get("revoked_fp") or _get(decision.get("fingerprints"), "revoked")
+        if kind == TWILIO_KIND:
+            out.append(
+                f"{head} the previous token {fp} stopped working when Twilio promoted the new one "
+                "(Twilio retires the old primary at once) - nothing to do at Twilio; the revoke "
+                "is recorded"
+            )
+            continue
+        old = values.get(fp or "", "")
+        shown = _shown(old) if old else fp
+        if kind == "stripe_webhook_secret":
+            out.append(
+                f"{head} Stripe has no API to expire a webhook signing secret - in the Stripe "
+                "Dashboard, Developers > Webhooks (https://dashboard.stripe.com/webhooks), open "
+                f"the endpoint: its old signing secret {shown} ({fp}) expires at the time chosen "
+                'when it was rolled ("Roll secret", at most 24 hours later); check that the '
+                "endpoint lists no other secret. The revoke is recorded"
+            )
+            continue
+        test = "_test_" in old
+        page = "https://dashboard.stripe.com/" + ("test/apikeys" if test else "apikeys")
+        out.append(
+            f"{head} Stripe has no API to expire a key - in the Stripe Dashboard, Developers > "
+            f"API keys ({page}{', test mode' if test else ''}), find the key {shown} ({fp}): "
+            'open its "..." menu, choose "Delete key..." and confirm (a key rolled with an '
+            "expiration date is listed with it and stops working at that date by itself). The "
+            "revoke is recorded"
+        )
+    return out
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -504,4 +854,15 @@ class FilterModule:
             "secret_rotation_store_actions": store_actions,
             "secret_rotation_summary": summary,
             "secret_rotation_schedule": schedule,
+            "secret_rotation_kind_files": kind_files,
+            "secret_rotation_kind_records": kind_records,
+            "secret_rotation_derived": derived,
+            "secret_rotation_db_admin_vars": db_admin_vars,
+            "secret_rotation_db_calls": db_calls,
+            "secret_rotation_db_restores": db_restores,
+            "secret_rotation_twilio_creates": twilio_creates,
+            "secret_rotation_twilio_made": twilio_made,
+            "secret_rotation_twilio_calls": twilio_calls,
+            "secret_rotation_stripe_checks": stripe_checks,
+            "secret_rotation_vendor_revoke_lines": vendor_revoke_lines,
         }

@@ -233,6 +233,21 @@ _SPEC_FIELDS = {
 }
 
 
+#: Settings only some kinds take (see "the kinds that live outside the env files" below).
+KIND_SETTINGS: dict[str, dict[str, Any]] = {
+    "db_password": {"strategy": str, "roles": list, "admin_url_var": str, "direct_env_var": str},
+    "twilio_auth_token": {"account_sid": str, "base_url": str},
+    "stripe_secret_key": {"base_url": str, "expect_livemode": bool},
+    "stripe_webhook_secret": {"base_url": str},
+}
+DB_STRATEGIES = ("single", "alternating")
+DEFAULT_DIRECT_ENV_VAR = "DIRECT_URL"
+#: Kinds whose previous value the app accepts during the grace period (<VAR>_PREVIOUS); the
+#: others' env file holds the current value only (unless the env file is their store).
+PREVIOUS_ACCEPTED = ("hmac", "encryption_key")
+_SID_RE = re.compile(r"^AC[0-9a-fA-F]{32}$")
+
+
 def merge_catalog(overrides: Any) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The environment's catalog: CATALOG with the inventory's ``opsbook_secrets`` over it
     (a new name needs a kind). Returns (catalog, problems)."""
@@ -267,15 +282,14 @@ def spec_problems(name: str, spec: dict[str, Any]) -> list[str]:
     """What is wrong with one secret's settings (empty when nothing)."""
     problems = []
     where = f"opsbook_secrets.{name}"
+    kind = spec.get("kind")
+    known = {**_SPEC_FIELDS, **KIND_SETTINGS.get(str(kind), {})}
     for key, value in spec.items():
-        wanted = _SPEC_FIELDS.get(key)
+        wanted = known.get(key)
         if wanted is None:
-            problems.append(
-                f"{where}: unknown setting {key!r} (known: {', '.join(sorted(_SPEC_FIELDS))})"
-            )
+            problems.append(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
         elif value is not None and not isinstance(value, wanted):
             problems.append(f"{where}.{key}: wrong type {type(value).__name__}")
-    kind = spec.get("kind")
     if kind not in KINDS:
         problems.append(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
     if not _ENV_VAR_RE.match(str(spec.get("env_var") or "")):
@@ -299,7 +313,7 @@ def spec_problems(name: str, spec: dict[str, Any]) -> list[str]:
                 problems.append(
                     f"{where}.length: a value of that length fails the {kind} policy: {problem}"
                 )
-    return problems
+    return problems + kind_problems(name, spec)
 
 
 def is_configured(spec: dict[str, Any]) -> bool:
@@ -340,8 +354,13 @@ def resolve_names(
 
 
 def env_keys(spec: dict[str, Any]) -> dict[str, str]:
+    """The env file variables of a secret: current, previous, pending - and for a database
+    password ``direct`` (``direct_env_var``, default DIRECT_URL), which follows its credentials."""
     var = spec["env_var"]
-    return {"current": var, "previous": f"{var}_PREVIOUS", "pending": f"{var}_PENDING"}
+    keys = {"current": var, "previous": f"{var}_PREVIOUS", "pending": f"{var}_PENDING"}
+    if spec.get("kind") == "db_password":
+        keys["direct"] = spec.get("direct_env_var") or DEFAULT_DIRECT_ENV_VAR
+    return keys
 
 
 def new_value(spec: dict[str, Any]) -> str:
@@ -596,6 +615,7 @@ def decide(
         "spec": spec,
         "interrupted": {"step": step, "run_id": journal.get("run_id")} if interrupted else None,
         "notes": notes,
+        "_record": record,  # for the kinds' own work (_kind_work), dropped by _with_values
     }
 
     if step in INTERRUPTED_FINISH:
@@ -633,7 +653,7 @@ def decide(
             )
         if not current:
             raise RotationProblem(f"{name}: the store holds no current value; nothing was changed")
-        pending = _pending_value(name, spec, given)
+        pending = _pending_value(name, spec, given, current)
         if previous and step == "finished":
             status = status_of(spec, journal, now)
             if not status["grace_over"]:
@@ -682,8 +702,10 @@ def decide(
     return _with_values(decision, "none", spec, current=current, previous=previous, undo=None)
 
 
-def _pending_value(name: str, spec: dict[str, Any], given: str | None) -> str:
+def _pending_value(name: str, spec: dict[str, Any], given: str | None, current: str) -> str:
     kind = KINDS[spec["kind"]]
+    if spec["kind"] == "db_password":
+        return db_pending(name, spec, current)
     if kind["source"] == "generated":
         return new_value(spec)
     if kind["source"] == "vendor" and not given:
@@ -730,7 +752,285 @@ def _with_values(
     decision["apply_env"] = apply_env
     decision["undo_env"] = undo
     decision.setdefault("stage_env", None)
+    record = decision.pop("_record", None) or {}
+    if action != "none" and not previous_in_env(spec):
+        _kind_work(decision, spec, record)
     return decision
+
+
+# ---- the kinds that live outside the env files: the database password, the vendors' keys
+#
+# db_password - DATABASE_URL, a DSN, in a store of record (the vault file, Secrets Manager, SSM;
+#   not env_file: the hosts' env files hold the DSN the app uses, never the previous one). Its
+#   pending value is the current DSN with a new password (generated by the db_password policy)
+#   and, with strategy ``alternating``, the other login role of ``roles``. The env file gets
+#   DATABASE_URL and - when the hosts' env files hold it - ``direct_env_var`` (DIRECT_URL)
+#   with the same credentials; never DATABASE_URL_PREVIOUS. The database work is described in
+#   the decision (``db``: per phase, the pg_role_password calls, DSNs by fingerprint) and done
+#   by the role: set - ``single``: ALTER ROLE by the login itself; ``alternating``: the other
+#   role ensured (admin DSN, the inventory variable ``admin_url_var``) with the new password;
+#   test - a login with the pending DSN; undo - ``single``: the old password set back, logging
+#   in with the new one; ``alternating``: nothing to put back (the app is back on the role whose
+#   password did not change); revoke - ``single``: the old DSN proven dead (the server refuses
+#   the password); ``alternating``: the old role retired (PASSWORD NULL), then proven dead.
+# twilio_auth_token - made by Twilio (a secondary token, created by the role before the
+#   decisions), promoted at finish: the old primary works until then, so every undo is clean.
+# stripe_secret_key / stripe_webhook_secret - given (secret_values), proven by the role before
+#   anything is stored; revoke prints the dashboard instruction (Stripe has no API for it).
+
+
+def kind_problems(name: str, spec: dict[str, Any]) -> list[str]:
+    """What is wrong with the settings only some kinds take (empty when nothing)."""
+    where = f"opsbook_secrets.{name}"
+    kind = spec.get("kind")
+    problems: list[str] = []
+    configured = is_configured(spec)
+    if kind == "db_password":
+        strategy = spec.get("strategy") or "single"
+        if strategy not in DB_STRATEGIES:
+            problems.append(
+                f"{where}.strategy: {strategy!r} is not one of {', '.join(DB_STRATEGIES)}"
+            )
+        roles = spec.get("roles")
+        if strategy == "alternating":
+            if (
+                not isinstance(roles, list)
+                or len(roles) != 2
+                or not all(isinstance(r, str) and r.strip() for r in roles)
+                or roles[0] == roles[1]
+            ):
+                problems.append(
+                    f"{where}.roles: strategy alternating needs two different login role names"
+                )
+            if not spec.get("admin_url_var"):
+                problems.append(
+                    f"{where}.admin_url_var: strategy alternating needs the name of the inventory "
+                    "variable holding an admin DSN (CREATEROLE) to ensure and retire the roles"
+                )
+        direct = spec.get("direct_env_var")
+        if direct is not None and not _ENV_VAR_RE.match(str(direct)):
+            problems.append(
+                f"{where}.direct_env_var: {direct!r} is not an environment variable name"
+            )
+        if configured and (spec.get("store") or {}).get("type") == "env_file":
+            problems.append(
+                f"{where}.store: a database password needs a store of record (vault, "
+                "aws_secretsmanager or aws_ssm), not env_file: the hosts' env files hold the "
+                "DATABASE_URL the app uses, never the previous one a revoke proves dead"
+            )
+    elif (
+        kind == "twilio_auth_token"
+        and configured
+        and not _SID_RE.match(str(spec.get("account_sid") or ""))
+    ):
+        problems.append(
+            f"{where}.account_sid: the Twilio account SID (AC and 32 hexadecimal digits) "
+            "is required"
+        )
+    return problems
+
+
+def previous_in_env(spec: dict[str, Any]) -> bool:
+    """Whether the env file holds <VAR>_PREVIOUS (and the undo and steady states say so): for
+    the kinds the app accepts in their previous value, and wherever the env file is the store."""
+    store = (spec.get("store") or {}).get("type")
+    return spec["kind"] in PREVIOUS_ACCEPTED or store == "env_file"
+
+
+def _dsn_login(dsn: str | None) -> tuple[str, str]:
+    """(user, password) of a DSN, as libpq reads it ("" when it has none)."""
+    from ansible.module_utils.opsbook_pg import dsn_settings  # psycopg: only when needed
+
+    settings = dsn_settings(dsn or "")
+    return settings.get("user") or "", settings.get("password") or ""
+
+
+def _with_login(dsn: str, like: str) -> str:
+    """``dsn`` with the user and password of ``like`` (unchanged when they are the same)."""
+    from ansible.module_utils.opsbook_pg import dsn_with_credentials
+
+    user, password = _dsn_login(like)
+    if _dsn_login(dsn) == (user, password) or not password:
+        return dsn
+    return dsn_with_credentials(dsn, password, None if _dsn_login(dsn)[0] == user else user)
+
+
+def db_twin(name: str, spec: dict[str, Any], user: str) -> str:
+    """The other login role of an alternating-users database password."""
+    roles = list(spec.get("roles") or [])
+    if user not in roles:
+        raise RotationProblem(
+            f"{name}: the current {spec['env_var']} logs in as {user!r}, which is not one of the "
+            f"roles {roles} of strategy alternating; nothing was changed"
+        )
+    return roles[1 - roles.index(user)]
+
+
+def db_pending(name: str, spec: dict[str, Any], current: str) -> str:
+    """The pending DSN of a database password: the current one with a new password (policy
+    db_password) - for strategy ``alternating``, and the other login role."""
+    from ansible.module_utils.opsbook_pg import dsn_with_credentials
+
+    user, _ = _dsn_login(current)
+    if not user:
+        raise RotationProblem(
+            f"{name}: the current {spec['env_var']} names no user (the login whose password is "
+            "rotated); nothing was changed"
+        )
+    twin = db_twin(name, spec, user) if spec.get("strategy") == "alternating" else None
+    try:
+        return dsn_with_credentials(current, new_value(spec), twin)
+    except ValueError as exc:
+        raise RotationProblem(f"{name}: {exc}; nothing was changed") from None
+
+
+def _plain_env(spec: dict[str, Any], value: str, direct: str | None = None) -> dict[str, Any]:
+    """The env file of a kind the app uses in its current value only."""
+    keys = env_keys(spec)
+    change: dict[str, Any] = {"set": {keys["current"]: value}, "remove": []}
+    if direct:
+        change["set"][keys["direct"]] = direct
+    change["remove"] = [keys["pending"], keys["previous"]]
+    return change
+
+
+def _direct_base(name: str, spec: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """The DIRECT_URL the hosts hold (credentials aside): None when no host holds one; hosts
+    that hold different ones are a problem (the run names them)."""
+    held = {h: v for h, v in (record.get("direct_by_host") or {}).items() if v}
+    if not held:
+        return None
+    current = record.get("current") or ""
+    found: dict[str, list[str]] = {}
+    for host, value in sorted(held.items()):
+        found.setdefault(_with_login(value, current), []).append(host)
+    if len(found) > 1:
+        var = env_keys(spec)["direct"]
+        split = "; ".join(
+            f"{', '.join(hosts)}: {fingerprint(held[hosts[0]])}" for hosts in found.values()
+        )
+        raise RotationProblem(
+            f"{name}: the app hosts hold different {var} ({split}), not only in their "
+            f"credentials; make them agree before rotating - nothing was changed"
+        )
+    base = next(iter(found))
+    # a value a host holds as it is (the playbook has it) rather than the same one rebuilt
+    return next((v for v in held.values() if v == base), base)
+
+
+def _kind_work(decision: dict[str, Any], spec: dict[str, Any], record: dict[str, Any]) -> None:
+    """The env changes of a kind the app uses in its current value only (no <VAR>_PREVIOUS),
+    and a database password's own work (``db``) and derived values (``derived``)."""
+    action, values = decision["action"], decision["values"]
+    current, pending = values["current"], values["pending"]
+    direct_base = None
+    if spec["kind"] == "db_password":
+        direct_base = _direct_base(decision["name"], spec, record) if decision["app_env"] else None
+        decision["db"] = db_work(decision["name"], spec, action, values, record)
+    derived: dict[str, str] = {}
+
+    def env(dsn: str) -> dict[str, Any]:
+        direct = _with_login(direct_base, dsn) if direct_base else None
+        if direct and direct not in (record.get("direct_by_host") or {}).values():
+            derived[fingerprint(direct) or ""] = direct
+        return _plain_env(spec, dsn, direct)
+
+    if decision["app_env"] and current:
+        target = pending if action == "rotate" else current
+        decision["apply_env"] = env(target) if target else None
+        if decision.get("undo_env") is not None:
+            decision["undo_env"] = env(current)
+    decision["derived"] = derived
+
+
+def db_work(
+    name: str, spec: dict[str, Any], action: str, values: dict[str, Any], record: dict[str, Any]
+) -> dict[str, Any]:
+    """What the database must do at each phase of the run, for the role (kinds_db.yml): the
+    pg_role_password calls of ``set`` and ``test`` (DSNs as fingerprints - ``dsn_fp``,
+    ``login_dsn_fp`` - or ``admin``: the DSN of the inventory variable ``admin_url_var``), and
+    the ``restore`` of a single-user password at ``set`` (a killed run's) or ``undo`` (this
+    run's, after a failure): when a login with ``login_fp`` fails, the password is set back,
+    logging in with ``via_fp``. Passwords are values (the decision's task is no_log)."""
+    strategy = spec.get("strategy") or "single"
+    current, pending = values.get("current") or "", values.get("pending") or ""
+    user, current_pw = _dsn_login(current)
+    fp = fingerprint
+    work: dict[str, Any] = {
+        "strategy": strategy,
+        "admin_url_var": spec.get("admin_url_var") or "",
+        "user": user,
+        "set": [],
+        "test": [],
+        "restore": {"set": None, "undo": None},
+        "notes": [],
+    }
+
+    def restore(via: str | None) -> dict[str, Any] | None:
+        if strategy != "single" or not via or via == current or _dsn_login(via)[0] != user:
+            return None
+        return {"role": user, "login_fp": fp(current), "via_fp": fp(via), "password": current_pw}
+
+    def login(dsn: str, expect: str, what: str) -> dict[str, Any]:
+        who = _dsn_login(dsn)[0]
+        return {
+            "action": "login",
+            "login_dsn_fp": fp(dsn),
+            "expect": expect,
+            "label": what + f" ({who})",
+        }
+
+    stored = record.get("pending")
+    if action == "rotate":
+        new_user, new_pw = _dsn_login(pending)
+        if strategy == "single":
+            work["restore"]["set"] = restore(stored)
+            work["set"].append(
+                {
+                    "action": "set",
+                    "dsn_fp": fp(current),
+                    "password": new_pw,
+                    "label": f"{name}: ALTER ROLE {user} PASSWORD (the new one; by {user} itself)",
+                }
+            )
+            work["restore"]["undo"] = restore(pending)
+        else:
+            work["set"].append(
+                {
+                    "action": "ensure_role",
+                    "admin": True,
+                    "role": new_user,
+                    "like": user,
+                    "password": new_pw,
+                    "label": f"{name}: the other login {new_user} (like {user}), new password",
+                }
+            )
+            work["notes"].append(
+                f"alternating users: after a failure there is nothing to put back in the database "
+                f"- the app is back on {user}, whose password this run did not change ({new_user} "
+                "keeps the discarded password until the next rotation sets another)"
+            )
+        work["test"].append(login(pending, "success", f"{name}: the new login works"))
+    elif action in ("undo", "finish"):
+        if action == "undo":
+            work["restore"]["set"] = restore(stored)
+        work["test"].append(login(current, "success", f"{name}: the current login works"))
+    elif action == "revoke":
+        revoked = record.get("previous") or ""
+        old_user, old_pw = _dsn_login(revoked)
+        if strategy == "alternating" and old_user and old_user != user:
+            work["set"].append(
+                {
+                    "action": "retire",
+                    "admin": True,
+                    "role": old_user,
+                    "password": old_pw,
+                    "label": f"{name}: retire the old login {old_user} (PASSWORD NULL)",
+                }
+            )
+        work["test"].append(login(current, "success", f"{name}: the current login works"))
+        work["test"].append(login(revoked, "failure", f"{name}: the old login is refused"))
+    return work
 
 
 def env_fingerprints(change: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -57,6 +57,13 @@ NOT_SECRET_SUFFIXES: tuple[str, ...] = (
     "age", "logging", "label",
 )  # fmt: skip
 
+#: Names that match a rule but hold no secret: the rotation runbook's inputs and reports name
+#: secrets, they never hold one (``secrets=jwt,nextauth``; the values it rotates live under
+#: their own names - JWT_SECRET, vault_*, secret_values).
+NOT_SECRET_NAMES: frozenset[str] = frozenset(
+    {"secrets", "secrets_report_fail_on", "rotation_step", "force_revoke"}
+)
+
 _SECRET_RE = re.compile("|".join(f"(?:{pattern})" for pattern, _why in SECRET_NAME_RULES))
 _NOT_SECRET_RE = re.compile(r"_(?:" + "|".join(NOT_SECRET_SUFFIXES) + r")$")
 
@@ -86,6 +93,8 @@ def is_secret_name(name: object) -> bool:
     if not isinstance(name, str):
         return False
     plain = normalize(name)
+    if plain in NOT_SECRET_NAMES:
+        return False
     return bool(_SECRET_RE.search(plain)) and not _NOT_SECRET_RE.search(plain)
 
 
