@@ -1,10 +1,10 @@
 # Copyright: opsbook contributors
 # Apache-2.0
-"""Filters of the secret rotation runbook (roles/secret_rotation): what the plays read from
+"""Filters of the secret rotation runbook (roles/rotation): what the plays read from
 registered results and facts, and how the run is summed up. Pure functions, unit tested; the
 decisions themselves are made by the secret_rotation module (module_utils/opsbook_rotation.py).
 
-Secret values pass through some of these (``secret_rotation_records``, ``_env_reads``,
+Secret values pass through some of these (``rotation_store_secrets``, ``_env_reads``,
 ``_probes``): the tasks that use them are ``no_log``. The summary holds fingerprints only.
 """
 
@@ -53,7 +53,7 @@ def env_reads(hosts: Iterable[str], hostvars: Mapping[str, Any]) -> dict[str, di
     """{host: {VAR: value}} of the hosts whose env file was read."""
     out: dict[str, dict[str, str]] = {}
     for host in hosts:
-        read = _get(hostvars[host], "secret_rotation_env_read", {})
+        read = _get(hostvars[host], "rotation_env_secret_read", {})
         if read and not _get(read, "skipped") and not _get(read, "failed"):
             values = _get(read, "values")
             if isinstance(values, Mapping):
@@ -113,7 +113,7 @@ def unread(hosts: Iterable[str], hostvars: Mapping[str, Any], keys: list[str]) -
         return []
     missing = []
     for host in hosts:
-        read = _get(hostvars[host], "secret_rotation_env_read", {})
+        read = _get(hostvars[host], "rotation_env_secret_read", {})
         if (
             not read
             or _get(read, "failed")
@@ -204,11 +204,11 @@ def failed_hosts(
     hosts: Iterable[str], hostvars: Mapping[str, Any], result_vars: list[str]
 ) -> list[str]:
     """``host: why`` for each host whose registered results failed or were unreachable, or
-    that recorded a failure (``secret_rotation_host_error``)."""
+    that recorded a failure (``rotation_host_error``)."""
     out = []
     for host in hosts:
         facts = hostvars[host]
-        error = _get(facts, "secret_rotation_host_error")
+        error = _get(facts, "rotation_host_error")
         for name in result_vars:
             result = _get(facts, name, {}) or {}
             for part in _get(result, "results", None) or [result]:
@@ -230,11 +230,11 @@ def batch_problems(
     batch: Iterable[str], hostvars: Mapping[str, Any], gate: Mapping[str, Any] | None
 ) -> list[str]:
     """``host: why`` for every host of the batch that failed its change or the health gate."""
-    problems = failed_hosts(batch, hostvars, ["secret_rotation_apply_result"])
+    problems = failed_hosts(batch, hostvars, ["rotation_apply_result"])
     by_host = _get(gate, "by_host", {}) or {}
     gate_error = None if _get(gate, "by_host") is not None else _get(gate, "msg")
     for host in batch:
-        if not _get(hostvars[host], "secret_rotation_restarted"):
+        if not _get(hostvars[host], "rotation_restarted"):
             continue
         if any(p.startswith(f"{host}:") for p in problems):
             continue
@@ -331,27 +331,27 @@ def summary(
     step: str,
     env: str,
     check_mode: bool = False,
+    failed_at: str = "",
 ) -> dict[str, Any]:
     """The run's report: status, per secret what happened (fingerprints only), per host what
-    changed, and the lines shown and published."""
+    changed, and the lines shown and published. ``failed_at`` is ``finish`` when only the last
+    phase failed (the new values installed and proven: the next run finishes them)."""
     items = list(items or [])
     hosts = list(hosts)
-    changed = [h for h in hosts if _get(hostvars[h], "secret_rotation_changed")]
-    undone = [h for h in hosts if _get(hostvars[h], "secret_rotation_undone")]
+    changed = [h for h in hosts if _get(hostvars[h], "rotation_changed")]
+    undone = [h for h in hosts if _get(hostvars[h], "rotation_undone")]
     undo_errors = {}
     for host in hosts:
         facts = hostvars[host]
-        why = _get(facts, "secret_rotation_undo_error")
-        if (
-            not why
-            and failed
-            and _get(_get(facts, "secret_rotation_undo_result", {}), "unreachable")
-        ):
+        why = _get(facts, "rotation_undo_error")
+        if not why and failed and _get(_get(facts, "rotation_undo_result", {}), "unreachable"):
             why = "unreachable"
         if why:
             undo_errors[host] = why
     worked = [i for i in items if i.get("action") != "none"]
-    if failed:
+    if failed and failed_at == "finish":
+        status = "unfinished"
+    elif failed:
         status = "failed" if not undone and not changed else "undone"
     elif not worked:
         status = "unchanged"
@@ -367,7 +367,12 @@ def summary(
         fps = item.get("fingerprints") or {}
         spec = item.get("spec") or {}
         action = item.get("action")
-        if failed and action == "rotate":
+        if failed and action == "rotate" and failed_at == "finish":
+            result = (
+                f"{fps.get('pending')} installed and proven, but finishing failed: the next run "
+                "finishes it"
+            )
+        elif failed and action == "rotate":
             result = "undone (the current value is back)"
         elif action == "rotate":
             grace = float(spec.get("grace_hours") or 0)
@@ -492,7 +497,7 @@ def schedule(items: Iterable[Mapping[str, Any]], env: str, now: str) -> dict[str
     }
 
 
-# ---- the kinds that live outside the env files (roles/secret_rotation/tasks/kinds_*.yml)
+# ---- the kinds that live outside the env files (roles/rotation/tasks/kinds_*.yml)
 
 DB_KIND = "db_password"
 TWILIO_KIND = "twilio_auth_token"
@@ -504,7 +509,7 @@ STRIPE_API = "https://api.stripe.com"
 TWILIO_CHECK_MODE_TOKEN = "0" * 32
 
 
-#: The task files of the kinds (roles/secret_rotation/tasks/kinds_<file>.yml), in the order they
+#: The task files of the kinds (roles/rotation/tasks/kinds_<file>.yml), in the order they
 #: run at a phase (Stripe's before Twilio's: a refused key stops the run before Twilio makes a
 #: token), with the kinds they serve and the phases at which they have work.
 KIND_FILES = (

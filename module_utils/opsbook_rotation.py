@@ -551,8 +551,20 @@ def record_from_pool(
     journal's fingerprints while a rotation is open or its previous value is held, else from what
     every host holds (hosts that disagree are a problem: the run says which holds what)."""
     step = (journal or {}).get("step")
-    if step in INTERRUPTED_UNDO + INTERRUPTED_FINISH or (
-        step == "finished" and journal.get("previous_fp")
+    outside = None
+    if step == "finished" and journal.get("previous_fp"):
+        held = {h.get("current") for h in by_host.values()}
+        if journal.get("current_fp") not in held and len(held) == 1 and None not in held:
+            # Every host agrees on a value the journal does not name: it was rotated by hand
+            # since. Start from what the hosts hold (and say so) rather than refuse.
+            outside = (
+                f"{spec['env_var']} was changed outside opsbook since run {journal.get('run_id')} "
+                f"(every host holds {next(iter(held))}, the journal named "
+                f"{journal.get('current_fp')}); this run starts from what the hosts hold"
+            )
+    if outside is None and (
+        step in INTERRUPTED_UNDO + INTERRUPTED_FINISH
+        or (step == "finished" and journal.get("previous_fp"))
     ):
         record: dict[str, str | None] = {}
         for role in ("current", "pending", "previous"):
@@ -581,7 +593,10 @@ def record_from_pool(
         )
     previous_split = host_disagreement(by_host, "previous")
     previous = None if previous_split else pool.get(first.get("previous") or "")
-    return {"current": current, "pending": None, "previous": previous}
+    record = {"current": current, "pending": None, "previous": previous}
+    if outside:
+        record["note"] = outside
+    return record
 
 
 def decide(
@@ -605,6 +620,8 @@ def decide(
     kind = spec["kind"]
     notes: list[str] = []
     current, previous = record.get("current"), record.get("previous")
+    if record.get("note"):
+        notes.append(record["note"])
     interrupted = step in INTERRUPTED_UNDO + INTERRUPTED_FINISH
     decision: dict[str, Any] = {
         "name": name,

@@ -61,7 +61,7 @@ NOT_SECRET_SUFFIXES: tuple[str, ...] = (
 #: secrets, they never hold one (``secrets=jwt,nextauth``; the values it rotates live under
 #: their own names - JWT_SECRET, vault_*, secret_values).
 NOT_SECRET_NAMES: frozenset[str] = frozenset(
-    {"secrets", "secrets_report_fail_on", "rotation_step", "force_revoke"}
+    {"secrets", "secrets_report_fail_on"}
 )
 
 _SECRET_RE = re.compile("|".join(f"(?:{pattern})" for pattern, _why in SECRET_NAME_RULES))

@@ -199,6 +199,10 @@ def test_a_run_killed_after_set_is_settled_by_the_next(app_hosts, inventory, run
     [
         ({"secrets": "jwt,bogus"}, "unknown secret 'bogus'"),
         ({"secrets": "encryption_key"}, "has no store in this environment"),
+        (
+            {"secrets": "jwt", "opsbook_secrets": {"jwt": {"store": "env_file", "length": 8}}},
+            "length: a value of that length fails the hmac policy",
+        ),
     ],
 )
 def test_bad_names_are_refused_before_anything(

@@ -12,9 +12,9 @@ Two runs, each with its own HOME (``~/.ansible/tmp``, the SSH control sockets) a
 
 1. one ``ansible-playbook -vvvv --diff`` of every runbook - tour.yml (health_check, backup,
    restore_drill, deploy of a new release to the app host, rollback, the rotation of
-   JWT_SECRET: the value it replaced and the one it generated are canaries too), then restore.yml (the
-   latest backup into a new database), maintenance_mode.yml, db_migrate.yml, data_fix.yml,
-   db_maintenance.yml and db_health.yml - each succeeding (each publishes its report);
+   JWT_SECRET: the value it replaced and the one it generated are canaries too), then
+   restore.yml (the latest backup into a new database), maintenance_mode.yml, db_migrate.yml,
+   data_fix.yml, db_maintenance.yml and db_health.yml - each succeeding (each publishes its report);
 2. ``opsbook run health_check -vvvv`` (the app host over SSH, the database by the DSN),
    through ansible-runner: its artifacts hold the whole -vvvv output.
 

@@ -96,14 +96,14 @@ def test_a_rotation_that_did_not_happen_is_named(after, needle) -> None:
 STAMPED = [
     (10.5, "\n"),
     (10.6, "PLAY [Rotate | preflight] ******************\n"),
-    (10.7, "TASK [secret_rotation : preflight | Lock] ***\n"),
+    (10.7, "TASK [rotation : preflight | Lock] ***\n"),
     (11.2, "ok: [localhost]\n"),
     (11.5, "PLAY [Rotate | apply] *****\n"),
-    (11.6, "TASK [secret_rotation : apply | Write] ****\n"),
+    (11.6, "TASK [rotation : apply | Write] ****\n"),
     (12.0, "TASK [app_service : Restart] ***\n"),
     (13.0, "RUNNING HANDLER [reload] ***\n"),
     (13.1, "PLAY [Rotate | apply] *****\n"),  # the next serial batch
-    (13.2, "TASK [secret_rotation : apply | Write] ****\n"),
+    (13.2, "TASK [rotation : apply | Write] ****\n"),
     (13.4, "TASK [app_service : Restart] ***\n"),
     (14.4, "PLAY RECAP *********\n"),
     (14.5, "app1 : ok=3\n"),
@@ -114,10 +114,10 @@ def test_task_times_from_the_banners_summed_over_the_batches() -> None:
     times = {(t.play, t.task): t for t in task_times(STAMPED, started=10.0, ended=15.0)}
     assert times[("", START)].seconds == pytest.approx(0.6)
     assert times[("Rotate | preflight", "(play start)")].seconds == pytest.approx(0.1)
-    assert times[("Rotate | preflight", "secret_rotation : preflight | Lock")].seconds == (
+    assert times[("Rotate | preflight", "rotation : preflight | Lock")].seconds == (
         pytest.approx(0.8)
     )
-    write = times[("Rotate | apply", "secret_rotation : apply | Write")]
+    write = times[("Rotate | apply", "rotation : apply | Write")]
     assert (write.seconds, write.count) == (pytest.approx(0.6), 2)
     restart = times[("Rotate | apply", "app_service : Restart")]
     assert (restart.seconds, restart.count) == (pytest.approx(2.0), 2)

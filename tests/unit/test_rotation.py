@@ -456,7 +456,7 @@ def test_module_returns_fingerprints_and_generated_values_only():
 
 
 def test_filter_summary_says_what_happened_without_values():
-    hostvars = {"app1": {"secret_rotation_changed": True}, "app2": {}}
+    hostvars = {"app1": {"rotation_changed": True}, "app2": {}}
     report = filters.summary(
         [summary_item("rotate")], hostvars, ["app1", "app2"], False, "", "rotate", "test"
     )
@@ -465,7 +465,7 @@ def test_filter_summary_says_what_happened_without_values():
     assert report["hosts_changed"] == ["app1"]
     failed = filters.summary(
         [summary_item("rotate")],
-        {"app1": {"secret_rotation_changed": True, "secret_rotation_undone": True}, "app2": {}},
+        {"app1": {"rotation_changed": True, "rotation_undone": True}, "app2": {}},
         ["app1", "app2"],
         True,
         "the test failed",
@@ -474,3 +474,57 @@ def test_filter_summary_says_what_happened_without_values():
     )
     assert not failed["ok"] and failed["status"] == "undone"
     assert "undone (the current value is back)" in failed["lines"][1]
+
+
+def test_a_value_changed_by_hand_since_the_last_rotation_is_adopted_and_said():
+    """Every host agrees on a value the finished journal does not name (someone rotated by
+    hand): the run starts from it and says so, instead of refusing."""
+    spec = jwt_spec()
+    by_hand = "h" * 64
+    pool, by_host = rot.pool_from_hosts(reads("app1", "app2", current=by_hand), spec)
+    record = rot.record_from_pool("jwt", spec, finished(100), pool, by_host)
+    assert record["current"] == by_hand and record["previous"] is None
+    d = rot.decide(
+        "jwt",
+        spec,
+        finished(100),
+        record,
+        requested=True,
+        run_step="rotate",
+        force_revoke=False,
+        now=NOW,
+    )
+    assert d["action"] == "rotate" and d["values"]["current"] == by_hand
+    assert "was changed outside opsbook since run run-1" in d["notes"][0]
+    assert by_hand not in d["notes"][0]
+    # hosts that disagree are still refused
+    split = reads("app1", current=by_hand) | reads("app2", current="z" * 64)
+    pool, by_host = rot.pool_from_hosts(split, spec)
+    with pytest.raises(rot.RotationProblem, match="is on no app host"):
+        rot.record_from_pool("jwt", spec, finished(100), pool, by_host)
+
+
+def test_filter_summary_names_a_host_the_undo_could_not_reach():
+    hostvars = {
+        "app1": {"rotation_changed": True, "rotation_undone": True},
+        "app2": {"rotation_undo_result": {"unreachable": True}},
+    }
+    report = filters.summary(
+        [summary_item("rotate")], hostvars, ["app1", "app2"], True, "x", "rotate", "t"
+    )
+    assert report["undo_errors"] == {"app2": "unreachable"}
+    assert any(
+        line.startswith("app2 could not be put back (unreachable)") for line in report["lines"]
+    )
+
+
+def test_filter_summary_when_only_finishing_failed():
+    """The Twilio promote (finish) fails after every host runs on the new value and it was
+    proven: not "undone" - the next run finishes it (the journal stays at tested)."""
+    report = filters.summary(
+        [summary_item("rotate")], {"app1": {"rotation_changed": True}}, ["app1"], True,
+        "finishing failed: promote", "rotate", "t", False, "finish",
+    )  # fmt: skip
+    assert report["status"] == "unfinished" and not report["ok"]
+    assert "sha256:bbb installed and proven, but finishing failed" in report["lines"][1]
+    assert filters.journal_entries([summary_item("rotate")], "failed")[0]["step"] == "undone"
