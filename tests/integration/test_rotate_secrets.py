@@ -215,18 +215,22 @@ def test_bad_names_are_refused_before_anything(
     assert not (inventory.parent.parent / "state" / "locks" / "local" / "deploy.json").exists()
 
 
-def test_a_rotation_waits_for_the_deploy_lock(app_hosts, inventory, run_playbook):
-    """A deploy holds the lock: the rotation is refused, naming it, and changes nothing."""
+@pytest.mark.parametrize(
+    ("playbook", "reason"), [("deploy", "deploy 2.0.0"), ("rotate_secrets", "rotate nextauth")]
+)
+def test_a_rotation_waits_for_the_deploy_lock(app_hosts, inventory, run_playbook, playbook, reason):
+    """Another run holds the lock - a deploy, or another rotation: this rotation is refused,
+    naming it, and changes nothing."""
     state = inventory.parent.parent / "state"
     taken = load_library("deploy_lock").execute(
         {
             "url": f"file://{state}",
             "env": "local",
             "state": "present",
-            "run_id": "a-deploy",
+            "run_id": "the-other-run",
             "owner": "someone",
-            "reason": "deploy 2.0.0",
-            "playbook": "deploy",
+            "reason": reason,
+            "playbook": playbook,
             "ttl_s": 600,
             "break_lock": False,
             "refresh": False,
@@ -240,7 +244,7 @@ def test_a_rotation_waits_for_the_deploy_lock(app_hosts, inventory, run_playbook
     assert not taken.get("failed"), taken
     before = [h.env_file.read_bytes() for h in app_hosts]
     run = run_playbook("rotate_secrets", inventory, {"secrets": "jwt"})
-    assert run.returncode != 0 and "a-deploy" in run.stdout
+    assert run.returncode != 0 and "the-other-run" in run.stdout and reason in run.stdout
     assert [h.env_file.read_bytes() for h in app_hosts] == before
     assert not (state / "secrets").exists()
 
