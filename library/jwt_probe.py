@@ -204,6 +204,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ansible.module_utils.opsbook_http import describe_error, validate_params
 from ansible.module_utils.opsbook_module import run_module
+from ansible.module_utils.opsbook_text import fingerprint
 from ansible.module_utils.urls import open_url
 
 MIN_SECRET_CHARS = 32
@@ -232,11 +233,6 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "validate_certs": {"type": "bool", "default": True},
         "fail_on_mismatch": {"type": "bool", "default": True},
     }
-
-
-def fingerprint(value: str) -> str:
-    """What may be shown of a secret (the rotation design's rule)."""
-    return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
 
 
 def b64url(data: bytes) -> str:

@@ -154,7 +154,7 @@ from ansible.module_utils.opsbook_rest import (
     rest_argument_spec,
     rest_option_errors,
 )
-from ansible.module_utils.opsbook_rotation import fingerprint
+from ansible.module_utils.opsbook_text import fingerprint
 
 NAME = "stripe_key_check"
 BALANCE = "/v1/balance"

@@ -212,7 +212,7 @@ from ansible.module_utils.opsbook_rest import (
     rest_argument_spec,
     rest_option_errors,
 )
-from ansible.module_utils.opsbook_rotation import fingerprint
+from ansible.module_utils.opsbook_text import fingerprint
 
 NAME = "twilio_auth_token"
 SECONDARY = "/v1/AuthTokens/Secondary"

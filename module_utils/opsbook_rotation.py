@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import re
 import secrets
 import string
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from ansible.module_utils.opsbook_text import fingerprint
 
 FORMAT_VERSION = 1
 JOURNAL_PREFIX = "secrets"
@@ -52,13 +53,6 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _ENV_VAR_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _URLSAFE = string.ascii_letters + string.digits + "-_"
 _ALNUM = string.ascii_letters + string.digits
-
-
-def fingerprint(value: str | None) -> str | None:
-    """The one fingerprint rule (app_env and the stores compute the same): sha256, 12 hex."""
-    if value is None:
-        return None
-    return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
 
 
 def utcnow() -> datetime:

@@ -23,11 +23,12 @@ would do, and writes nothing.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from ansible.module_utils.opsbook_text import fingerprint
 
 LABELS = ("current", "pending", "previous")
 STORE_TYPES = ("vault", "aws_secretsmanager", "aws_ssm")
@@ -39,14 +40,6 @@ TEMPLATE_MARKERS = ("{{", "{%", "{#")
 class SecretStoreError(Exception):
     """A store could not be read or written. The message names the store, what went wrong and
     what was left unchanged; it never holds a secret value."""
-
-
-def fingerprint(value: str | None) -> str | None:
-    """The shared fingerprint of a secret value: ``sha256:`` and 12 hex digits (None for
-    None)."""
-    if value is None:
-        return None
-    return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
 
 
 def iso_time(moment: datetime | None) -> str | None:

@@ -19,6 +19,8 @@ run on any host may import it.
 
 from __future__ import annotations
 
+import hashlib
+
 IEC_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
 
@@ -64,3 +66,12 @@ def typed_confirmation_problem(
     else:
         return None
     return f"{problem}: {go_ahead or f're-run with -e confirm={target} to go ahead'}"
+
+
+def fingerprint(value: str | None) -> str | None:
+    """What may be shown of a secret value: ``sha256:`` and the first 12 hex digits of its
+    sha256 (None for None). One rule for every module, store, journal and report; the host-side
+    copies (library/app_env.py, the sample app) are held to it by tests."""
+    if value is None:
+        return None
+    return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]

@@ -10,13 +10,7 @@ output at -vvvv, the journal or the operation log.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,10 +19,7 @@ from typing import Any
 import pytest
 
 from opsbook.lab import AppHost
-from opsbook.lab.sshd import SshHost
-from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
 from tests.integration.stats_helper import run_with_stats
-from tests.integration.test_deploy import processes_with
 from tests.loaders import load_library, load_module_utils
 
 pytestmark = pytest.mark.integration
@@ -112,12 +103,11 @@ def test_rotation_keeps_old_sessions_until_revoke(app_hosts, inventory, run_play
     assert "stays accepted until" in early.stdout
     assert first.read_env()["JWT_SECRET_PREVIOUS"] == old
 
-    # forced revoke, at -vvvv: the old session dies; no value in the output
+    # forced revoke: the old session dies; no value in the output (-vvvv: test_secrets_everywhere)
     revoke = run_playbook(
         "rotate_secrets",
         inventory,
         {"secrets": "jwt", "rotation_step": "revoke", "force_revoke": True},
-        args=["-vvvv"],
     )
     assert revoke.returncode == 0, revoke.stdout[-3000:]
     assert "JWT_SECRET_PREVIOUS" not in first.read_env()
@@ -195,32 +185,34 @@ def test_a_run_killed_after_set_is_settled_by_the_next(app_hosts, inventory, run
 
 
 @pytest.mark.parametrize(
-    ("extravars", "needle"),
+    ("extravars", "needles"),
     [
-        ({"secrets": "jwt,bogus"}, "unknown secret 'bogus'"),
-        ({"secrets": "encryption_key"}, "has no store in this environment"),
+        # every problem at once: an unknown name and one this environment gives no store
+        (
+            {"secrets": "jwt,bogus,encryption_key"},
+            ["unknown secret 'bogus'", "secret 'encryption_key' has no store"],
+        ),
         (
             {"secrets": "jwt", "opsbook_secrets": {"jwt": {"store": "env_file", "length": 8}}},
-            "length: a value of that length fails the hmac policy",
+            ["length: a value of that length fails the hmac policy"],
         ),
     ],
 )
 def test_bad_names_are_refused_before_anything(
-    app_hosts, inventory, run_playbook, extravars, needle
+    app_hosts, inventory, run_playbook, extravars, needles
 ):
     before = [h.env_file.read_bytes() for h in app_hosts]
     run = run_playbook("rotate_secrets", inventory, extravars)
-    assert run.returncode != 0 and needle in run.stdout
+    assert run.returncode != 0
+    assert all(needle in run.stdout for needle in needles), run.stdout[-2000:]
     assert [h.env_file.read_bytes() for h in app_hosts] == before
     assert not (inventory.parent.parent / "state" / "locks" / "local" / "deploy.json").exists()
 
 
-@pytest.mark.parametrize(
-    ("playbook", "reason"), [("deploy", "deploy 2.0.0"), ("rotate_secrets", "rotate nextauth")]
-)
-def test_a_rotation_waits_for_the_deploy_lock(app_hosts, inventory, run_playbook, playbook, reason):
-    """Another run holds the lock - a deploy, or another rotation: this rotation is refused,
-    naming it, and changes nothing."""
+def test_a_rotation_waits_for_the_deploy_lock(app_hosts, inventory, run_playbook):
+    """Another rotation holds the deploy lock (a deploy would hold the same one): this rotation
+    is refused, naming it, and changes nothing."""
+    playbook, reason = "rotate_secrets", "rotate nextauth"
     state = inventory.parent.parent / "state"
     taken = load_library("deploy_lock").execute(
         {
@@ -272,138 +264,3 @@ def test_secrets_report_flags_what_is_due(inventory, run_playbook, tmp_path):
     assert any(line.startswith("| jwt | JWT_SECRET | env_file |") for line in report["lines"])
     lenient = run_playbook("secrets_report", inventory, {"secrets_report_fail_on": "never"})
     assert lenient.returncode == 0
-
-
-def test_a_host_unreachable_mid_rotation_is_named_and_the_others_put_back(
-    app_hosts, inventory, run_playbook, tmp_path
-):
-    """The last host stops answering SSH once the canary holds the new value: the rollout stops,
-    every host this run changed gets the old value back, and the run names the host it could
-    not reach. The next run, with the host back, rotates every host to one value."""
-    canary, last = app_hosts[0], app_hosts[-1]
-    old = canary.read_env()["JWT_SECRET"]
-    killed = threading.Event()
-
-    def kill_last_once_the_canary_changed() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if canary.read_env().get("JWT_SECRET") not in (None, old):
-                SshHost.kill(last)
-                killed.set()
-                return
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=kill_last_once_the_canary_changed, daemon=True)
-    watcher.start()
-    run = run_with_stats(run_playbook, tmp_path, "rotate_secrets", inventory, {"secrets": "jwt"})
-    watcher.join(5)
-    assert killed.is_set(), run.output[-3000:]
-    assert run.rc != 0
-    report = run.stats["rotation"]
-    assert not report["ok"] and last.name in " ".join(report["lines"])
-    assert canary.name in report["hosts_undone"]
-    for host in app_hosts:  # nobody uses a value the others lack
-        assert host.read_env()["JWT_SECRET"] == old, host.name
-    for host in app_hosts[:-1]:
-        assert "JWT_SECRET_PENDING" not in host.read_env()
-    # the unreachable host was only staged (a pending value its app never reads); the run says
-    # it could not put it back, and the next run clears it
-    assert f"{last.name} could not be put back (unreachable)" in run.output
-    assert canary.health().status == 200
-
-    SshHost.start(last)
-    again = run_playbook("rotate_secrets", inventory, {"secrets": "jwt"})
-    assert again.returncode == 0, again.stdout[-3000:]
-    values = {h.read_env()["JWT_SECRET"] for h in app_hosts}
-    assert len(values) == 1 and old not in values
-    assert all("JWT_SECRET_PENDING" not in h.read_env() for h in app_hosts)
-
-
-def test_a_run_sigkilled_mid_rotation_is_undone_by_the_next(
-    app_hosts, inventory, run_playbook, tmp_path
-):
-    """ansible-playbook is SIGKILLed once the canary runs on the new value: nothing could put it
-    back. The next run (break_lock: the dead run's lock) says it undoes that rotation and ends
-    with every host on one new value, the value the killed run made nowhere."""
-    canary = app_hosts[0]
-    old = canary.read_env()["JWT_SECRET"]
-    marker = f"opsbook-rotation-kill-{os.getpid()}-{time.monotonic_ns()}"
-    variables = tmp_path / "kill-vars.json"
-    variables.write_text(json.dumps({"secrets": "jwt"}))
-    argv = [str(VENV_BIN / "ansible-playbook"), "playbooks/rotate_secrets.yml",
-            "-i", str(inventory), "-e", f"@{variables}"]  # fmt: skip
-    env = ansible_env(tmp_path / "oplog.jsonl", {"OPSBOOK_TEST_MARKER": marker})
-    journal_file = inventory.parent.parent / "state" / "secrets" / "local" / "jwt.json"
-    with (tmp_path / "killed.log").open("w") as sink:
-        proc = subprocess.Popen(
-            argv, cwd=PROJECT_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    killed_value = None
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            value = canary.read_env().get("JWT_SECRET")
-            if value not in (None, old):
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed_value = value
-                break
-            time.sleep(0.01)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        for pid in processes_with(marker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    assert killed_value, (tmp_path / "killed.log").read_text()[-3000:]
-    assert json.loads(journal_file.read_text())["step"] == "setting"
-
-    run = run_playbook("rotate_secrets", inventory, {"secrets": "jwt", "break_lock": True})
-    assert run.returncode == 0, run.stdout[-3000:]
-    assert "undoing the rotation run" in run.stdout and "left at step setting" in run.stdout
-    envs = [h.read_env() for h in app_hosts]
-    assert len({env["JWT_SECRET"] for env in envs}) == 1
-    assert envs[0]["JWT_SECRET"] not in (old, killed_value)
-    assert all(env["JWT_SECRET_PREVIOUS"] == old for env in envs)
-    assert all("JWT_SECRET_PENDING" not in env for env in envs)
-    assert json.loads(journal_file.read_text())["step"] == "finished"
-
-
-def test_encryption_key_keyring_and_reencryption_before_revoke(
-    app_hosts, make_inventory, run_playbook, tmp_path
-):
-    """Data encrypted under ENCRYPTION_KEY stays readable after the rotation (the replaced key
-    is kept as previous); a second rotation is refused while data may still be under the
-    previous key; the revoke runs the re-encryption on every host first, then drops the key."""
-    state = tmp_path / "state"
-    state.mkdir()
-    secrets_conf = {
-        "encryption_key": {
-            "store": "env_file",
-            "reencrypt_command": ["/usr/bin/python3", "current/app.py", "reencrypt"],
-        }
-    }
-    inventory = make_inventory(
-        extra_vars={"opsbook_secrets": secrets_conf, "opsbook_state_url": f"file://{state}"}
-    )
-    first = app_hosts[0]
-    status, body = call(f"{first.base_url}/api/notes", {"text": "launch codes"})
-    assert status == 201
-    note = f"{first.base_url}/api/notes/{body['id']}"
-
-    rotated = run_playbook("rotate_secrets", inventory, {"secrets": "encryption_key"})
-    assert rotated.returncode == 0, rotated.stdout[-3000:]
-    assert call(note) == (200, {"text": "launch codes", "key": "previous"})
-
-    again = run_playbook("rotate_secrets", inventory, {"secrets": "encryption_key"})
-    assert again.returncode != 0 and "no re-encryption has succeeded" in again.stdout
-
-    revoke = run_playbook(
-        "rotate_secrets", inventory, {"secrets": "encryption_key", "rotation_step": "revoke"}
-    )
-    assert revoke.returncode == 0, revoke.stdout[-3000:]
-    assert all("ENCRYPTION_KEY_PREVIOUS" not in h.read_env() for h in app_hosts)
-    assert call(note) == (200, {"text": "launch codes", "key": "current"})
-    entry = json.loads((state / "secrets" / "local" / "encryption_key.json").read_text())
-    assert entry["step"] == "revoked" and entry["reencrypted_fp"] == entry["current_fp"]
