@@ -70,18 +70,27 @@ def journal(inventory: Path, name: str) -> dict[str, Any]:
     return json.loads((state / "secrets" / "local" / f"{name}.json").read_text())
 
 
-def test_rotation_keeps_old_sessions_until_revoke(app_hosts, inventory, run_playbook, tmp_path):
+def test_rotation_keeps_old_sessions_until_revoke(
+    app_hosts, inventory, run_playbook, tmp_path, request
+):
     first, second = app_hosts[0], app_hosts[1]
     before = {h.name: h.read_env() for h in app_hosts}
     old = before[first.name]["JWT_SECRET"]
     assert all(env["JWT_SECRET"] == old for env in before.values())
     token = login(first)
+    # the release's link to the env file (what deploy_shared_paths makes), to see it untouched
+    link = first.current_link.resolve() / ".env"
+    link.symlink_to(first.env_file)
+    request.addfinalizer(lambda: link.unlink(missing_ok=True))
 
     run = run_with_stats(run_playbook, tmp_path, "rotate_secrets", inventory, {"secrets": "jwt"})
     assert run.rc == 0, run.stdout[-3000:]
+    assert link.is_symlink() and link.readlink() == first.env_file
+    assert first.env_file.stat().st_mode & 0o777 == 0o600
     after = {h.name: h.read_env() for h in app_hosts}
     new = after[first.name]["JWT_SECRET"]
     assert new != old and rot.policy_problem({"kind": "hmac"}, new) is None
+    assert link.read_text() == first.env_file.read_text()
     for env in after.values():
         assert env["JWT_SECRET"] == new and env["JWT_SECRET_PREVIOUS"] == old
         assert "JWT_SECRET_PENDING" not in env
