@@ -840,6 +840,29 @@ def vendor_revoke_lines(
     return out
 
 
+def dated_stores(catalog: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The secrets of the inventory's ``opsbook_secrets`` whose store says when a value was set
+    (the AWS stores): ``[{name, store}]`` for secrets_report.yml to read the dates of."""
+    out = []
+    for name, spec in (catalog or {}).items():
+        store = _get(spec, "store")
+        if isinstance(store, Mapping) and store.get("type") in AWS_STORES:
+            out.append({"name": name, "store": dict(store)})
+    return out
+
+
+def store_dates(reads: Mapping[str, Any] | None) -> dict[str, str]:
+    """{name: when the current value was set} from a registered loop of secret_store reads."""
+    out: dict[str, str] = {}
+    for result in _get(reads, "results", []) or []:
+        name = _get(_get(result, "item", {}), "name")
+        current = _get(_get(result, "meta", {}), "current", {}) or {}
+        when = _get(current, "created") or _get(current, "updated")
+        if name and when and not _get(result, "failed"):
+            out[name] = when
+    return out
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -859,6 +882,8 @@ class FilterModule:
             "secret_rotation_store_actions": store_actions,
             "secret_rotation_summary": summary,
             "secret_rotation_schedule": schedule,
+            "secret_rotation_dated_stores": dated_stores,
+            "secret_rotation_store_dates": store_dates,
             "secret_rotation_kind_files": kind_files,
             "secret_rotation_kind_records": kind_records,
             "secret_rotation_derived": derived,

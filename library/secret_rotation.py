@@ -118,6 +118,13 @@ options:
         vault or an AWX credential, Twilio's secondary token).
     type: dict
     default: {}
+  store_dates:
+    description:
+      - O(action=plan) - per secret, when its store says the current value was set (ISO 8601 UTC,
+        from M(secret_store)'s RV(meta)); the age of a secret opsbook never rotated comes from it
+        (without it, that age is unknown and the secret counts as due).
+    type: dict
+    default: {}
   entries:
     description:
       - O(action=journal) - the steps to write, each C({name, step, current_fp, pending_fp,
@@ -245,6 +252,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "records": {"type": "dict", "default": {}, "no_log": True},
         "env_reads": {"type": "dict", "default": {}, "no_log": True},
         "given": {"type": "dict", "default": {}, "no_log": True},
+        "store_dates": {"type": "dict", "default": {}},
         "entries": {"type": "list", "elements": "dict", "default": []},
         "run_id": {"type": "str"},
         "operator": {"type": "str"},
@@ -321,7 +329,7 @@ def plan(params: dict[str, Any], catalog: dict[str, Any], journals: Journals) ->
             "spec": spec,
             "app_env": uses_app_env(spec) if is_configured(spec) else False,
             "journal": public_journal(journal),
-            "status": status_of(spec, journal, now),
+            "status": status_of(spec, journal, now, (params["store_dates"] or {}).get(name)),
         }
         items.append(item)
         if item["app_env"]:

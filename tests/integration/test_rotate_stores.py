@@ -112,6 +112,14 @@ def test_secrets_manager_and_ssm_stores(
     app_hosts: list[AppHost], make_inventory, run_playbook, tmp_path, aws, s3
 ):
     inventory = aws_inventory(make_inventory, tmp_path, aws, s3)
+    # before any rotation by opsbook, the report takes the ages from the stores (set just now)
+    report = run_with_stats(run_playbook, tmp_path, "secrets_report", inventory, {})
+    assert report.rc == 0, report.output[-3000:]
+    rows = {row["name"]: row for row in report.stats["rotation_schedule"]["secrets"]}
+    for name in ("jwt", "nextauth"):
+        assert rows[name]["state"] == "ok" and rows[name]["age_days"] == 0.0, rows[name]
+        assert rows[name]["last_rotated"]
+
     run = run_with_stats(
         run_playbook, tmp_path, "rotate_secrets", inventory, {"secrets": "jwt,nextauth"}
     )

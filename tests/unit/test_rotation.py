@@ -528,3 +528,29 @@ def test_filter_summary_when_only_finishing_failed():
     assert report["status"] == "unfinished" and not report["ok"]
     assert "sha256:bbb installed and proven, but finishing failed" in report["lines"][1]
     assert filters.journal_entries([summary_item("rotate")], "failed")[0]["step"] == "undone"
+
+
+def test_filters_for_the_ages_the_aws_stores_know():
+    catalog = {
+        "jwt": {"store": "env_file"},
+        "nextauth": {"store": {"type": "aws_ssm", "parameter": "/app/n"}},
+        "stripe": {"store": {"type": "aws_secretsmanager", "secret_id": "s"}},
+        "twilio": {"store": {"type": "vault", "file": "v", "var": "x"}},
+    }
+    assert [s["name"] for s in filters.dated_stores(catalog)] == ["nextauth", "stripe"]
+    reads = {
+        "results": [
+            {
+                "item": {"name": "nextauth"},
+                "meta": {"current": {"updated": "2026-01-01T00:00:00Z"}},
+            },
+            {"item": {"name": "stripe"}, "meta": {"current": {"created": "2026-02-01T00:00:00Z"}}},
+            {"item": {"name": "gone"}, "failed": True, "msg": "no such secret"},
+        ]
+    }
+    assert filters.store_dates(reads) == {
+        "nextauth": "2026-01-01T00:00:00Z",
+        "stripe": "2026-02-01T00:00:00Z",
+    }
+    aged = rot.status_of(jwt_spec(), None, NOW, "2026-09-01T12:00:00Z")
+    assert aged["age_days"] == 97.0 and aged["overdue"]
