@@ -7,10 +7,11 @@ own document (tests/vendor_api.py).
     assert server.api.mismatches == []
 
 A handler gets a ``Call`` (method, path parameters, query, headers, decoded body) and returns
-``(status, body)`` - a dict or list is sent as JSON. A request the document does not allow is
-answered 400 with the reason and never reaches a handler; an answer the document does not
-allow is sent as 500 instead. Both are recorded in ``api.mismatches``, so a stand-in cannot
-drift into agreeing with our own client, nor a test with a stand-in that is wrong.
+``(status, body)`` - a dict or list is sent as JSON - or ``(status, body, headers)`` (e.g.
+``Retry-After``). A request the document does not allow is answered 400 with the reason and
+never reaches a handler; an answer the document does not allow is sent as 500 instead. Both are
+recorded in ``api.mismatches``, so a stand-in cannot drift into agreeing with our own client, nor
+a test with a stand-in that is wrong.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class Call:
     body: Any
 
 
-Handler = Callable[[Call], tuple[int, Any]]
+#: A handler answers ``(status, body)`` or ``(status, body, headers)`` - headers such as
+#: ``Retry-After`` or ``X-RateLimit-Reset`` that a client must honour.
+Handler = Callable[[Call], tuple[Any, ...]]
 
 
 class VendorServer:
@@ -97,19 +100,26 @@ class VendorServer:
             _decode(content_type, raw),
         )
         self.calls.append(call)
-        status, answer = handler(call)
+        status, answer, *extra = handler(call)
         data = json.dumps(answer).encode() if answer is not None else b""
         try:
             self.api.check_response(operation, status, data, "application/json" if data else "")
         except ApiMismatch as exc:
             self._send(request, 500, {"message": f"the stand-in answered wrong: {exc}"})
             return
-        self._send(request, status, answer)
+        self._send(request, status, answer, extra[0] if extra else None)
 
     @staticmethod
-    def _send(request: http.server.BaseHTTPRequestHandler, status: int, answer: Any) -> None:
+    def _send(
+        request: http.server.BaseHTTPRequestHandler,
+        status: int,
+        answer: Any,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         data = json.dumps(answer).encode() if answer is not None else b""
         request.send_response(status)
+        for name, value in (headers or {}).items():
+            request.send_header(name, value)
         if data:
             request.send_header("Content-Type", "application/json")
         request.send_header("Content-Length", str(len(data)))

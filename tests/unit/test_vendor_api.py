@@ -105,9 +105,7 @@ def test_render_base_path_and_typed_query_parameters() -> None:
     assert operation.template == "/services/{serviceId}/env-vars"
     assert params == {"serviceId": "srv-123"}
     with pytest.raises(ApiMismatch, match="query parameter 'limit'='500'"):
-        api.check_request(
-            "GET", "/v1/services/srv-123/env-vars", query="limit=500", headers=BEARER
-        )
+        api.check_request("GET", "/v1/services/srv-123/env-vars", query="limit=500", headers=BEARER)
     with pytest.raises(ApiMismatch, match="query parameter 'limit'='many'"):
         api.check_request(
             "GET", "/v1/services/srv-123/env-vars", query="limit=many", headers=BEARER
@@ -127,7 +125,9 @@ def test_stripe_balance_answer_is_held_to_its_schema() -> None:
     api.check_response(operation, 200, body(balance), "application/json")
     with pytest.raises(ApiMismatch, match="'pending' is a required property"):
         api.check_response(
-            operation, 200, body({k: v for k, v in balance.items() if k != "pending"}),
+            operation,
+            200,
+            body({k: v for k, v in balance.items() if k != "pending"}),
             "application/json",
         )
     with pytest.raises(ApiMismatch, match="answered 'text/html'"):
@@ -191,7 +191,9 @@ def test_a_stand_in_answers_what_the_document_allows_and_refuses_the_rest() -> N
         assert send(server, "POST", "/v1/AuthTokens/Promote", BASIC)[0] == 200
         assert send(server, "DELETE", "/v1/AuthTokens/Secondary", BASIC) == (204, None)
         assert [c.operation_id for c in server.calls] == [
-            "CreateSecondaryAuthToken", "UpdateAuthTokenPromotion", "DeleteSecondaryAuthToken"
+            "CreateSecondaryAuthToken",
+            "UpdateAuthTokenPromotion",
+            "DeleteSecondaryAuthToken",
         ]
         assert server.api.mismatches == []
         # A client that forgets its credentials is answered 400 and never reaches a handler.
@@ -210,5 +212,21 @@ def test_a_stand_in_that_answers_wrong_is_caught() -> None:
         status, answer = send(server, "POST", "/v1/AuthTokens/Promote", BASIC)
         assert status == 501  # an operation this stand-in does not play
         assert len(server.api.mismatches) == 2
+    finally:
+        server.close()
+
+
+def test_a_stand_in_sends_the_headers_its_handler_gives() -> None:
+    """What a client must honour (Retry-After, X-RateLimit-Reset) reaches it."""
+    server = VendorServer(
+        "twilio", {"DeleteSecondaryAuthToken": lambda call: (204, None, {"Retry-After": "7"})}
+    )
+    try:
+        request = urllib.request.Request(
+            f"{server.url}/v1/AuthTokens/Secondary", method="DELETE", headers=BASIC
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 204 and response.headers["Retry-After"] == "7"
+        assert server.api.mismatches == []
     finally:
         server.close()
