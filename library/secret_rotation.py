@@ -262,7 +262,8 @@ def argument_spec() -> dict[str, dict[str, Any]]:
 
 
 class Journals:
-    """The journals of one environment in the deploy state store."""
+    """The journals of one environment in the deploy state store, each read once per task (the
+    run holds the deploy lock: nobody else writes them meanwhile)."""
 
     def __init__(self, params: dict[str, Any]) -> None:
         self.env = params["env"]
@@ -271,8 +272,14 @@ class Journals:
             endpoint_url=params.get("s3_endpoint_url"),
             region=params.get("s3_region"),
         )
+        self._read: dict[str, dict[str, Any] | None] = {}
 
     def read(self, name: str) -> dict[str, Any] | None:
+        if name not in self._read:
+            self._read[name] = self._fetch(name)
+        return self._read[name]
+
+    def _fetch(self, name: str) -> dict[str, Any] | None:
         try:
             return json.loads(self.storage.get_bytes(journal_key(self.env, name)))
         except NotFoundError:
@@ -285,6 +292,7 @@ class Journals:
 
     def write(self, record: dict[str, Any]) -> None:
         self.storage.put_bytes(journal_key(self.env, record["name"]), journal_bytes(record))
+        self._read[record["name"]] = record
 
 
 def public_journal(journal: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -608,7 +608,36 @@ def decide(
     """What the run does with one secret: ``action`` (rotate | undo | finish | revoke | none),
     the values involved (``values``: current, pending, previous - the run's targets end with
     either the rotated or the old ones), the env file changes of the apply phase and of an undo,
-    and notes that say why. Raises RotationProblem when the secret cannot be worked on."""
+    the work of the kinds that live outside the env files, and notes that say why. Raises
+    RotationProblem when the secret cannot be worked on."""
+    decision = _decide_action(
+        name,
+        spec,
+        journal,
+        record,
+        requested=requested,
+        run_step=run_step,
+        force_revoke=force_revoke,
+        now=now,
+        given=given,
+    )
+    if decision["action"] != "none" and not previous_in_env(spec):
+        _kind_work(decision, spec, record)
+    return decision
+
+
+def _decide_action(
+    name: str,
+    spec: dict[str, Any],
+    journal: dict[str, Any] | None,
+    record: dict[str, str | None],
+    *,
+    requested: bool,
+    run_step: str,
+    force_revoke: bool,
+    now: datetime,
+    given: str | None = None,
+) -> dict[str, Any]:
     journal = journal or {}
     step = journal.get("step")
     kind = spec["kind"]
@@ -626,7 +655,6 @@ def decide(
         "spec": spec,
         "interrupted": {"step": step, "run_id": journal.get("run_id")} if interrupted else None,
         "notes": notes,
-        "_record": record,  # for the kinds' own work (_kind_work), dropped by _with_values
     }
 
     if step in INTERRUPTED_FINISH:
@@ -763,9 +791,6 @@ def _with_values(
     decision["apply_env"] = apply_env
     decision["undo_env"] = undo
     decision.setdefault("stage_env", None)
-    record = decision.pop("_record", None) or {}
-    if action != "none" and not previous_in_env(spec):
-        _kind_work(decision, spec, record)
     return decision
 
 

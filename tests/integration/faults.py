@@ -1,6 +1,6 @@
 """Helpers of the fault tests (tests/integration/test_faults_*.py): a fault injected by a
 watcher thread at the moment a condition holds, while the runbook runs in the test's thread;
-a small tmpfs to fill (a full disk).
+a small tmpfs to fill (a full disk); the processes a killed run left (by their marker).
 
 A fault test runs the real runbook with ``run_with_stats`` (blocking) and lets an
 :class:`Injector` watch for the moment to strike - a COPY running in the scratch database,
@@ -22,7 +22,7 @@ from typing import Any
 
 from tests.harness import wait_for
 
-__all__ = ["Injector", "fill", "small_filesystem", "wait_for"]
+__all__ = ["Injector", "fill", "processes_with", "small_filesystem", "wait_for"]
 
 
 class Injector:
@@ -69,8 +69,6 @@ class Injector:
         assert self.fired.is_set(), f"the moment to inject the fault never came:\n{output}"
 
 
-
-
 @contextlib.contextmanager
 def small_filesystem(path: Path, size_kib: int) -> Iterator[Path]:
     """A tmpfs of size_kib mounted at path (created), unmounted afterwards: a disk to fill.
@@ -112,3 +110,20 @@ def fill(directory: Path, leave_bytes: int = 0) -> Path:
 def free_bytes(directory: Path) -> int:
     stats = os.statvfs(directory)
     return stats.f_bavail * stats.f_frsize
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids whose environment holds OPSBOOK_TEST_MARKER=<marker> (not ssh masters)."""
+    wanted = f"OPSBOOK_TEST_MARKER={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if wanted in environ and not cmdline.startswith(b"ssh"):
+            found.append(int(entry.name))
+    return found

@@ -28,6 +28,7 @@ from opsbook.lab import AppHost, SshKeyPair, start_app_hosts, stop_all
 from opsbook.lab.sampleapp import APP_SOURCE, build_release, sha256_file
 from opsbook.lab.sshd import SshHost
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
+from tests.integration.faults import processes_with
 from tests.integration.stats_helper import StatsRun, run_with_stats
 from tests.webhook import Webhook
 
@@ -562,20 +563,3 @@ def test_a_crashed_runs_lock_is_reported_with_the_commands_to_break_it(
     assert "broke the lock of run " + held["run_id"] in broken.output
     assert versions(deploy_hosts) != start  # it rolled back
     assert not lock_file(state_dir).exists()  # and released the lock it took
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids whose environment holds OPSBOOK_TEST_MARKER=<marker> (not ssh masters)."""
-    wanted = f"OPSBOOK_TEST_MARKER={marker}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if wanted in environ and not cmdline.startswith(b"ssh"):
-            found.append(int(entry.name))
-    return found

@@ -9,15 +9,14 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
 
 from opsbook.lab.sshd import SshHost
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env
+from tests.integration.faults import Injector, processes_with
 from tests.integration.stats_helper import run_with_stats
-from tests.integration.test_deploy import processes_with
 from tests.integration.test_rotate_secrets import SECRETS, call
 
 pytestmark = pytest.mark.integration
@@ -40,22 +39,14 @@ def test_a_host_unreachable_mid_rotation_is_named_and_the_others_put_back(
     not reach. The next run, with the host back, rotates every host to one value."""
     canary, last = app_hosts[0], app_hosts[-1]
     old = canary.read_env()["JWT_SECRET"]
-    killed = threading.Event()
-
-    def kill_last_once_the_canary_changed() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if canary.read_env().get("JWT_SECRET") not in (None, old):
-                SshHost.kill(last)
-                killed.set()
-                return
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=kill_last_once_the_canary_changed, daemon=True)
-    watcher.start()
-    run = run_with_stats(run_playbook, tmp_path, "rotate_secrets", inventory, {"secrets": "jwt"})
-    watcher.join(5)
-    assert killed.is_set(), run.output[-3000:]
+    killer = Injector(
+        lambda: canary.read_env().get("JWT_SECRET") not in (None, old), lambda: SshHost.kill(last)
+    )
+    with killer:
+        run = run_with_stats(
+            run_playbook, tmp_path, "rotate_secrets", inventory, {"secrets": "jwt"}
+        )
+    killer.check(run.output[-3000:])
     assert run.rc != 0
     report = run.stats["rotation"]
     assert not report["ok"] and last.name in " ".join(report["lines"])
