@@ -155,8 +155,8 @@ def declaration_problems(declaration: Mapping[str, Any]) -> list[str]:
     if not isinstance(inventory, dict) or any(k not in ("vars", "groups") for k in inventory):
         problems.append("inventory may only hold vars (a list) and groups (group: [vars])")
     for group, wanted in (inventory.get("groups") or {}).items():
-        if isinstance(wanted, dict) and any(k not in ("vars", "optional") for k in wanted):
-            problems.append(f"inventory group {group}: only vars and optional")
+        if isinstance(wanted, dict) and any(k not in ("vars", "optional", "when") for k in wanted):
+            problems.append(f"inventory group {group}: only vars, optional and when")
     for key in ("role_inputs", "include"):
         if not isinstance(declaration.get(key) or [], list):
             problems.append(f"{key} must be a list")
@@ -346,14 +346,20 @@ def _blank(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
-def check_rules(rules: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
+def check_rules(
+    rules: Mapping[str, Any],
+    values: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+) -> list[str]:
     """required_if, required_together, required_one_of, mutually_exclusive - as Ansible
-    means them, on the values given (an empty value counts as not given)."""
+    means them, on the values given (an empty value counts as not given). The condition of a
+    required_if also sees the declared defaults (deploy_target: hosts when not set)."""
     present = {k for k, v in values.items() if not _blank(v)}
+    seen = {**(defaults or {}), **values}
     problems = []
     for name, value, needed, *rest in rules.get("required_if") or []:
         any_of = bool(rest and rest[0])
-        if name in values and str(values[name]).lower() == str(value).lower():
+        if name in seen and str(seen[name]).lower() == str(value).lower():
             missing = [n for n in needed if n not in present]
             if missing and (not any_of or len(missing) == len(needed)):
                 joined = (" or " if any_of else " and ").join(missing)
@@ -416,10 +422,13 @@ def check_inventory(
     own_vars: Mapping[str, Any],
     groups: Mapping[str, list[str]],
     host_vars: Callable[[str], Mapping[str, Any]],
+    values: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The names the inventory must hold: on the host running the check (vars), and on every
     host of each group (groups: {group: [vars]}, the group holding at least one host; or
-    {group: {vars: [...], optional: true}} for a group that may be empty)."""
+    {group: {vars: [...], optional: true}} for a group that may be empty; ``when: {input:
+    value}`` - only when that input, given or defaulted (``values``), has that value, as the
+    app group on deploy_target=hosts)."""
     problems = []
     missing = [n for n in inventory.get("vars") or [] if _blank(own_vars.get(n))]
     if missing:
@@ -427,6 +436,9 @@ def check_inventory(
             "the inventory does not set " + ", ".join(missing) + " (group_vars/all/vars.yml)"
         )
     for group, wanted in (inventory.get("groups") or {}).items():
+        when = dict(wanted.get("when") or {}) if isinstance(wanted, Mapping) else {}
+        if any(str((values or {}).get(k)).lower() != str(v).lower() for k, v in when.items()):
+            continue
         optional = isinstance(wanted, Mapping) and bool(wanted.get("optional"))
         names = list((wanted.get("vars") if isinstance(wanted, Mapping) else wanted) or [])
         hosts = list(groups.get(group) or [])
@@ -563,7 +575,8 @@ class ActionModule(ActionBase):
                     problems.append(f"{name} cannot be evaluated: {exc}")
         values, value_problems = check_values(options, given)
         problems += value_problems
-        problems += check_rules(declaration.get("rules") or {}, values)
+        defaults = {n: spec["default"] for n, spec in options.items() if "default" in spec}
+        problems += check_rules(declaration.get("rules") or {}, values, defaults)
 
         extra = self._extra_vars()
         role_specs: dict[str, dict[str, Any]] = {}
@@ -599,6 +612,7 @@ class ActionModule(ActionBase):
             task_vars,
             task_vars.get("groups") or {},
             host_vars,
+            {**defaults, **values},
         )
 
         warnings = []

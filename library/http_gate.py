@@ -44,6 +44,12 @@ options:
         description: The version the app must report; empty judges the health path only.
         type: str
         default: ""
+      headers:
+        description:
+          - Request headers sent to this target only - e.g. C(fly-force-instance-id) to reach
+            one Fly.io machine behind the app's shared address.
+        type: dict
+        default: {}
   health_path:
     description: Path that must answer 200.
     type: str
@@ -159,6 +165,7 @@ def argument_spec() -> dict[str, Any]:
                 "name": {"type": "str", "required": True},
                 "base_url": {"type": "str", "required": True},
                 "version": {"type": "str", "default": ""},
+                "headers": {"type": "dict", "default": {}},
             },
         },
         "health_path": {"type": "str", "default": "/health"},
@@ -183,7 +190,7 @@ def check_params(params: dict[str, Any], url: str, **extra: Any) -> dict[str, An
         "parse_json": bool(extra.get("expect_json")),
         "expect_json_keys": [],
         "expect_json": extra.get("expect_json") or {},
-        "headers": {},
+        "headers": {str(k): str(v) for k, v in (extra.get("headers") or {}).items()},
         "validate_certs": params["validate_certs"],
         "use_proxy": True,
         "max_body_bytes": 65536,
@@ -212,7 +219,7 @@ def gate_one(
     """Both checks of one target (the version only once the health path passes)."""
     base = target["base_url"].rstrip("/")
     health = run(
-        check_params(params, base + params["health_path"],
+        check_params(params, base + params["health_path"], headers=target.get("headers"),
                      latency_threshold_ms=params.get("latency_threshold_ms"))
     )  # fmt: skip
     problems = [f"{params['health_path']}: {p}" for p in health["problems"]]
@@ -224,7 +231,7 @@ def gate_one(
     }
     if not problems and target.get("version"):
         version = run(
-            check_params(params, base + params["version_path"],
+            check_params(params, base + params["version_path"], headers=target.get("headers"),
                          expect_json={params["version_key"]: target["version"]})
         )  # fmt: skip
         problems += [f"{params['version_path']}: {p}" for p in version["problems"]]

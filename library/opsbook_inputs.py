@@ -29,7 +29,10 @@ description:
     C(required_if), C(required_together), C(required_one_of), C(mutually_exclusive), as in
     Ansible's argument specs; C(inventory) - C(vars), names the host running the check must
     hold, and C(groups), C(group: [names]) - the group must hold a host and each host those
-    names (or C(group: {vars: [names], optional: true}) for a group that may be empty);
+    names (or C(group: {vars: [names], optional: true}) for a group that may be empty, and
+    C(when: {input: value}) for a group needed only when an input, given or by its default, has
+    that value - the app hosts on C(deploy_target=hosts)); the condition of a C(required_if)
+    sees the declared defaults too;
     C(role_inputs) - roles whose inputs may be given with C(-e), checked against the
     role's C(meta/argument_specs.yml); C(role_input_limits) - C(name: {min, max}), the ranges
     of role inputs (an argument spec cannot say one), checked wherever the role's inputs are

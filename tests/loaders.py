@@ -49,6 +49,10 @@ MODULE_UTILS = (
     "opsbook_http",
     "opsbook_rotation",
     "opsbook_rest",
+    "opsbook_supabase",
+    "opsbook_vercel",
+    "opsbook_render",
+    "opsbook_fly",
 )
 
 

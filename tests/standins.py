@@ -71,6 +71,18 @@ def basic_credentials(call: Call) -> tuple[str, str] | None:
     return user, password
 
 
+def stop_server(httpd: Any) -> None:
+    """Shut a socketserver down without waiting out its half-second poll: the serving loop is
+    woken by connections until it has seen the shutdown."""
+    stopper = threading.Thread(target=httpd.shutdown)
+    stopper.start()
+    while stopper.is_alive():
+        with contextlib.suppress(OSError):
+            socket.create_connection(httpd.server_address, timeout=1).close()
+        stopper.join(0.02)
+    httpd.server_close()
+
+
 class _Standin:
     """A VendorServer with failures on demand; a context manager."""
 
@@ -93,16 +105,8 @@ class _Standin:
         return [call.operation_id for call in self.server.calls]
 
     def close(self) -> None:
-        """VendorServer.close(), without waiting out the server's half-second poll: the
-        serving loop is woken by connections until it has seen the shutdown."""
-        httpd = self.server._httpd
-        stopper = threading.Thread(target=httpd.shutdown)
-        stopper.start()
-        while stopper.is_alive():
-            with contextlib.suppress(OSError):
-                socket.create_connection(httpd.server_address, timeout=1).close()
-            stopper.join(0.02)
-        httpd.server_close()
+        """VendorServer.close(), without waiting out the server's half-second poll."""
+        stop_server(self.server._httpd)
 
     def __enter__(self) -> Self:
         return self

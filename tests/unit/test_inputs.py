@@ -167,16 +167,29 @@ def test_role_inputs_are_checked_against_the_role_spec() -> None:
 def test_inventory_requirements() -> None:
     inventory = declaration("deploy")["inventory"]
     hosts = {"app1": {"deploy_root": "/srv", "app_base_url": "http://a"}, "app2": {}}
+    on_hosts = {"deploy_target": "hosts"}  # the declared default when the inventory is silent
     problems = oi.check_inventory(
-        inventory, {"opsbook_env": "test"}, {"app": ["app1", "app2"]}, hosts.__getitem__
+        inventory, {"opsbook_env": "test"}, {"app": ["app1", "app2"]}, hosts.__getitem__, on_hosts
     )
     assert problems == [
         "the inventory does not set opsbook_state_url (group_vars/all/vars.yml)",
         "host app2 (group app) has no deploy_root, app_base_url",
     ]
     state = {"opsbook_env": "t", "opsbook_state_url": "x"}
-    empty = oi.check_inventory(inventory, state, {}, {}.get)
+    empty = oi.check_inventory(inventory, state, {}, {}.get, on_hosts)
     assert empty == ["the inventory has no host in group app"]
+    # on a platform the app hosts are not needed (when: {deploy_target: hosts})
+    assert oi.check_inventory(inventory, state, {}, {}.get, {"deploy_target": "vercel"}) == []
+
+
+def test_a_required_if_condition_sees_the_declared_default() -> None:
+    rules = declaration("deploy")["rules"]
+    defaults = {"deploy_target": "hosts"}
+    assert oi.check_rules(rules, {}, defaults) == [
+        "deploy_target=hosts needs app_artifact (-e app_artifact=...)"
+    ]
+    assert oi.check_rules(rules, {"deploy_target": "render"}, defaults) == []
+    assert oi.check_rules(rules, {"app_artifact": "a.tgz"}, defaults) == []
 
 
 # ------------------------------------------------------------------------ names and commands
