@@ -35,7 +35,7 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_rest]  # timeouts, retries
+extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
 options:
   project_ref:
     description:

@@ -38,10 +38,11 @@ def platform_inventory(
     vendor_vars: Mapping[str, Any],
     *,
     env: str = "staging",
+    inventories: str = "inventory",
     **extra: Any,
 ) -> Path:
-    """inventory/<env>/ for an app on ``target`` answering at ``app_url``."""
-    root = tmp_path / "inventory" / env
+    """<inventories>/<env>/ for an app on ``target`` answering at ``app_url``."""
+    root = tmp_path / inventories / env
     (root / "group_vars" / "all").mkdir(parents=True, exist_ok=True)
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)

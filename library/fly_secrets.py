@@ -1,0 +1,426 @@
+#!/usr/bin/python
+# Copyright: opsbook contributors
+# Apache-2.0
+"""fly_secrets: a Fly.io app's secrets, set or unset one at a time (opsbook)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: fly_secrets
+short_description: Set or unset a Fly.io app's secrets through the Machines API
+description:
+  - Reads the app's secrets once (C(GET /apps/{app}/secrets) - names and digests, never
+    values), then sets each one asked for with C(POST /apps/{app}/secrets/{name})
+    (O(state=present)) or deletes it with C(DELETE /apps/{app}/secrets/{name})
+    (O(state=absent), only when it exists). The app's other secrets are never touched.
+  - B(Fly's API never returns a secret's value) - "The API servers can only encrypt; they
+    cannot decrypt secret values" (Fly's docs). What it gives is a C(digest) of the value.
+    So whether an existing secret already holds O(value) B(cannot be known before writing) -
+    with O(update=always) (the default) the value is written again and the digest Fly
+    returns is compared with the one it had - RV(changed) is true only when it moved, so a
+    rerun with the same values reports no change (the write itself is repeated, and Fly
+    counts a new secrets version). With O(update=on_create) an existing secret is left alone
+    without a write (its value is not compared). In check mode an existing secret with
+    O(update=always) is reported as a possible change.
+  - B(A change reaches the app only when its machines boot again) - Fly injects secrets
+    "into your Machine as environment variables at boot time". Follow a change with
+    M(fly_machines) C(action=update min_secrets_version=<RV(version)>) (what the
+    C(platform_fly) role's C(env) and C(maintenance) entry points do); a machine restart
+    does not load new secrets.
+version_added: "0.4.0"
+author:
+  - opsbook maintainers
+extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
+options:
+  app:
+    description:
+      - The Fly app, the inventory's C(fly_app).
+    type: str
+    required: true
+  name:
+    description:
+      - One secret's name (an environment variable name). Give O(name) (with O(value) and
+        O(state)) or O(secrets).
+    type: str
+  value:
+    description:
+      - The value O(name) must have, with O(state=present).
+    type: str
+    no_log: true
+  state:
+    description:
+      - C(present) - O(name) is set to O(value); C(absent) - the app has no secret O(name).
+    type: str
+    choices: [present, absent]
+    default: present
+  secrets:
+    description:
+      - Several secrets at once (still one call per secret written), instead of O(name).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: The secret's name.
+        type: str
+        required: true
+      value:
+        description: Its value (with O(secrets[].state=present)).
+        type: str
+        no_log: true
+      state:
+        description: C(present) or C(absent).
+        type: str
+        choices: [present, absent]
+        default: present
+  update:
+    description:
+      - C(always) - write the value of a secret that exists (see above - RV(changed) compares
+        the digests before and after).
+      - C(on_create) - only create missing secrets; an existing one is kept as it is.
+    type: str
+    choices: [always, on_create]
+    default: always
+  token:
+    description:
+      - A Fly.io API token (HTTP Bearer), the inventory's C(fly_api_token). Taken from the
+        environment variable C(FLY_API_TOKEN) when not given.
+    type: str
+    required: true
+    no_log: true
+  base_url:
+    description:
+      - The Machines API, the inventory's C(fly_api_url) (a stand-in's URL in tests).
+    type: str
+    default: https://api.machines.dev/v1
+attributes:
+  check_mode:
+    support: full
+    description: Only the list is read. A missing secret is reported as a change, an
+      existing one as a possible change with O(update=always) (its value cannot be read),
+      as unchanged with O(update=on_create); C(absent) is exact.
+  diff_mode:
+    support: full
+    description: The secrets before and after by name, every value shown as C(********).
+notes:
+  - Values never appear in a result, a message or a diff; Fly's own error text is quoted with
+    every known value and the token masked. The digests are not returned either.
+  - 429 and 5xx answers, timeouts and refused connections are retried with backoff
+    (C(Retry-After) honoured) until O(deadline_s); setting or deleting one secret is safe to
+    repeat.
+seealso:
+  - module: fly_machines
+  - name: Fly.io - secrets and Fly Apps
+    description: How secrets reach the machines (at boot).
+    link: https://fly.io/docs/apps/secrets/
+  - name: Fly.io Machines API
+    description: The API and its authentication.
+    link: https://fly.io/docs/machines/api/working-with-machines-api/
+"""
+
+EXAMPLES = r"""
+- name: Switch maintenance mode on (the machines read it when they boot again)
+  fly_secrets:
+    app: "{{ fly_app }}"
+    token: "{{ fly_api_token }}"
+    name: MAINTENANCE_MODE
+    value: "true"
+  delegate_to: localhost
+  register: fly_maintenance_secret
+
+- name: Boot every machine with at least that secrets version
+  fly_machines:
+    app: "{{ fly_app }}"
+    token: "{{ fly_api_token }}"
+    action: update
+    min_secrets_version: "{{ fly_maintenance_secret.version }}"
+  delegate_to: localhost
+  when: fly_maintenance_secret is changed
+
+- name: Set two secrets, unset a third
+  fly_secrets:
+    app: "{{ fly_app }}"
+    token: "{{ fly_api_token }}"
+    secrets:
+      - {name: SMTP_PASSWORD, value: "{{ vault_smtp_password }}"}
+      - {name: STRIPE_KEY, value: "{{ vault_stripe_key }}"}
+      - {name: OLD_FLAG, state: absent}
+  delegate_to: localhost
+  no_log: true
+"""
+
+RETURN = r"""
+changed_names:
+  description: The secrets written or deleted whose value changed (with O(update=always), a
+    rewrite that left the digest as it was is not listed).
+  returned: always
+  type: list
+  elements: str
+  sample: [MAINTENANCE_MODE]
+secrets:
+  description: "Per name: C(state) asked, C(changed), C(existed) (before the task), C(known)
+    (false when whether the value changes could not be known: check mode, an existing secret)."
+  returned: always
+  type: dict
+  sample: {"MAINTENANCE_MODE": {"state": "present", "changed": true, "existed": false,
+           "known": true}}
+version:
+  description: The app's secrets version after the last write (for M(fly_machines)'s
+    O(fly_machines#module:min_secrets_version)); null when nothing was written.
+  returned: always
+  type: int
+  sample: 7
+api_calls:
+  description: Every attempt sent, as C(METHOD /path STATUS) (null - no answer).
+  returned: always
+  type: list
+  elements: str
+  sample: [GET /apps/my-app/secrets 200, POST /apps/my-app/secrets/MAINTENANCE_MODE 201]
+diff:
+  description: The secrets before and after by name, values as C(********).
+  returned: when changed
+  type: dict
+msg:
+  description: What was done, or what failed and what was left unchanged.
+  returned: always
+  type: str
+"""
+
+from typing import Any
+
+from ansible.module_utils.basic import env_fallback
+from ansible.module_utils.opsbook_fly import (
+    FLY_API,
+    SECRET_NAME_RE,
+    TOKEN_ENV,
+    delete_secret,
+    list_secrets,
+    set_secret,
+)
+from ansible.module_utils.opsbook_module import run_module
+from ansible.module_utils.opsbook_rest import (
+    MASK,
+    RestClient,
+    RestError,
+    client_from_params,
+    rest_argument_spec,
+    rest_option_errors,
+)
+
+NAME = "fly_secrets"
+RULES: dict[str, Any] = {
+    "mutually_exclusive": [["name", "secrets"]],
+    "required_one_of": [["name", "secrets"]],
+}
+
+
+def argument_spec() -> dict[str, dict[str, Any]]:
+    state = {"type": "str", "choices": ["present", "absent"], "default": "present"}
+    return {
+        "app": {"type": "str", "required": True},
+        "name": {"type": "str"},
+        "value": {"type": "str", "no_log": True},
+        "state": dict(state),
+        "secrets": {
+            "type": "list",
+            "elements": "dict",
+            "options": {
+                "name": {"type": "str", "required": True},
+                "value": {"type": "str", "no_log": True},
+                "state": dict(state),
+            },
+        },
+        "update": {"type": "str", "choices": ["always", "on_create"], "default": "always"},
+        "token": {
+            "type": "str",
+            "required": True,
+            "no_log": True,
+            "fallback": (env_fallback, [TOKEN_ENV]),
+        },
+        "base_url": {"type": "str", "default": FLY_API},
+        **rest_argument_spec(),
+    }
+
+
+def wanted_secrets(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The secrets asked for, as [{name, value, state}]."""
+    if params.get("secrets"):
+        return [{"state": "present", **dict(s)} for s in params["secrets"]]
+    if params.get("name"):
+        return [{"name": params["name"], "value": params.get("value"), "state": params["state"]}]
+    return []
+
+
+def validate_params(params: dict[str, Any]) -> list[str]:
+    """Input errors, one sentence each (never a value)."""
+    errors = []
+    if not (params.get("app") or "").strip():
+        errors.append("app is empty")
+    if not params.get("token"):
+        errors.append(f"token is empty (give it, or set {TOKEN_ENV})")
+    if params.get("name") and params.get("secrets"):
+        errors.append("give name or secrets, not both")
+    wanted = wanted_secrets(params)
+    if not wanted:
+        errors.append("give name (with value) or secrets")
+    names = [s["name"] for s in wanted]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        errors.append("these names are given twice: " + ", ".join(twice))
+    for secret in wanted:
+        if not SECRET_NAME_RE.match(secret.get("name") or ""):
+            errors.append(
+                f"{secret.get('name')!r} is not a secret name (letters, digits and _, "
+                "not starting with a digit: it becomes an environment variable)"
+            )
+        elif secret.get("state", "present") == "present" and secret.get("value") is None:
+            errors.append(f"{secret['name']}: state=present needs a value")
+    return errors + rest_option_errors(params)
+
+
+def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[str, Any]:
+    """The module's work on validated parameters (``client_kw``: a test's clock and sleep)."""
+    errors = validate_params(params)
+    if errors:
+        return {
+            "failed": True,
+            "changed": False,
+            "changed_names": [],
+            "secrets": {},
+            "version": None,
+            "api_calls": [],
+            "msg": f"{NAME}: invalid input: " + "; ".join(errors) + "; nothing was sent",
+        }
+    wanted = wanted_secrets(params)
+    client: RestClient = client_from_params(
+        params,
+        token=params["token"],
+        secrets=[s.get("value") or "" for s in wanted],
+        **client_kw,
+    )
+    done: list[str] = []
+    try:
+        result = apply(client, params["app"], wanted, params["update"], check_mode, done)
+    except RestError as exc:
+        refused = exc.status is not None and 400 <= exc.status < 500
+        if done:
+            left = f"already written: {', '.join(done)}; the others were left as they were"
+        elif refused:
+            left = "nothing was changed"
+        else:
+            left = "whether the last call was applied is unknown (a rerun finds out)"
+        hint = ""
+        if exc.status in (401, 403):
+            hint = " (the token was refused: expired, revoked, mistyped or not allowed this app)"
+        result = {
+            "failed": True,
+            "changed": bool(done),
+            "changed_names": done,
+            "secrets": {},
+            "version": None,
+            "msg": f"{NAME}: {client.scrub(str(exc))}{hint}; {left}",
+        }
+    result["api_calls"] = list(client.history)
+    return result
+
+
+def apply(
+    client: RestClient,
+    app: str,
+    wanted: list[dict[str, Any]],
+    update: str,
+    check_mode: bool,
+    done: list[str],
+) -> dict[str, Any]:
+    """Read the names, write what may differ; ``done`` collects the names written so far."""
+    existing = list_secrets(client, app)
+    report: dict[str, dict[str, Any]] = {}
+    changed: list[str] = []
+    version: int | None = None
+    for secret in wanted:
+        name, present = secret["name"], secret.get("state", "present") == "present"
+        existed = name in existing
+        entry = {"state": "present" if present else "absent", "existed": existed, "known": True}
+        if not present:
+            entry["changed"] = existed
+            if existed and not check_mode:
+                version = _version(delete_secret(client, app, name), version)
+                done.append(name)
+        elif existed and update == "on_create":
+            entry["changed"] = False
+        elif check_mode:
+            entry.update(changed=True, known=not existed)
+        else:
+            answer = set_secret(client, app, name, secret["value"])
+            done.append(name)
+            version = _version(answer, version)
+            before, after = existing.get(name, {}).get("digest"), answer.get("digest")
+            entry["changed"] = not existed or not before or not after or before != after
+        report[name] = entry
+        if entry["changed"]:
+            changed.append(name)
+    result: dict[str, Any] = {
+        "changed": bool(changed),
+        "changed_names": changed,
+        "secrets": report,
+        "version": version,
+        "msg": _message(app, wanted, report, changed, check_mode),
+    }
+    if changed:
+        result["diff"] = secrets_diff(report)
+    return result
+
+
+def _version(answer: dict[str, Any], current: int | None) -> int | None:
+    value = answer.get("version", answer.get("Version"))
+    if isinstance(value, int) and (current is None or value > current):
+        return value
+    return current
+
+
+def secrets_diff(report: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Secrets by name, every value masked: a set secret shows ``********`` (``********
+    (changed)`` after the task when its value changed, ``******** (may change)`` when that
+    cannot be known); an unset one is missing."""
+    after = {}
+    for name, entry in sorted(report.items()):
+        if entry["state"] == "present":
+            if not entry["known"]:
+                after[name] = f"{MASK} (may change)"
+            elif entry["existed"] and entry["changed"]:
+                after[name] = f"{MASK} (changed)"
+            else:
+                after[name] = MASK
+    return {
+        "before": {n: MASK for n, e in sorted(report.items()) if e["existed"]},
+        "after": after,
+    }
+
+
+def _message(
+    app: str,
+    wanted: list[dict[str, Any]],
+    report: dict[str, dict[str, Any]],
+    changed: list[str],
+    check_mode: bool,
+) -> str:
+    if not changed:
+        kept = [n for n, e in report.items() if e["existed"] and e["state"] == "present"]
+        text = f"{app}: {len(wanted)} secret(s) already as asked: nothing changed"
+        return text + (f" ({', '.join(kept)}: digest unchanged or kept)" if kept else "")
+    unknown = [n for n, e in report.items() if not e["known"]]
+    verb = "would change" if check_mode else "changed"
+    text = f"{app}: {verb} {', '.join(changed)}"
+    if unknown:
+        text += (
+            f" ({', '.join(unknown)} exist: Fly's API cannot return a value, so whether "
+            "they change is known only by writing them)"
+        )
+    return text + "; the machines read secrets when they boot again (fly_machines action=update)"
+
+
+def main() -> None:
+    run_module(argument_spec(), execute, **RULES)
+
+
+if __name__ == "__main__":
+    main()
