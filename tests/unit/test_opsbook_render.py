@@ -315,7 +315,7 @@ def test_deploy_outcomes() -> None:
     failed = deploy_fact(deployed={"failed": True, "msg": "ended build_failed", "deploy": {}})
     state = failed["units"][UNIT]
     assert state["outcome"] == "failed" and "dep-old still serves" in state["error"]
-    assert failed["rollout_failed"] and failed["stopped_at"] == [UNIT]
+    assert not failed["rollout_failed"] and failed["stopped_at"] == [UNIT]  # nothing switched
     gate_failed = {"ok": False, "msg": "0 of 1 passed"}
     rolled = deploy_fact(deployed=new, gate=gate_failed, rolled={"changed": True},
                          regate={"ok": True})  # fmt: skip

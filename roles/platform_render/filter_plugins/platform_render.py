@@ -146,11 +146,15 @@ def platform_render_deploy_fact(steps: Mapping[str, Any], unit: str, check_mode:
                     rolled_back_to=before,
                 )
     failed = state["outcome"] in ("failed", "rolled_back", "rollback_failed")
+    # the rollout failed (status rolled_back) only when something served the new deployment and
+    # was rolled back; a build that failed left production as it was (status failed, the unit's
+    # error saying what still serves)
+    switched_back = state["outcome"] in ("rolled_back", "rollback_failed")
     return {
         "target": "render",
         "deployment": deployment,
         "previous": before,
-        "rollout_failed": failed,
+        "rollout_failed": switched_back,
         "stopped_at": [unit] if failed else [],
         "api_calls": platform_render_calls([listed, deployed, rolled]),
         "units": {unit: state},

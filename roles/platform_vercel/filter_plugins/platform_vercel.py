@@ -93,11 +93,15 @@ def platform_vercel_deploy_fact(steps: Mapping[str, Any], unit: str, check_mode:
                     rolled_back_to=before_id,
                 )
     failed = state["outcome"] in ("failed", "rolled_back", "rollback_failed")
+    # the rollout failed (status rolled_back) only when something served the new deployment and
+    # was rolled back; a build that failed left production as it was (status failed, the unit's
+    # error saying what still serves)
+    switched_back = state["outcome"] in ("rolled_back", "rollback_failed")
     return {
         "target": TARGET,
         "deployment": deployment,
         "previous": before_id,
-        "rollout_failed": failed,
+        "rollout_failed": switched_back,
         "stopped_at": [unit] if failed else [],
         "api_calls": platform_vercel_calls([redeploy, rolled]),
         "units": {unit: state},
