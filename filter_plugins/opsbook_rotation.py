@@ -107,6 +107,17 @@ def resolve(change: Mapping[str, Any] | None, values: Mapping[str, str]) -> dict
     return out
 
 
+def platform_env(change: Mapping[str, Any] | None) -> list[dict[str, str]]:
+    """A resolved env change ({set: {VAR: value}, remove: [VAR]}) as the platform roles' env
+    entry point takes it: [{name, value, state}] (values inside: no_log)."""
+    out = [
+        {"name": str(key), "value": str(value), "state": "present"}
+        for key, value in (_get(change, "set", {}) or {}).items()
+    ]
+    out += [{"name": str(key), "state": "absent"} for key in _get(change, "remove", []) or []]
+    return out
+
+
 def unread(hosts: Iterable[str], hostvars: Mapping[str, Any], keys: list[str]) -> list[str]:
     """The hosts whose env file should have been read and was not (failed or unreachable)."""
     if not keys:
@@ -871,6 +882,7 @@ class FilterModule:
             "secret_rotation_env_reads": env_reads,
             "secret_rotation_pool": pool,
             "secret_rotation_resolve": resolve,
+            "secret_rotation_platform_env": platform_env,
             "secret_rotation_unread": unread,
             "secret_rotation_lines": lines,
             "secret_rotation_journal_entries": journal_entries,

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opsbook.lab.sampleapp import app as sampleapp
 from tests.standins import _Standin, stop_server
 from tests.vendor_api import Operation, VendorApi
 from tests.vendor_server import Call, Handler, VendorServer
@@ -168,8 +169,15 @@ class PlatformStandin(_Standin):
 
 class AppFront:
     """The app a platform runs, as the health gate sees it: instances (a Vercel or Render
-    deployment, a Fly machine) serving a version, healthy or not, in maintenance or not.
-    Requests go to the routed instance, or to the one named by ``fly-force-instance-id``."""
+    deployment, a Fly machine) serving a version, healthy or not, in maintenance or not, each
+    with the environment it was built or booted with. Requests go to the routed instance, or
+    to the one named by ``fly-force-instance-id``.
+
+    ``GET /api/me`` (``Authorization: Bearer <HS256 JWT>``, keys JWT_SECRET and
+    JWT_SECRET_PREVIOUS) and ``GET /api/session`` (cookie ``session``, keys NEXTAUTH_SECRET and
+    NEXTAUTH_SECRET_PREVIOUS) answer as the sample app does - its own functions verify
+    (src/opsbook/lab/sampleapp/app.py): 200 ``{"sub", "key": "current"|"previous"}``, else 401
+    ``{"error"}`` (no token, a bad signature, an expired one, no key set at all)."""
 
     def __init__(self) -> None:
         self.instances: dict[str, dict[str, Any]] = {}
@@ -193,13 +201,26 @@ class AppFront:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def serve(
-        self, instance: str, version: str, *, healthy: bool = True, maintenance: bool = False
+        self,
+        instance: str,
+        version: str,
+        *,
+        healthy: bool = True,
+        maintenance: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``instance`` serves ``version``; ``env``: the environment it was built or booted
+        with (a copy is kept: a later change of the platform's env store does not reach it)."""
         self.instances[instance] = {
             "version": version,
             "healthy": healthy,
             "maintenance": maintenance,
+            "env": dict(env or {}),
         }
+
+    def env(self, instance: str) -> dict[str, str]:
+        """The environment ``instance`` runs with."""
+        return dict(self.instances[instance]["env"])
 
     def drop(self, instance: str) -> None:
         self.instances.pop(instance, None)
@@ -230,6 +251,10 @@ class AppFront:
             )
         elif path == "/api/version":
             status, body = 200, {"version": instance["version"]}
+        elif path == "/api/me":
+            status, body = _verify(instance["env"], "JWT_SECRET", _bearer(request))
+        elif path == "/api/session":
+            status, body = _verify(instance["env"], "NEXTAUTH_SECRET", _cookie(request, "session"))
         else:
             status, body = 404, {"error": "not found"}
         data = json.dumps(body).encode()
@@ -238,3 +263,33 @@ class AppFront:
         request.send_header("Content-Length", str(len(data)))
         request.end_headers()
         request.wfile.write(data)
+
+
+# The sample app's own code for its token endpoints, on an instance's env: its Handler reads
+# only ``self.headers`` to find a token and AppState.verify_keys only ``self.env``, so both are
+# called on this request / env as they are (a change to the app changes the stand-in too).
+
+
+class _Keys:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+
+
+def _bearer(request: http.server.BaseHTTPRequestHandler) -> str | None:
+    return sampleapp.Handler._bearer(request)
+
+
+def _cookie(request: http.server.BaseHTTPRequestHandler, name: str) -> str | None:
+    return sampleapp.Handler._cookie(request, name)
+
+
+def _verify(env: Mapping[str, str], name: str, token: str | None) -> tuple[int, dict[str, Any]]:
+    """(status, body) of the sample app's ``_verify``: secret ``name`` (and its _PREVIOUS)."""
+    if not token:
+        return 401, {"error": "no token"}
+    keys = sampleapp.AppState.verify_keys(_Keys(env), name)
+    try:
+        claims, label = sampleapp.verify_token(token, keys)
+    except sampleapp.TokenError as exc:
+        return 401, {"error": str(exc)}
+    return 200, {"sub": claims.get("sub"), "key": label}

@@ -11,7 +11,8 @@ answer judged by tests/platform_api/fly.openapi.json.
 State a test can assert on: ``machines`` (id -> the Machine object as Fly returns it, destroyed
 ones kept with state ``destroyed``), ``leases`` (id -> Lease held), ``secrets`` (name ->
 {value, digest, ...}), ``secrets_version``, ``booted`` (id -> the secrets a machine booted
-with), ``cordoned``, ``lease_violations`` (an update or release without the lease's nonce).
+with), ``booted_env`` (id -> the env its app runs with), ``cordoned``, ``lease_violations``
+(an update or release without the lease's nonce).
 
 Behaviour (Fly's document and docs; where they are silent, said here):
 - A machine boots (``app.serve``) when created or updated: its version is the one registered
@@ -19,7 +20,9 @@ Behaviour (Fly's document and docs; where they are silent, said here):
   in maintenance when ``MAINTENANCE_MODE`` is ``true`` in its config env or in the app secrets
   it booted with. Fly injects app secrets "at boot time" (https://fly.io/docs/apps/secrets/):
   an update (a new machine version) boots with the current secrets, a restart keeps the ones
-  it booted with (opsbook applies secrets by an update with ``min_secrets_version``).
+  it booted with (opsbook applies secrets by an update with ``min_secrets_version``). The app
+  runs with that same env (``app.serve(..., env=...)``): its config env and, over it, the
+  secrets' values as set, both as of its last boot (``booted_env``).
 - A machine is ``replacing`` for ``start_delay_s`` after an update (0 by default), then
   ``started``; GET .../wait blocks until the state (and version) is reached, else answers 408
   when its ``timeout`` ends, as Fly does (undeclared in the document: listed in
@@ -75,6 +78,8 @@ class FlyStandin(PlatformStandin):
         self.secrets: dict[str, dict[str, Any]] = {}
         self.secrets_version = 0
         self.booted: dict[str, dict[str, str]] = {}
+        #: id -> the env a machine's app runs with (config env + secrets at its last boot)
+        self.booted_env: dict[str, dict[str, str]] = {}
         self.images: dict[str, str] = {}
         self.cordoned: set[str] = set()
         self.refuse_updates: dict[str, int] = {}
@@ -211,6 +216,10 @@ class FlyStandin(PlatformStandin):
             updated_at=now_iso(),
         )
         self.booted[machine["id"]] = {n: s["value"] for n, s in self.secrets.items()}
+        self.booted_env[machine["id"]] = {
+            **{str(k): str(v) for k, v in (config.get("env") or {}).items()},
+            **self.booted[machine["id"]],
+        }
         if self.start_delay_s > 0:
             machine["state"] = "replacing"
             threading.Timer(self.start_delay_s, self._started, [machine["id"]]).start()
@@ -228,12 +237,13 @@ class FlyStandin(PlatformStandin):
     def _serve(self, machine: dict[str, Any]) -> None:
         config = machine["config"]
         version = self.version_of(str(config.get("image") or ""))
-        env = {**(config.get("env") or {}), **self.booted.get(machine["id"], {})}
+        env = self.booted_env.get(machine["id"], {})  # a restart keeps what it booted with
         self.app.serve(
             machine["id"],
             version,
             healthy=version not in self.versions_broken,
             maintenance=env.get("MAINTENANCE_MODE") == "true",
+            env=env,
         )
 
     def _machine(self, call: Call) -> dict[str, Any] | None:

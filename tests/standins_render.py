@@ -16,9 +16,11 @@ document (tests/platform_api/render.openapi.json).
   has been read ``build_polls`` times (default 0: at the first read), or ``build_failed`` when
   its version is in ``failing_versions``. A deploy that goes live "runs the app":
   ``app.serve(deploy_id, version, healthy=version not in versions_broken,
-  maintenance=MAINTENANCE_MODE was "true" when the deploy was made)`` - Render applies env
-  changes on the next deploy. ``queue_next(n)`` makes the next trigger answer 202 (Queued,
-  no body), as Render does when a deploy waits behind another.
+  maintenance=MAINTENANCE_MODE == "true" in its env, env=its env)``. Its env (``_env``) is the
+  service's env vars when the deploy was made - Render applies env changes on the next deploy
+  - except for a rollback, which runs with the env of the deploy it rolls back to (see
+  ``_rollback``). ``queue_next(n)`` makes the next trigger answer 202 (Queued, no body), as
+  Render does when a deploy waits behind another.
 - ``num_instances``, ``restarts``; ``deploy_posts`` counts triggers and rollbacks; ``stamps``
   the time of every attempt (a client's waits are measured with them).
 Errors in Render's ``error`` shape ``{id, message}``; a bad token gets 401.
@@ -65,6 +67,8 @@ class RenderStandin(PlatformStandin):
         self.images: dict[str, str] = {}  # image URL -> version (default: its tag)
         self.head_commit = ""  # the branch's latest commit (a trigger without commitId)
         self.failing_versions: set[str] = set()  # builds of these versions fail
+        #: a rollback runs with the target deploy's env (True) or the current env vars (False)
+        self.rollback_uses_target_env = True
         self.num_instances = 1
         self.restarts = 0
         self.deploy_posts = 0
@@ -159,9 +163,16 @@ class RenderStandin(PlatformStandin):
         return (EPOCH + timedelta(seconds=next(self._tick))).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _new_deploy(
-        self, source: str, *, trigger: str, status: str = "build_in_progress"
+        self,
+        source: str,
+        *,
+        trigger: str,
+        status: str = "build_in_progress",
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        """A deploy of ``source`` that runs with ``env`` (default: the service's env vars now)."""
         now = self._time()
+        env = dict(self.env if env is None else env)
         deploy: dict[str, Any] = {
             "id": "dep-" + secrets.token_hex(10),
             "status": status,
@@ -170,7 +181,8 @@ class RenderStandin(PlatformStandin):
             "updatedAt": now,
             "startedAt": now,
             "_version": self.version_of(source),
-            "_maintenance": self.env.get("MAINTENANCE_MODE") == "true",
+            "_env": env,
+            "_maintenance": env.get("MAINTENANCE_MODE") == "true",
             "_reads": 0,
         }
         if source.startswith(("http", "docker.io", "registry", "ghcr.io")) or "/" in source:
@@ -194,6 +206,7 @@ class RenderStandin(PlatformStandin):
             version,
             healthy=version not in self.versions_broken,
             maintenance=deploy["_maintenance"],
+            env=deploy["_env"],
         )
         self.app.route(deploy["id"])
 
@@ -330,7 +343,17 @@ class RenderStandin(PlatformStandin):
             return 404, render_error(404, f"deploy {target_id} not found")
         self.deploy_posts += 1
         source = (target.get("commit") or {}).get("id") or (target.get("image") or {}).get("ref")
-        deploy = self._new_deploy(source, trigger="rollback", status="update_in_progress")
+        # render.com/docs/rollbacks: a rollback is "a new deploy using the target deploy's build
+        # artifact"; "Render reuses certain configuration details from the target deploy [...]
+        # only for the rollback" and "Rolling back does not overwrite any of your service's
+        # current configuration settings"; its "What's rolled back?" table has a row
+        # "Environment variables" (the copy read for this lost the table's marks: which side
+        # that row is on was not seen; an earlier version of the page listed it among what is
+        # rolled back). Modelled (``rollback_uses_target_env``, default True): the rollback runs
+        # with the env the target deploy was made with, ``render.env`` stays as it is, and the
+        # next standard deploy takes the current env vars again.
+        env = target["_env"] if self.rollback_uses_target_env else None
+        deploy = self._new_deploy(source, trigger="rollback", status="update_in_progress", env=env)
         deploy["_version"] = target["_version"]
         return 201, self._public(deploy)
 

@@ -13,8 +13,14 @@ How Vercel behaves, as modelled here (module_utils/opsbook_vercel.py has the sou
 - A deployment is created QUEUED; each ``GET /v13/deployments/{id}`` of a building one is a
   poll - after ``build_polls`` of them (default 0: the first GET finds it done) it is READY, or
   ERROR when its version is in ``failing_versions``. It is built with the project's
-  environment variables of its target as they were at creation (a redeploy is how an env
-  change reaches the app): its app answers 503 when MAINTENANCE_MODE was "true".
+  environment variables of its target (production; a preview: preview) as they were at
+  creation, and its app runs with them for good (``app.serve(..., env=...)``; ``app_env``):
+  "Changes to environment variables are not applied to previous deployments, they only apply
+  to new deployments" (vercel.com/docs/environment-variables/managing-environment-variables),
+  so a redeploy is how an env change reaches the app; during an Instant Rollback "Vercel won't
+  update environment variables if you change them in the project settings and will roll back
+  to a previous build" (vercel.com/docs/instant-rollback): the old build keeps the env it was
+  built with. Its app answers 503 when MAINTENANCE_MODE was "true" in that env.
 - A READY production deployment is assigned production's domains (readySubstate PROMOTED,
   aliasAssigned = now) - unless an Instant Rollback paused the automatic assignment
   (``rolled_back``): then it stays STAGED until promoted. A promotion assigns production and
@@ -364,6 +370,7 @@ class VercelStandin(PlatformStandin):
         with self._state:
             dpl_id = dpl_id or "dpl_" + secrets.token_hex(10)
             now = self._now()
+            env = self._env_snapshot(target)
             record = {
                 "id": dpl_id,
                 "url": f"{self.project_name}-{dpl_id[4:13].lower()}.vercel.app",
@@ -375,7 +382,8 @@ class VercelStandin(PlatformStandin):
                 "target": target,
                 "meta": {**({"githubCommitSha": sha} if sha else {}), **dict(meta or {})},
                 "version": version,
-                "maintenance": self._env_value_now("MAINTENANCE_MODE", target) == "true",
+                "app_env": env,
+                "maintenance": env.get("MAINTENANCE_MODE") == "true",
                 "polls_left": self.build_polls,
                 "alias_assigned": None,
                 "source": source,
@@ -383,9 +391,12 @@ class VercelStandin(PlatformStandin):
             self.deployments[dpl_id] = record
             return record
 
-    def _env_value_now(self, key: str, target: str | None) -> str | None:
-        entry = self._env_on(key, [target or "preview"])
-        return entry["value"] if entry else None
+    def _env_snapshot(self, target: str | None) -> dict[str, str]:
+        """The env a deployment of ``target`` (None: a preview) is built with: the project's
+        variables of that target now, whatever their type (a sensitive one is readable by
+        the build and the app, only not through the API)."""
+        wanted = target or "preview"
+        return {e["key"]: e["value"] for e in self.envs.values() if wanted in e["target"]}
 
     def _finish(self, record: dict[str, Any]) -> None:
         """The build is done: READY (or ERROR), served, assigned production if due."""
@@ -398,6 +409,7 @@ class VercelStandin(PlatformStandin):
             record["version"],
             healthy=record["version"] not in self.versions_broken,
             maintenance=record["maintenance"],
+            env=record["app_env"],
         )
         if record["target"] == "production":
             if self.rolled_back:
@@ -418,6 +430,7 @@ class VercelStandin(PlatformStandin):
             record["version"],
             healthy=record["version"] not in self.versions_broken,
             maintenance=record["maintenance"],
+            env=record["app_env"],
         )
 
     def _find(self, id_or_url: str) -> dict[str, Any] | None:

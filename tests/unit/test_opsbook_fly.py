@@ -1,17 +1,23 @@
 """module_utils/opsbook_fly.py's pure rules (batches, what a machine's config becomes, what it
 rolls back to), its lease discipline and wait loop on a scripted client, the platform_fly role's
-filters, and the two modules' documentation against their argument specs."""
+filters, the two modules' documentation against their argument specs, and the two modules run
+in-process against FlyStandin (tests/standins_fly.py): when a secret reaches the app."""
 
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
 
+from opsbook.lab.sampleapp import app as sampleapp
 from tests.loaders import PROJECT_ROOT, load_module_utils, load_path, module_documentation
+from tests.platform_standin import INSTANCE_HEADER
+from tests.standins_fly import FlyStandin
 
 load_module_utils("opsbook_rest")
 fly = load_path("ansible.module_utils.opsbook_fly", PROJECT_ROOT / "module_utils/opsbook_fly.py")
@@ -420,3 +426,48 @@ def test_module_input_errors_send_nothing() -> None:
         outcome = execute(given, False)
         assert outcome["failed"] and text in outcome["msg"] and outcome["api_calls"] == []
         assert "t0ken-value" not in json.dumps(outcome)
+
+
+# ------------------------------------------------------- the modules against FlyStandin
+
+
+def test_a_secret_reaches_the_app_when_the_machine_boots_not_on_a_restart() -> None:
+    machines = load_path("opsbook_test_fly_machines", PROJECT_ROOT / "library/fly_machines.py")
+    secrets = load_path("opsbook_test_fly_secrets", PROJECT_ROOT / "library/fly_secrets.py")
+    new, old = "jwt-new-" + "1" * 24, "jwt-old-" + "2" * 24
+
+    with FlyStandin() as standin:
+        m1 = standin.add_machine(IMG.format("1.0.0"), env={"PORT": "8080"})
+
+        def run(module: Any, **kw: Any) -> dict[str, Any]:
+            params = {k: v.get("default") for k, v in module.argument_spec().items()}
+            params.update(app=standin.app_name, token=standin.token, base_url=standin.url, **kw)
+            result = module.execute(params, False, sleep=lambda s: None)
+            assert not result.get("failed"), result
+            assert new not in json.dumps(result) and old not in json.dumps(result)
+            return result
+
+        def me(secret: str) -> int:
+            token = sampleapp.new_token("ada", secret)
+            headers = {"Authorization": f"Bearer {token}", INSTANCE_HEADER: m1}
+            request = urllib.request.Request(standin.app.url + "/api/me", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=5) as answer:
+                    return int(answer.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        first = run(secrets, name="JWT_SECRET", value=old)["version"]
+        assert me(old) == 401  # set, but the machine booted before it
+        run(machines, action="restart", machine_ids=[m1])
+        assert me(old) == 401  # a restart keeps the env it booted with
+        run(machines, action="update", machine_ids=[m1], min_secrets_version=first)
+        assert me(old) == 200
+        both = [{"name": "JWT_SECRET", "value": new}, {"name": "JWT_SECRET_PREVIOUS", "value": old}]
+        second = run(secrets, secrets=both)["version"]
+        assert (me(new), me(old)) == (401, 200)
+        run(machines, action="update", machine_ids=[m1], min_secrets_version=second)
+        assert (me(new), me(old)) == (200, 200)  # new, and old as PREVIOUS
+        assert standin.app.env(m1) == {"PORT": "8080", "JWT_SECRET": new,
+                                       "JWT_SECRET_PREVIOUS": old}  # fmt: skip
+        assert standin.mismatches == [] and standin.leases == {}

@@ -7,11 +7,14 @@ failures that say what was left unchanged - every exchange as Render's document 
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from opsbook.lab.sampleapp import app as sampleapp
 from tests.loaders import PROJECT_ROOT, load_library, load_module_utils, load_path
 from tests.standins_render import RenderStandin
 
@@ -215,6 +218,43 @@ def test_deploy_waits_and_is_idempotent(service: RenderStandin) -> None:
     assert again["changed"] is False and service.deploy_posts == 1
     forced = run(render_service, service, action="deploy", commit_id=SHA_B, force=True)
     assert forced["changed"] and service.deploy_posts == 2
+
+
+def me(standin: RenderStandin, secret: str) -> int:
+    """The status of the live deploy's GET /api/me for a token signed with ``secret``."""
+    token = sampleapp.new_token("ada", secret)
+    request = urllib.request.Request(
+        standin.app.url + "/api/me", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_env_vars_reach_the_app_by_the_next_deploy_and_a_rollback_runs_the_old_env(
+    service: RenderStandin,
+) -> None:
+    new, old = "jwt-new-" + "1" * 24, "jwt-old-" + "2" * 24
+    assert run(render_env, service, key="JWT_SECRET", value=old)["changed"]
+    assert me(service, old) == 401  # the live deploy was made without it
+    first = run(render_service, service, action="deploy", commit_id=SHA_B)["deploy"]["id"]
+    assert me(service, old) == 200
+    env = [
+        {"key": "JWT_SECRET", "value": new, "state": "present"},
+        {"key": "JWT_SECRET_PREVIOUS", "value": old, "state": "present"},
+    ]
+    assert run(render_env, service, env_vars=env)["changed"]
+    assert (me(service, new), me(service, old)) == (401, 200)  # not deployed yet
+    assert run(render_service, service, action="deploy", commit_id=SHA_A)["changed"]
+    assert (me(service, new), me(service, old)) == (200, 200)  # new, and old as PREVIOUS
+    back = run(render_service, service, action="rollback", rollback_to=first)
+    assert back["changed"] and back["live"]["trigger"] == "rollback"
+    assert (me(service, new), me(service, old)) == (401, 200)  # the target deploy's env
+    assert service.env == {"JWT_SECRET": new, "JWT_SECRET_PREVIOUS": old}  # not overwritten
+    assert run(render_service, service, action="deploy", commit_id=SHA_B, force=True)["changed"]
+    assert (me(service, new), me(service, old)) == (200, 200)  # a standard deploy: current env
 
 
 def test_a_queued_deploy_202_is_found_in_the_list(service: RenderStandin) -> None:

@@ -6,11 +6,14 @@ library/vercel_env.py and vercel_deployment.py run in-process against VercelStan
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from opsbook.lab.sampleapp import app as sampleapp
 from tests.loaders import PROJECT_ROOT, load_library, load_module_utils, load_path
 from tests.standins_vercel import VercelStandin
 
@@ -339,6 +342,38 @@ def test_vercel_deployment_5xx_to_the_create_is_not_repeated(standin: VercelStan
     failed = run(vercel_deployment, standin, action="redeploy", deployment=source)
     standin.server.handlers["createDeployment"] = original
     assert failed["failed"] and calls["n"] == 1 and "is unknown" in failed["msg"]
+
+
+def me(standin: VercelStandin, secret: str) -> int:
+    """The status of production's GET /api/me for a token signed with ``secret``."""
+    token = sampleapp.new_token("ada", secret)
+    request = urllib.request.Request(
+        standin.app.url + "/api/me", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_an_env_change_reaches_the_app_by_a_redeploy_and_a_rollback_keeps_the_old_env(
+    standin: VercelStandin,
+) -> None:
+    new, old = "jwt-new-" + "1" * 24, "jwt-old-" + "2" * 24
+    standin.set_env("JWT_SECRET", old, ("production",))
+    v1 = standin.add_production(version="1.0.0")  # built with JWT_SECRET=old
+    env = [{"key": "JWT_SECRET", "value": new}, {"key": "JWT_SECRET_PREVIOUS", "value": old}]
+    assert run(vercel_env, standin, targets=["production"], env_vars=env)["changed"]
+    assert standin.env_value("JWT_SECRET") == new
+    assert (me(standin, new), me(standin, old)) == (401, 200)  # not rebuilt: the old env
+    rebuilt = run(vercel_deployment, standin, action="redeploy", deployment="current")
+    assert rebuilt["changed"] and standin.production != v1
+    assert (me(standin, new), me(standin, old)) == (200, 200)  # new, and old as PREVIOUS
+    assert standin.app.env(v1) == {"JWT_SECRET": old}
+    back = run(vercel_deployment, standin, action="rollback", deployment=v1)
+    assert back["changed"] and standin.production == v1 and standin.env_value("JWT_SECRET") == new
+    assert (me(standin, new), me(standin, old)) == (401, 200)  # the old build, its old env
 
 
 # ------------------------------------------------------------------ the role's facts
