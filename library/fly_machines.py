@@ -296,12 +296,12 @@ msg:
 from collections.abc import Callable
 from typing import Any
 
-from ansible.module_utils.basic import env_fallback
 from ansible.module_utils.opsbook_fly import (
     FLY_API,
     INSTANCE_HEADER,
     META_SCALED,
     TOKEN_ENV,
+    auth_hint,
     cordon_machine,
     create_machine,
     delete_machine,
@@ -317,13 +317,14 @@ from ansible.module_utils.opsbook_fly import (
     wait_machine,
 )
 from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_rest import (
-    RestClient,
-    RestError,
-    client_from_params,
-    rest_argument_spec,
-    rest_option_errors,
+from ansible.module_utils.opsbook_platform import (
+    api_errors,
+    api_options,
+    invalid_input,
+    open_client,
+    with_calls,
 )
+from ansible.module_utils.opsbook_rest import RestClient, RestError, rest_option_errors
 
 NAME = "fly_machines"
 ACTIONS = ["list", "get", "update", "rollback", "wait", "restart", "scale"]
@@ -355,25 +356,14 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "wait_timeout_s": {"type": "float", "default": 120.0},
         "lease_ttl_s": {"type": "int", "default": 60},
         "gate_base_url": {"type": "str"},
-        "token": {
-            "type": "str",
-            "required": True,
-            "no_log": True,
-            "fallback": (env_fallback, [TOKEN_ENV]),
-        },
-        "base_url": {"type": "str", "default": FLY_API},
-        **rest_argument_spec(),
+        **api_options(TOKEN_ENV, FLY_API),
     }
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
     """Input errors, one sentence each."""
-    errors = []
+    errors = api_errors(params, TOKEN_ENV, "app")
     action = params.get("action")
-    if not (params.get("app") or "").strip():
-        errors.append("app is empty")
-    if not params.get("token"):
-        errors.append(f"token is empty (give it, or set {TOKEN_ENV})")
     if action == "get" and not params.get("machine_ids"):
         errors.append("action=get needs machine_ids")
     if action == "update" and not (
@@ -599,26 +589,40 @@ def _changes_result(
     return result
 
 
+def _one_by_one(
+    machines: list[dict[str, Any]],
+    outcome: str,
+    act: Callable[[dict[str, Any]], None],
+    *,
+    changed: bool = False,
+) -> list[dict[str, Any]]:
+    """Each machine's entry after ``act(entry)``, in order, up to the first that failed."""
+    results = []
+    for machine in machines:
+        entry = _entry(machine, outcome, changed=changed)
+        results.append(entry)
+        try:
+            act(entry)
+        except RestError as exc:
+            entry.update(outcome="failed", error=str(exc))
+            break
+    return results
+
+
 def do_wait(
     client: RestClient, params: dict[str, Any], machines: list[dict[str, Any]], check: bool
 ) -> dict[str, Any]:
-    results = []
-    for machine in machines:
-        entry = _entry(machine, "waited")
-        try:
-            answer = wait_machine(
-                client,
-                params["app"],
-                entry["id"],
-                state=params["state"],
-                timeout_s=params["wait_timeout_s"],
-            )
-            entry["state"] = answer.get("state") or params["state"]
-        except RestError as exc:
-            entry.update(outcome="failed", error=str(exc))
-            results.append(entry)
-            break
-        results.append(entry)
+    def wait(entry: dict[str, Any]) -> None:
+        answer = wait_machine(
+            client,
+            params["app"],
+            entry["id"],
+            state=params["state"],
+            timeout_s=params["wait_timeout_s"],
+        )
+        entry["state"] = answer.get("state") or params["state"]
+
+    results = _one_by_one(machines, "waited", wait)
     failed = [r for r in results if r["outcome"] == "failed"]
     result: dict[str, Any] = {
         "changed": False,
@@ -633,24 +637,18 @@ def do_wait(
 def do_restart(
     client: RestClient, params: dict[str, Any], machines: list[dict[str, Any]], check: bool
 ) -> dict[str, Any]:
-    results = []
-    for machine in machines:
-        entry = _entry(machine, "would_restart" if check else "restarted", changed=True)
+    def restart(entry: dict[str, Any]) -> None:
         if check:
-            results.append(entry)
-            continue
-        try:
-            restart_machine(client, params["app"], entry["id"])
-            if params["wait"]:
-                answer = wait_machine(
-                    client, params["app"], entry["id"], timeout_s=params["wait_timeout_s"]
-                )
-                entry["state"] = answer.get("state") or "started"
-        except RestError as exc:
-            entry.update(outcome="failed", error=str(exc))
-            results.append(entry)
-            break
-        results.append(entry)
+            return
+        restart_machine(client, params["app"], entry["id"])
+        if params["wait"]:
+            answer = wait_machine(
+                client, params["app"], entry["id"], timeout_s=params["wait_timeout_s"]
+            )
+            entry["state"] = answer.get("state") or "started"
+
+    outcome = "would_restart" if check else "restarted"
+    results = _one_by_one(machines, outcome, restart, changed=True)
     failed = [r for r in results if r["outcome"] == "failed"]
     verb = "would restart" if check else "restarted"
     done = [r["id"] for r in results if r["outcome"] != "failed"]
@@ -879,14 +877,8 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
     """The module's work on validated parameters (``client_kw``: a test's clock and sleep)."""
     errors = validate_params(params)
     if errors:
-        return {
-            "failed": True,
-            "changed": False,
-            "machines": [],
-            "api_calls": [],
-            "msg": f"{NAME}: invalid input: " + "; ".join(errors) + "; nothing was sent",
-        }
-    client: RestClient = client_from_params(params, token=params["token"], **client_kw)
+        return invalid_input(NAME, errors, machines=[])
+    client = open_client(params, **client_kw)
     app, action = params["app"], params["action"]
     machines: list[dict[str, Any]] = []
     try:
@@ -907,20 +899,16 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
             machines = [by_id[i] for i in wanted]
         result = ACTION_FUNCTIONS[action](client, params, machines, check_mode)
     except RestError as exc:
-        hint = ""
-        if exc.status in (401, 403):
-            hint = " (the token was refused: expired, revoked, mistyped or not allowed this app)"
         result = {
             "failed": True,
             "changed": False,
-            "msg": f"{NAME}: {client.scrub(str(exc))}{hint}; nothing was changed",
+            "msg": f"{NAME}: {client.scrub(str(exc))}{auth_hint(exc)}; nothing was changed",
         }
     result.setdefault("machines", [summarize(m) for m in machines])
     if params.get("gate_base_url") and (result.get("results") or not result.get("failed")):
         result["gate_targets"] = gate_targets(params, result)
-    result["api_calls"] = list(client.history)
     result["msg"] = client.scrub(result.get("msg") or "")
-    return result
+    return with_calls(result, client)
 
 
 def main() -> None:

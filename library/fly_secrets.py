@@ -187,24 +187,30 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.basic import env_fallback
 from ansible.module_utils.opsbook_fly import (
     FLY_API,
     SECRET_NAME_RE,
     TOKEN_ENV,
+    auth_hint,
     delete_secret,
     list_secrets,
     set_secret,
 )
 from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_rest import (
-    MASK,
-    RestClient,
-    RestError,
-    client_from_params,
-    rest_argument_spec,
-    rest_option_errors,
+from ansible.module_utils.opsbook_platform import (
+    api_errors,
+    api_options,
+    both_given_errors,
+    invalid_input,
+    items_errors,
+    left_after,
+    masked_diff,
+    one_or_many_options,
+    open_client,
+    wanted_items,
+    with_calls,
 )
+from ansible.module_utils.opsbook_rest import RestClient, RestError, rest_option_errors
 
 NAME = "fly_secrets"
 RULES: dict[str, Any] = {
@@ -214,113 +220,58 @@ RULES: dict[str, Any] = {
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:
-    state = {"type": "str", "choices": ["present", "absent"], "default": "present"}
     return {
         "app": {"type": "str", "required": True},
-        "name": {"type": "str"},
-        "value": {"type": "str", "no_log": True},
-        "state": dict(state),
-        "secrets": {
-            "type": "list",
-            "elements": "dict",
-            "options": {
-                "name": {"type": "str", "required": True},
-                "value": {"type": "str", "no_log": True},
-                "state": dict(state),
-            },
-        },
+        **one_or_many_options("name", "secrets"),
         "update": {"type": "str", "choices": ["always", "on_create"], "default": "always"},
-        "token": {
-            "type": "str",
-            "required": True,
-            "no_log": True,
-            "fallback": (env_fallback, [TOKEN_ENV]),
-        },
-        "base_url": {"type": "str", "default": FLY_API},
-        **rest_argument_spec(),
+        **api_options(TOKEN_ENV, FLY_API),
     }
 
 
 def wanted_secrets(params: dict[str, Any]) -> list[dict[str, Any]]:
     """The secrets asked for, as [{name, value, state}]."""
-    if params.get("secrets"):
-        return [{"state": "present", **dict(s)} for s in params["secrets"]]
-    if params.get("name"):
-        return [{"name": params["name"], "value": params.get("value"), "state": params["state"]}]
-    return []
+    return wanted_items(params, "name", "secrets")
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
     """Input errors, one sentence each (never a value)."""
-    errors = []
-    if not (params.get("app") or "").strip():
-        errors.append("app is empty")
-    if not params.get("token"):
-        errors.append(f"token is empty (give it, or set {TOKEN_ENV})")
-    if params.get("name") and params.get("secrets"):
-        errors.append("give name or secrets, not both")
-    wanted = wanted_secrets(params)
-    if not wanted:
-        errors.append("give name (with value) or secrets")
-    names = [s["name"] for s in wanted]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        errors.append("these names are given twice: " + ", ".join(twice))
-    for secret in wanted:
-        if not SECRET_NAME_RE.match(secret.get("name") or ""):
-            errors.append(
-                f"{secret.get('name')!r} is not a secret name (letters, digits and _, "
-                "not starting with a digit: it becomes an environment variable)"
-            )
-        elif secret.get("state", "present") == "present" and secret.get("value") is None:
-            errors.append(f"{secret['name']}: state=present needs a value")
+    errors = api_errors(params, TOKEN_ENV, "app")
+    errors += both_given_errors(params, "name", "secrets")
+    errors += items_errors(wanted_secrets(params), "name", "secrets", name_problem)
     return errors + rest_option_errors(params)
+
+
+def name_problem(name: str | None) -> str:
+    if SECRET_NAME_RE.match(name or ""):
+        return ""
+    return (
+        f"{name!r} is not a secret name (letters, digits and _, "
+        "not starting with a digit: it becomes an environment variable)"
+    )
 
 
 def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[str, Any]:
     """The module's work on validated parameters (``client_kw``: a test's clock and sleep)."""
     errors = validate_params(params)
     if errors:
-        return {
-            "failed": True,
-            "changed": False,
-            "changed_names": [],
-            "secrets": {},
-            "version": None,
-            "api_calls": [],
-            "msg": f"{NAME}: invalid input: " + "; ".join(errors) + "; nothing was sent",
-        }
+        return invalid_input(NAME, errors, changed_names=[], secrets={}, version=None)
     wanted = wanted_secrets(params)
-    client: RestClient = client_from_params(
-        params,
-        token=params["token"],
-        secrets=[s.get("value") or "" for s in wanted],
-        **client_kw,
-    )
+    client = open_client(params, secrets=[s.get("value") or "" for s in wanted], **client_kw)
     done: list[str] = []
     try:
         result = apply(client, params["app"], wanted, params["update"], check_mode, done)
     except RestError as exc:
-        refused = exc.status is not None and 400 <= exc.status < 500
-        if done:
-            left = f"already written: {', '.join(done)}; the others were left as they were"
-        elif refused:
-            left = "nothing was changed"
-        else:
-            left = "whether the last call was applied is unknown (a rerun finds out)"
-        hint = ""
-        if exc.status in (401, 403):
-            hint = " (the token was refused: expired, revoked, mistyped or not allowed this app)"
+        left = f"already written: {', '.join(done)}; the others were left as they were"
         result = {
             "failed": True,
             "changed": bool(done),
             "changed_names": done,
             "secrets": {},
             "version": None,
-            "msg": f"{NAME}: {client.scrub(str(exc))}{hint}; {left}",
+            "msg": f"{NAME}: {client.scrub(str(exc))}{auth_hint(exc)}; "
+            + left_after(exc, left if done else ""),
         }
-    result["api_calls"] = list(client.history)
-    return result
+    return with_calls(result, client)
 
 
 def apply(
@@ -381,19 +332,18 @@ def secrets_diff(report: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Secrets by name, every value masked: a set secret shows ``********`` (``********
     (changed)`` after the task when its value changed, ``******** (may change)`` when that
     cannot be known); an unset one is missing."""
-    after = {}
-    for name, entry in sorted(report.items()):
-        if entry["state"] == "present":
-            if not entry["known"]:
-                after[name] = f"{MASK} (may change)"
-            elif entry["existed"] and entry["changed"]:
-                after[name] = f"{MASK} (changed)"
-            else:
-                after[name] = MASK
-    return {
-        "before": {n: MASK for n, e in sorted(report.items()) if e["existed"]},
-        "after": after,
-    }
+    return masked_diff(
+        [name for name, entry in report.items() if entry["existed"]],
+        {
+            name: "may change"
+            if not entry["known"]
+            else "changed"
+            if entry["existed"] and entry["changed"]
+            else ""
+            for name, entry in report.items()
+            if entry["state"] == "present"
+        },
+    )
 
 
 def _message(

@@ -163,24 +163,30 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.basic import env_fallback
 from ansible.module_utils.opsbook_module import run_module
+from ansible.module_utils.opsbook_platform import (
+    api_errors,
+    api_options,
+    both_given_errors,
+    invalid_input,
+    items_errors,
+    left_after,
+    one_or_many_options,
+    open_client,
+    wanted_items,
+    with_calls,
+)
 from ansible.module_utils.opsbook_render import (
     RENDER_API,
     TOKEN_ENV,
+    auth_hint,
     delete_env_var,
     env_diff,
     get_env_var,
     list_env_vars,
     put_env_var,
 )
-from ansible.module_utils.opsbook_rest import (
-    RestClient,
-    RestError,
-    client_from_params,
-    rest_argument_spec,
-    rest_option_errors,
-)
+from ansible.module_utils.opsbook_rest import RestClient, RestError, rest_option_errors
 
 NAME = "render_env"
 RULES: dict[str, Any] = {
@@ -192,59 +198,21 @@ RULES: dict[str, Any] = {
 def argument_spec() -> dict[str, dict[str, Any]]:
     return {
         "service_id": {"type": "str", "required": True},
-        "key": {"type": "str"},
-        "value": {"type": "str", "no_log": True},
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-        "env_vars": {
-            "type": "list",
-            "elements": "dict",
-            "options": {
-                "key": {"type": "str", "required": True},
-                "value": {"type": "str", "no_log": True},
-                "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            },
-        },
-        "token": {
-            "type": "str",
-            "required": True,
-            "no_log": True,
-            "fallback": (env_fallback, [TOKEN_ENV]),
-        },
-        "base_url": {"type": "str", "default": RENDER_API},
-        **rest_argument_spec(),
+        **one_or_many_options("key", "env_vars"),
+        **api_options(TOKEN_ENV, RENDER_API),
     }
 
 
 def wanted_vars(params: dict[str, Any]) -> list[dict[str, Any]]:
     """The variables asked for, as [{key, value, state}]."""
-    if params.get("env_vars"):
-        return [dict(v) for v in params["env_vars"]]
-    if params.get("key"):
-        return [{"key": params["key"], "value": params.get("value"), "state": params["state"]}]
-    return []
+    return wanted_items(params, "key", "env_vars")
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
     """Input errors, one sentence each (never a value)."""
-    errors = []
-    if not (params.get("service_id") or "").strip():
-        errors.append("service_id is empty")
-    if not params.get("token"):
-        errors.append(f"token is empty (give it, or set {TOKEN_ENV})")
-    if params.get("key") and params.get("env_vars"):
-        errors.append("give key or env_vars, not both")
-    wanted = wanted_vars(params)
-    if not wanted:
-        errors.append("give key (with value) or env_vars")
-    keys = [v["key"] for v in wanted]
-    twice = sorted({k for k in keys if keys.count(k) > 1})
-    if twice:
-        errors.append("these keys are given twice: " + ", ".join(twice))
-    for var in wanted:
-        if not (var.get("key") or "").strip():
-            errors.append("a key is empty")
-        elif var.get("state", "present") == "present" and var.get("value") is None:
-            errors.append(f"{var['key']}: state=present needs a value")
+    errors = api_errors(params, TOKEN_ENV, "service_id")
+    errors += both_given_errors(params, "key", "env_vars")
+    errors += items_errors(wanted_vars(params), "key", "env_vars")
     return errors + rest_option_errors(params)
 
 
@@ -252,45 +220,24 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
     """The module's work on validated parameters (``client_kw``: a test's clock and sleep)."""
     errors = validate_params(params)
     if errors:
-        return {
-            "failed": True,
-            "changed": False,
-            "changed_keys": [],
-            "keys": {},
-            "api_calls": [],
-            "msg": f"{NAME}: invalid input: " + "; ".join(errors) + "; nothing was sent",
-        }
+        return invalid_input(NAME, errors, changed_keys=[], keys={})
     wanted = wanted_vars(params)
-    client: RestClient = client_from_params(
-        params,
-        token=params["token"],
-        secrets=[v.get("value") or "" for v in wanted],
-        **client_kw,
-    )
+    client = open_client(params, secrets=[v.get("value") or "" for v in wanted], **client_kw)
     service = params["service_id"]
     done: list[str] = []
     try:
         result = apply(client, service, wanted, check_mode, done)
     except RestError as exc:
-        refused = exc.status is not None and 400 <= exc.status < 500
-        if done:
-            left = f"already changed: {', '.join(done)}; the others were left as they were"
-        elif refused:
-            left = "nothing was changed"
-        else:
-            left = "whether the last call was applied is unknown (a rerun finds out)"
-        hint = ""
-        if exc.status == 401:
-            hint = " (the token is not valid: expired, revoked or mistyped)"
+        left = f"already changed: {', '.join(done)}; the others were left as they were"
         result = {
             "failed": True,
             "changed": bool(done),
             "changed_keys": done,
             "keys": {},
-            "msg": f"{NAME}: {client.scrub(str(exc))}{hint}; {left}",
+            "msg": f"{NAME}: {client.scrub(str(exc))}{auth_hint(exc)}; "
+            + left_after(exc, left if done else ""),
         }
-    result["api_calls"] = list(client.history)
-    return result
+    return with_calls(result, client)
 
 
 def apply(

@@ -229,13 +229,20 @@ msg:
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ansible.module_utils.basic import env_fallback
 from ansible.module_utils.opsbook_module import run_module
+from ansible.module_utils.opsbook_platform import (
+    api_errors,
+    api_options,
+    invalid_input,
+    open_client,
+    with_calls,
+)
 from ansible.module_utils.opsbook_render import (
     RENDER_API,
     SERVED_STATUSES,
     TOKEN_ENV,
     DeployFailed,
+    auth_hint,
     create_deploy,
     deploy_source,
     describe_deploy,
@@ -252,13 +259,7 @@ from ansible.module_utils.opsbook_render import (
     summary,
     wait_deploy,
 )
-from ansible.module_utils.opsbook_rest import (
-    RestClient,
-    RestError,
-    client_from_params,
-    rest_argument_spec,
-    rest_option_errors,
-)
+from ansible.module_utils.opsbook_rest import RestClient, RestError, rest_option_errors
 
 NAME = "render_service"
 ACTIONS = ["list_deploys", "get_deploy", "wait", "deploy", "rollback", "restart", "scale"]
@@ -287,25 +288,14 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "wait_timeout_s": {"type": "float", "default": 900.0},
         "num_instances": {"type": "int"},
         "limit": {"type": "int", "default": 20},
-        "token": {
-            "type": "str",
-            "required": True,
-            "no_log": True,
-            "fallback": (env_fallback, [TOKEN_ENV]),
-        },
-        "base_url": {"type": "str", "default": RENDER_API},
-        **rest_argument_spec(),
+        **api_options(TOKEN_ENV, RENDER_API),
     }
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
     """Input errors, one sentence each (never the token)."""
-    errors = []
+    errors = api_errors(params, TOKEN_ENV, "service_id")
     action = params.get("action")
-    if not (params.get("service_id") or "").strip():
-        errors.append("service_id is empty")
-    if not params.get("token"):
-        errors.append(f"token is empty (give it, or set {TOKEN_ENV})")
     if params.get("commit_id") and params.get("image_url"):
         errors.append("give commit_id or image_url, not both")
     if action in ("get_deploy", "wait") and not params.get("deploy_id"):
@@ -538,27 +528,18 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
     action = params.get("action") or ""
     errors = validate_params(params)
     if errors:
-        return {
-            "failed": True,
-            "changed": False,
-            "api_calls": [],
-            "msg": f"{NAME}: invalid input: " + "; ".join(errors) + "; nothing was sent",
-        }
-    client = client_from_params(params, token=params["token"], **client_kw)
+        return invalid_input(NAME, errors)
+    client = open_client(params, **client_kw)
     try:
         result = ACTIONS_RUN[action](params, check_mode, client)
     except RestError as exc:
-        hint = (
-            " (the token is not valid: expired, revoked or mistyped)" if exc.status == 401 else ""
-        )
         result = {
             "failed": True,
             "changed": False,
-            "msg": f"{NAME}: {params['service_id']}: {client.scrub(str(exc))}{hint}; "
+            "msg": f"{NAME}: {params['service_id']}: {client.scrub(str(exc))}{auth_hint(exc)}; "
             + post_outcome(action, client.history),
         }
-    result["api_calls"] = list(client.history)
-    return result
+    return with_calls(result, client)
 
 
 def main() -> None:

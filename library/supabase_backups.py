@@ -173,11 +173,11 @@ import time
 from typing import Any
 
 from ansible.module_utils.opsbook_module import run_module
+from ansible.module_utils.opsbook_platform import invalid_input, open_client
 from ansible.module_utils.opsbook_rest import RestError
 from ansible.module_utils.opsbook_supabase import (
     backup_summary,
     list_backups,
-    open_client,
     refused_hint,
     supabase_argument_spec,
     supabase_option_errors,
@@ -226,12 +226,7 @@ def execute(
     del check_mode
     errors = validate_params(params)
     if errors:
-        return {
-            "failed": True,
-            "changed": False,
-            "api_calls": [],
-            "msg": f"{NAME}: invalid input: " + "; ".join(errors) + "; nothing was sent",
-        }
+        return invalid_input(NAME, errors)
     client = open_client(params, **client_kw)
     try:
         answer = list_backups(client, params["project_ref"])

@@ -164,12 +164,11 @@ from ansible.module_utils.opsbook_pg import (
     safe_error,
     scrub_secrets,
 )
+from ansible.module_utils.opsbook_platform import open_client, refused_before_acting
 from ansible.module_utils.opsbook_rest import MASK, RestError
 from ansible.module_utils.opsbook_supabase import (
     db_password_problem,
-    open_client,
     password_path,
-    refused_before_acting,
     refused_hint,
     reset_db_password,
     supabase_argument_spec,

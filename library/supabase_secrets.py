@@ -194,15 +194,20 @@ msg:
 from typing import Any
 
 from ansible.module_utils.opsbook_module import run_module
+from ansible.module_utils.opsbook_platform import (
+    invalid_input,
+    item_options,
+    open_client,
+    refused_before_acting,
+    with_calls,
+)
 from ansible.module_utils.opsbook_rest import MASK, RestClient, RestError
 from ansible.module_utils.opsbook_supabase import (
     SecretPlan,
     create_secrets,
     delete_secrets,
     list_secrets,
-    open_client,
     plan_secrets,
-    refused_before_acting,
     refused_hint,
     secret_errors,
     supabase_argument_spec,
@@ -220,11 +225,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
             "type": "list",
             "elements": "dict",
             "default": [],
-            "options": {
-                "name": {"type": "str", "required": True},
-                "value": {"type": "str", "no_log": True},
-                "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            },
+            "options": item_options("name"),
         }
     )
 
@@ -338,12 +339,7 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
     ``clock`` and a ``sleep`` for the client)."""
     errors = validate_params(params)
     if errors:
-        return {
-            "failed": True,
-            "changed": False,
-            "api_calls": [],
-            "msg": f"{NAME}: invalid input: " + "; ".join(errors) + "; nothing was sent",
-        }
+        return invalid_input(NAME, errors)
     client = open_client(params, **client_kw)
     try:
         result = apply(params, check_mode, client)
@@ -353,8 +349,7 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
             "changed": False,
             "msg": f"{NAME}: {client.scrub(str(exc))}{refused_hint(exc)}; nothing was changed",
         }
-    result["api_calls"] = list(client.history)
-    return result
+    return with_calls(result, client)
 
 
 def main() -> None:

@@ -243,15 +243,16 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.basic import env_fallback
 from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_rest import (
-    RestClient,
-    RestError,
-    client_from_params,
-    rest_argument_spec,
-    rest_option_errors,
+from ansible.module_utils.opsbook_platform import (
+    api_errors,
+    api_options,
+    invalid_input,
+    open_client,
+    refused_before_acting,
+    with_calls,
 )
+from ansible.module_utils.opsbook_rest import RestError, rest_option_errors
 from ansible.module_utils.opsbook_vercel import (
     PROMOTED,
     READY,
@@ -260,6 +261,7 @@ from ansible.module_utils.opsbook_vercel import (
     VERCEL_API,
     DeploymentFailed,
     VercelApi,
+    auth_hint,
     candidates,
     describe,
     find_deployment,
@@ -301,23 +303,14 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "limit": {"type": "int", "default": 20},
         "wait": {"type": "bool", "default": True},
         "wait_timeout_s": {"type": "float", "default": 900.0},
-        "token": {
-            "type": "str",
-            "required": True,
-            "no_log": True,
-            "fallback": (env_fallback, [TOKEN_ENV]),
-        },
-        "base_url": {"type": "str", "default": VERCEL_API},
-        **rest_argument_spec(),
+        **api_options(TOKEN_ENV, VERCEL_API),
     }
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
     """Input errors, one sentence each."""
-    errors = []
+    errors = api_errors(params, TOKEN_ENV)
     action = params.get("action")
-    if not params.get("token"):
-        errors.append(f"token is empty (give it, or set {TOKEN_ENV})")
     if action in NEEDS_PROJECT and not (params.get("project") or "").strip():
         errors.append(f"action={action} needs project")
     if action in NEEDS_DEPLOYMENT and not (params.get("deployment") or "").strip():
@@ -336,14 +329,8 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
     action = params.get("action") or ""
     errors = validate_params(params)
     if errors:
-        return {
-            "failed": True,
-            "changed": False,
-            "project_id": "",
-            "api_calls": [],
-            "msg": f"{NAME}: invalid input: " + "; ".join(errors) + "; nothing was sent",
-        }
-    client: RestClient = client_from_params(params, token=params["token"], **client_kw)
+        return invalid_input(NAME, errors, project_id="")
+    client = open_client(params, **client_kw)
     api = VercelApi(client, params.get("team_id") or "")
     run = Run(api, params, check_mode)
     try:
@@ -364,17 +351,7 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
             "msg": f"{NAME}: {client.scrub(str(exc))}{auth_hint(exc)}; {run.left_as(exc)}",
         }
     result.setdefault("project_id", run.project_id)
-    result["api_calls"] = list(client.history)
-    return result
-
-
-def auth_hint(exc: RestError) -> str:
-    if exc.status in (401, 403):
-        return (
-            " (the token is refused: expired, revoked or mistyped - or it has no access to "
-            "this project or team)"
-        )
-    return ""
+    return with_calls(result, client)
 
 
 class Run:
@@ -392,7 +369,12 @@ class Run:
 
     def production(self) -> list[dict[str, Any]]:
         """The project's READY production deployments (and its id from them)."""
-        listed = self.api.list_deployments(self.project, target="production", state=READY)
+        return self.learn_project_id(
+            self.api.list_deployments(self.project, target="production", state=READY)
+        )
+
+    def learn_project_id(self, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``listed``, the project's id taken from the first deployment that has one."""
         for deployment in listed:
             if deployment.get("project_id"):
                 self.project_id = deployment["project_id"]
@@ -403,9 +385,7 @@ class Run:
         serving_now = f"production was served by {describe(self.before)} before"
         if self.done:
             return f"{self.done}; {serving_now}"
-        if exc.status is not None and 400 <= exc.status < 500:
-            return "nothing was changed"
-        if exc.call.startswith("GET"):
+        if refused_before_acting(exc) or exc.call.startswith("GET"):
             return "nothing was changed"
         return (
             f"whether Vercel acted on {exc.call} is unknown (look at the project's "
@@ -442,10 +422,7 @@ def do_list(run: Run) -> dict[str, Any]:
         sha=run.params["sha"] or None,
         max_items=run.params["limit"],
     )
-    for deployment in listed:
-        if deployment.get("project_id"):
-            run.project_id = deployment["project_id"]
-            break
+    run.learn_project_id(listed)
     return {
         "changed": False,
         "deployments": listed,
@@ -571,14 +548,8 @@ def do_promote(run: Run) -> dict[str, Any]:
     run.before = serving(listed)
     wanted = run.params["deployment"]
     found = find_deployment(listed, wanted) or run.api.get_deployment(wanted)
-    if run.before and found["id"] == run.before["id"]:
-        return {
-            "changed": False,
-            "deployment": found,
-            "before": run.before,
-            "current": run.before,
-            "msg": f"{describe(found)} serves production already: nothing done",
-        }
+    if serves_already(run, found):
+        return nothing_to_do(run, found)
     if found.get("state") != READY or found.get("target") != "production":
         raise RestError(
             f"GET /v13/deployments/{found['id']}",
@@ -601,14 +572,8 @@ def do_rollback(run: Run) -> dict[str, Any]:
             reason=f"no production deployment of {run.project} matches {what} (serving now: "
             f"{describe(run.before)}; deployments that served production: {candidates(listed)})",
         )
-    if run.before and found["id"] == run.before["id"]:
-        return {
-            "changed": False,
-            "deployment": found,
-            "before": run.before,
-            "current": run.before,
-            "msg": f"{describe(found)} serves production already: nothing done",
-        }
+    if serves_already(run, found):
+        return nothing_to_do(run, found)
     if not has_served(found):
         raise RestError(
             "GET /v6/deployments",
@@ -616,6 +581,20 @@ def do_rollback(run: Run) -> dict[str, Any]:
             "goes only to a deployment that did (promote it instead)",
         )
     return switch(run, found, "rollback")
+
+
+def serves_already(run: Run, found: dict[str, Any]) -> bool:
+    return bool(run.before and found["id"] == run.before["id"])
+
+
+def nothing_to_do(run: Run, found: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "changed": False,
+        "deployment": found,
+        "before": run.before,
+        "current": run.before,
+        "msg": f"{describe(found)} serves production already: nothing done",
+    }
 
 
 def switch(run: Run, found: dict[str, Any], how: str) -> dict[str, Any]:

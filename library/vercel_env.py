@@ -210,16 +210,20 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.basic import env_fallback
 from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_rest import (
-    MASK,
-    RestClient,
-    RestError,
-    client_from_params,
-    rest_argument_spec,
-    rest_option_errors,
+from ansible.module_utils.opsbook_platform import (
+    api_errors,
+    api_options,
+    both_given_errors,
+    invalid_input,
+    items_errors,
+    left_after,
+    one_or_many_options,
+    open_client,
+    wanted_items,
+    with_calls,
 )
+from ansible.module_utils.opsbook_rest import MASK, RestError, rest_option_errors
 from ansible.module_utils.opsbook_vercel import (
     ENV_TYPES,
     TARGETS,
@@ -227,6 +231,7 @@ from ansible.module_utils.opsbook_vercel import (
     VERCEL_API,
     EnvStep,
     VercelApi,
+    auth_hint,
     env_view,
     normalize_targets,
     plan_env,
@@ -240,22 +245,10 @@ RULES: dict[str, Any] = {
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:
-    state = {"type": "str", "choices": ["present", "absent"], "default": "present"}
     return {
         "project": {"type": "str", "required": True},
         "team_id": {"type": "str", "default": ""},
-        "key": {"type": "str"},
-        "value": {"type": "str", "no_log": True},
-        "state": dict(state),
-        "env_vars": {
-            "type": "list",
-            "elements": "dict",
-            "options": {
-                "key": {"type": "str", "required": True, "aliases": ["name"]},
-                "value": {"type": "str", "no_log": True},
-                "state": dict(state),
-            },
-        },
+        **one_or_many_options("key", "env_vars", aliases=["name"]),
         "targets": {
             "type": "list",
             "elements": "str",
@@ -263,51 +256,24 @@ def argument_spec() -> dict[str, dict[str, Any]]:
             "default": list(TARGETS),
         },
         "type": {"type": "str", "choices": list(ENV_TYPES), "default": "encrypted"},
-        "token": {
-            "type": "str",
-            "required": True,
-            "no_log": True,
-            "fallback": (env_fallback, [TOKEN_ENV]),
-        },
-        "base_url": {"type": "str", "default": VERCEL_API},
-        **rest_argument_spec(),
+        **api_options(TOKEN_ENV, VERCEL_API),
     }
 
 
 def wanted_vars(params: dict[str, Any]) -> list[dict[str, Any]]:
     """The variables asked for, as [{key, value, state}]."""
-    if params.get("env_vars"):
-        return [dict(v) for v in params["env_vars"]]
-    if params.get("key"):
-        return [{"key": params["key"], "value": params.get("value"), "state": params["state"]}]
-    return []
+    return wanted_items(params, "key", "env_vars")
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
     """Input errors, one sentence each (never a value)."""
-    errors = []
-    if not (params.get("project") or "").strip():
-        errors.append("project is empty")
-    if not params.get("token"):
-        errors.append(f"token is empty (give it, or set {TOKEN_ENV})")
-    if params.get("key") and params.get("env_vars"):
-        errors.append("give key or env_vars, not both")
+    errors = api_errors(params, TOKEN_ENV, "project")
+    errors += both_given_errors(params, "key", "env_vars")
     if not params.get("targets"):
         errors.append("targets is empty")
     if params.get("type") == "sensitive" and "development" in (params.get("targets") or []):
         errors.append("type sensitive cannot be set on the development target (Vercel's rule)")
-    wanted = wanted_vars(params)
-    if not wanted:
-        errors.append("give key (with value) or env_vars")
-    keys = [v["key"] for v in wanted]
-    twice = sorted({k for k in keys if keys.count(k) > 1})
-    if twice:
-        errors.append("these keys are given twice: " + ", ".join(twice))
-    for var in wanted:
-        if not (var.get("key") or "").strip():
-            errors.append("a key is empty")
-        elif var.get("state", "present") == "present" and var.get("value") is None:
-            errors.append(f"{var['key']}: state=present needs a value")
+    errors += items_errors(wanted_vars(params), "key", "env_vars")
     return errors + rest_option_errors(params)
 
 
@@ -315,21 +281,13 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
     """The module's work on validated parameters (``client_kw``: a test's clock and sleep)."""
     errors = validate_params(params)
     if errors:
-        return {
-            "failed": True,
-            "changed": False,
-            "changed_keys": [],
-            "keys": {},
-            "changes": [],
-            "notes": [],
-            "project": params.get("project") or "",
-            "api_calls": [],
-            "msg": f"{NAME}: invalid input: " + "; ".join(errors) + "; nothing was sent",
-        }
+        return invalid_input(
+            NAME, errors, changed_keys=[], keys={}, changes=[], notes=[],
+            project=params.get("project") or "",
+        )  # fmt: skip
     wanted = wanted_vars(params)
-    client: RestClient = client_from_params(
+    client = open_client(
         params,
-        token=params["token"],
         # plain values are not secret (and "true" masked in every message helps no one)
         secrets=[v.get("value") or "" for v in wanted] if params["type"] != "plain" else [],
         **client_kw,
@@ -339,6 +297,8 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
     try:
         result = apply(api, params, wanted, check_mode, done)
     except RestError as exc:
+        changed = ", ".join(sorted(set(done)))
+        left = f"already changed: {changed}; the rest was left as it was" if done else ""
         result = {
             "failed": True,
             "changed": bool(done),
@@ -346,28 +306,10 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
             "keys": {},
             "changes": [],
             "notes": [],
-            "msg": f"{NAME}: {client.scrub(str(exc))}{auth_hint(exc)}; {left_as(exc, done)}",
+            "msg": f"{NAME}: {client.scrub(str(exc))}{auth_hint(exc)}; {left_after(exc, left)}",
         }
     result["project"] = params["project"]
-    result["api_calls"] = list(client.history)
-    return result
-
-
-def auth_hint(exc: RestError) -> str:
-    if exc.status in (401, 403):
-        return (
-            " (the token is refused: expired, revoked or mistyped - or it has no access to "
-            "this project or team)"
-        )
-    return ""
-
-
-def left_as(exc: RestError, done: list[str]) -> str:
-    if done:
-        return f"already changed: {', '.join(sorted(set(done)))}; the rest was left as it was"
-    if exc.status is not None and 400 <= exc.status < 500:
-        return "nothing was changed"
-    return "whether the last call was applied is unknown (a rerun finds out)"
+    return with_calls(result, client)
 
 
 def apply(

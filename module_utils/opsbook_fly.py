@@ -69,6 +69,13 @@ SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # ---------------------------------------------------------------------------- the calls
 
 
+def auth_hint(exc: RestError) -> str:
+    """What a refused token (401, 403) may mean; '' otherwise."""
+    if exc.status in (401, 403):
+        return " (the token was refused: expired, revoked, mistyped or not allowed this app)"
+    return ""
+
+
 def app_path(app: str, *parts: str) -> str:
     return "/".join(["", "apps", app, *parts])
 

@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from ansible.module_utils.opsbook_rest import MASK, RestClient, RestError
+from ansible.module_utils.opsbook_platform import masked_diff
+from ansible.module_utils.opsbook_rest import RestClient, RestError
 
 RENDER_API = "https://api.render.com/v1"
 TOKEN_ENV = "RENDER_API_KEY"
@@ -139,15 +140,19 @@ def delete_env_var(client: RestClient, service_id: str, key: str) -> bool:
 def env_diff(before: Mapping[str, str | None], after: Mapping[str, str | None]) -> dict[str, Any]:
     """A diff of variables with every value masked: a key that is set shows ``********``
     (``******** (changed)`` after the task when its value changed); an unset key is missing."""
-    shown_after = {}
-    for key, value in sorted(after.items()):
-        if value is not None:
-            old = before.get(key)
-            shown_after[key] = MASK if old is None or old == value else f"{MASK} (changed)"
-    return {
-        "before": {k: MASK for k, v in sorted(before.items()) if v is not None},
-        "after": shown_after,
-    }
+    return masked_diff(
+        [k for k, v in before.items() if v is not None],
+        {
+            k: "" if before.get(k) is None or before.get(k) == v else "changed"
+            for k, v in after.items()
+            if v is not None
+        },
+    )
+
+
+def auth_hint(exc: RestError) -> str:
+    """What a refused API key (401) means; '' otherwise."""
+    return " (the token is not valid: expired, revoked or mistyped)" if exc.status == 401 else ""
 
 
 # ---------------------------------------------------------------------------- deploys

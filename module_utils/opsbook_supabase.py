@@ -57,14 +57,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ansible.module_utils.common.parameters import env_fallback
-from ansible.module_utils.opsbook_rest import (
-    RestClient,
-    RestError,
-    client_from_params,
-    rest_argument_spec,
-    rest_option_errors,
-)
+from ansible.module_utils.opsbook_platform import api_options
+from ansible.module_utils.opsbook_rest import RestClient, RestError, rest_option_errors
 
 DEFAULT_BASE_URL = "https://api.supabase.com"
 TOKEN_ENV = "SUPABASE_ACCESS_TOKEN"
@@ -88,14 +82,7 @@ def supabase_argument_spec(**options: dict[str, Any]) -> dict[str, dict[str, Any
     """The options every Supabase module takes (project, token, API), then its own."""
     return {
         "project_ref": {"type": "str", "required": True},
-        "token": {
-            "type": "str",
-            "required": True,
-            "no_log": True,
-            "fallback": (env_fallback, [TOKEN_ENV]),
-        },
-        "base_url": {"type": "str", "default": DEFAULT_BASE_URL},
-        **rest_argument_spec(),
+        **api_options(TOKEN_ENV, DEFAULT_BASE_URL),
         **options,
     }
 
@@ -112,12 +99,6 @@ def supabase_option_errors(params: Mapping[str, Any]) -> list[str]:
     return errors
 
 
-def open_client(params: Mapping[str, Any], **client_kw: Any) -> RestClient:
-    """The Management API with the module's token (Bearer) and REST options; ``client_kw``
-    in tests: ``clock``, ``sleep``."""
-    return client_from_params(params, token=params["token"], **client_kw)
-
-
 def refused_hint(exc: RestError) -> str:
     """What to do about a refusal of the token (401) or of its rights (403); "" otherwise."""
     if exc.status == 401:
@@ -125,11 +106,6 @@ def refused_hint(exc: RestError) -> str:
     if exc.status == 403:
         return " (the token's account may not do this on this project, or the ref is wrong)"
     return ""
-
-
-def refused_before_acting(exc: RestError) -> bool:
-    """True when Supabase refused the call before doing anything: a 4xx (429 included)."""
-    return exc.status is not None and 400 <= exc.status < 500
 
 
 # --------------------------------------------------------------------------- secrets

@@ -320,6 +320,16 @@ class VercelApi:
             self.client.sleep(delay)
 
 
+def auth_hint(exc: RestError) -> str:
+    """What a refused token (401, 403) may mean; '' otherwise."""
+    if exc.status in (401, 403):
+        return (
+            " (the token is refused: expired, revoked or mistyped - or it has no access to "
+            "this project or team)"
+        )
+    return ""
+
+
 # ---------------------------------------------------------------------------------- paths
 
 

@@ -11,10 +11,15 @@ Per test:
         -> subprocess.CompletedProcess of .venv/bin/ansible-playbook playbooks/<name>.yml
 After every test the app hosts are put back to a healthy, serving state.
 Set OPSBOOK_KEEP_LAB=1 to keep the session's lab directory for inspection.
+
+Scheduling (pytest-xdist, --dist loadfile: one file runs on one worker): the unit test files
+run first, then the integration files, the longest first (FILE_SECONDS), so that the files
+left at the end of the run are short ones and the workers finish together.
 """
 
 from __future__ import annotations
 
+import compileall
 import itertools
 import json
 import os
@@ -43,6 +48,77 @@ APP_DB = "app"
 S3_BUCKET = "opsbook-test"
 APP_HOST_COUNT = 3
 APP_VERSION = "1.0.0"
+
+# Seconds each long test file takes (the sum of its tests' setup, call and teardown in a full
+# run, 2 workers, `pytest --durations=0`); only their order matters. Files not listed weigh
+# DEFAULT_FILE_SECONDS (integration) or nothing (unit files, which run first anyway).
+FILE_SECONDS = {
+    "tests/integration/test_deploy.py": 270,
+    "tests/integration/test_release_role.py": 235,
+    "tests/integration/test_backup_runbooks.py": 180,
+    "tests/integration/test_pg_backup.py": 180,
+    "tests/integration/test_pg_restore.py": 140,
+    "tests/integration/test_rotate_secrets.py": 135,
+    "tests/integration/test_health_check.py": 130,
+    "tests/integration/test_pg_migrate.py": 130,
+    "tests/integration/test_deploy_state.py": 95,
+    "tests/integration/test_interrupts.py": 95,
+    "tests/integration/test_deploy_hooks.py": 90,
+    "tests/integration/test_oplog.py": 75,
+    "tests/integration/test_pg_datafix.py": 70,
+    "tests/integration/test_pg_maintenance.py": 60,
+    "tests/integration/test_secrets_everywhere.py": 60,
+    "tests/integration/test_rotate_faults.py": 57,
+    "tests/integration/test_rotate_vendor_keys.py": 55,
+    "tests/integration/test_sandbox.py": 50,
+    "tests/integration/test_storage.py": 49,
+    "tests/integration/test_faults_pg.py": 45,
+    "tests/integration/test_runner.py": 43,
+    "tests/integration/test_host_module_actions.py": 42,
+    "tests/integration/test_molecule_release.py": 41,
+    "tests/integration/test_rotate_db_password.py": 35,
+    "tests/integration/test_rotate_stores.py": 32,
+    "tests/integration/test_faults_hosts.py": 27,
+    "tests/integration/test_db_health.py": 24,
+    "tests/integration/test_faults_storage.py": 23,
+    "tests/integration/test_secret_store.py": 19,
+    "tests/integration/test_harness.py": 14,
+    "tests/integration/test_pg_role_password.py": 11,
+}
+# A new integration file (not measured yet) is assumed to be long rather than short: run early.
+DEFAULT_FILE_SECONDS = 60
+
+# Where the controller imports the project's plugins from source (ansible-playbook loads them in
+# every run, in every forked worker): compiled once per session, see pytest_configure.
+PLUGIN_DIRS = ("action_plugins", "filter_plugins", "callback_plugins", "library", "module_utils")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist's default orders the files by their number of tests; the order of the collection
+    # (pytest_collection_modifyitems below) is the one wanted.
+    if getattr(config.option, "loadscopereorder", None) is not None:
+        config.option.loadscopereorder = False
+    # Byte-code for the plugins Ansible loads from the project: with PYTHONDONTWRITEBYTECODE set
+    # (as in CI) and a fresh clone, every ansible run would compile them again. Once, from the
+    # controller (not from each xdist worker).
+    if not hasattr(config, "workerinput"):
+        for name in PLUGIN_DIRS:
+            compileall.compile_dir(PROJECT_ROOT / name, maxlevels=0, quiet=2)
+
+
+def _file_seconds(nodeid: str) -> float:
+    path = nodeid.split("::", 1)[0]
+    if not path.startswith("tests/integration/"):
+        return float("inf")  # unit files first
+    return float(FILE_SECONDS.get(path, DEFAULT_FILE_SECONDS))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit files first, then the integration files, longest first (each file's tests keep
+    their order; so do files of equal weight)."""
+    items.sort(key=lambda item: -_file_seconds(item.nodeid))
+
 
 # Servers started this session; the autouse reset revives them after each test
 # (a fault test may kill one) and puts the app hosts back to a healthy state.

@@ -49,6 +49,7 @@ MODULE_UTILS = (
     "opsbook_http",
     "opsbook_rotation",
     "opsbook_rest",
+    "opsbook_platform",
     "opsbook_supabase",
     "opsbook_vercel",
     "opsbook_render",
@@ -57,10 +58,15 @@ MODULE_UTILS = (
 
 
 def load_path(name: str, path: Path) -> ModuleType:
-    """Import the file at path as module name; a module already loaded from it is reused."""
+    """Import the file at path as module name; a module already loaded from it is reused.
+    A module_util (``ansible.module_utils.<name>``) gets the module_utils before it first."""
     loaded = sys.modules.get(name)
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "") == path:
         return loaded
+    util = name.removeprefix("ansible.module_utils.")
+    if util != name and util in MODULE_UTILS:
+        for dependency in MODULE_UTILS[: MODULE_UTILS.index(util)]:
+            load_path(f"ansible.module_utils.{dependency}", _module_utils_path(dependency))
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader, f"cannot import {path}"
     module = importlib.util.module_from_spec(spec)
@@ -71,8 +77,6 @@ def load_path(name: str, path: Path) -> ModuleType:
 
 def load_module_utils(name: str) -> ModuleType:
     """module_utils/<name>.py as ansible.module_utils.<name> (its dependencies first)."""
-    for dependency in MODULE_UTILS[: MODULE_UTILS.index(name)] if name in MODULE_UTILS else ():
-        load_path(f"ansible.module_utils.{dependency}", _module_utils_path(dependency))
     return load_path(f"ansible.module_utils.{name}", _module_utils_path(name))
 
 

@@ -317,21 +317,34 @@ def test_host_unreachable_mid_run_stops_and_rolls_back(
     assert second.version() == "2.0.0"
 
 
+def holds_the_lock(state_dir: Path, reason: str) -> bool:
+    """Whether the deploy lock of the "test" inventory is held by the run given reason."""
+    try:
+        return json.loads(lock_file(state_dir).read_text()).get("reason", "").startswith(reason)
+    except (OSError, ValueError):
+        return False
+
+
 def test_concurrent_deploy_refused_by_the_lock(
-    deploy: Any, deploy_hosts: list[AppHost], run_playbook: Any, tmp_path: Path
+    deploy: Any, deploy_hosts: list[AppHost], state_dir: Path
 ) -> None:
     for host in deploy_hosts:
-        host.set_health("slow", 3000)  # keeps the first deploy in its health gates a while
+        host.set_health("slow", 3000)  # keeps the first deploy in its health gates meanwhile
     results: dict[str, StatsRun] = {}
     first = threading.Thread(target=lambda: results.update(first=deploy("5.0.0")), daemon=True)
     first.start()
     try:
-        time.sleep(5)  # the first run holds the lock by now (preflight takes a few seconds)
+        # The second run starts once the first one holds the lock (not after a fixed delay).
+        deadline = time.monotonic() + 120
+        while not holds_the_lock(state_dir, "deploy 5.0.0"):
+            assert first.is_alive(), results.get("first")
+            assert time.monotonic() < deadline, "the first deploy never took the lock"
+            time.sleep(0.02)
         results["second"] = deploy("6.0.0")
     finally:
-        first.join(300)
         for host in deploy_hosts:
-            host.set_health("ok")
+            host.set_health("ok")  # the second run is over: the first one's gates may pass
+        first.join(300)
     assert results["first"].rc == 0, results["first"].output
     refused = results["second"]
     assert refused.rc != 0

@@ -177,7 +177,8 @@ def test_slow_health_fails_on_latency_with_the_default_threshold(
 ) -> None:
     slow = app_hosts[2]
     slow.set_health("slow", 800)
-    run = run_health(make_inventory())  # default retries and 500 ms threshold
+    # the default 500 ms threshold and number of retries (quick ones: the run fails)
+    run = run_health(make_inventory(), extravars=QUICK_RETRY)
     assert run.rc != 0
     health = run.health
     assert health["verdict"] == "fail"
@@ -229,7 +230,7 @@ def test_limit_without_localhost_still_reports_and_fails(
     run_health: Any, make_inventory: Any, app_hosts: list[AppHost]
 ) -> None:
     app_hosts[0].set_health("fail")
-    run = run_health(make_inventory(), args=("--limit", app_hosts[0].name))
+    run = run_health(make_inventory(), extravars=QUICK_RETRY, args=("--limit", app_hosts[0].name))
     assert run.rc != 0, run.output
     assert set(run.health["apps"]) == {app_hosts[0].name}
     assert run.health["verdict"] == "fail"

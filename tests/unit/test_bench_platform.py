@@ -10,6 +10,7 @@ from bench.deploy_rollback import BenchError
 from bench.platform_deploy import (
     Request,
     Run,
+    api_span,
     commit_of,
     fly_started,
     mean_operations,
@@ -67,6 +68,14 @@ def test_the_shortest_poll_is_two_reads_of_one_resource_with_no_write_between() 
     )  # fmt: skip
     assert shortest_poll([Request(0, "GET", "/a"), Request(1, "GET", "/b")]) == (None, "")
     assert shortest_poll([]) == (None, "")
+
+
+def test_the_api_span_runs_from_the_first_request_to_the_last_answer() -> None:
+    assert api_span([]) == 0.0
+    waits = [Request(1.0, "POST", "/m", 1.1), Request(1.2, "GET", "/m/wait", 4.2),
+             Request(4.3, "DELETE", "/m/lease")]  # fmt: skip
+    assert api_span(waits) == pytest.approx(3.3)
+    assert api_span([Request(2.0, "GET", "/a", 2.5), Request(2.1, "GET", "/w", 9.0)]) == 7.0
 
 
 def test_the_raw_script_judges_each_platforms_answer() -> None:

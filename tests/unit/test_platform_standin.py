@@ -33,7 +33,7 @@ ENV = {
 def get(url: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(url + path, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
+        with urllib.request.build_opener().open(request, timeout=5) as answer:
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())

@@ -116,7 +116,7 @@ def running_app(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def _get(url: str) -> tuple[int, Any, float]:
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.build_opener().open(url, timeout=5) as response:
             status, body = response.status, response.read()
     except urllib.error.HTTPError as error:
         status, body = error.code, error.read()

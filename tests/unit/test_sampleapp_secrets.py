@@ -185,7 +185,10 @@ class App:
             self.url + path, data=data, method=method, headers=headers or {}
         )
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            # an opener of its own: ansible.module_utils.urls installs a global one holding a
+            # cookie jar, which would send the session cookie of an earlier answer (a module
+            # run in this process by another test leaves it)
+            with urllib.request.build_opener().open(request, timeout=5) as response:
                 status, raw, got = response.status, response.read(), response.headers
         except urllib.error.HTTPError as error:
             status, raw, got = error.code, error.read(), error.headers

@@ -17,7 +17,20 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+import ansible.module_utils
+
+# The rules every platform role shares are in the project's module_utils/opsbook_platform.py
+# (beside roles/), made importable here as they are in a module.
+_MODULE_UTILS = str(Path(__file__).resolve().parents[3] / "module_utils")
+if _MODULE_UTILS not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(_MODULE_UTILS)
+
+from ansible.module_utils.opsbook_platform import count_calls, missing_inventory
+from ansible.module_utils.opsbook_platform import msg as _msg
+from ansible.module_utils.opsbook_platform import ran as _ran
 
 TARGET = "fly"
 INVENTORY_VARS = {
@@ -30,23 +43,7 @@ INVENTORY_VARS = {
 def platform_fly_missing(values: Mapping[str, Any]) -> str:
     """'' when every inventory variable given has a value; else the sentence naming the
     missing ones (never a value)."""
-    missing = [
-        f"{name} ({INVENTORY_VARS.get(name, 'required')})"
-        for name, value in values.items()
-        if value is None or not str(value).strip()
-    ]
-    if not missing:
-        return ""
-    return f"the inventory does not set {', '.join(missing)}: nothing was called on Fly.io"
-
-
-def _ran(result: Any) -> bool:
-    """A registered result of a task that ran (not skipped, not missing)."""
-    return isinstance(result, Mapping) and bool(result) and not result.get("skipped")
-
-
-def _msg(result: Any) -> str:
-    return str(result.get("msg") or "") if isinstance(result, Mapping) else ""
+    return missing_inventory(values, INVENTORY_VARS, "Fly.io")
 
 
 def _unit(machine_id: str) -> str:
@@ -65,7 +62,7 @@ def _gate_of(gate: Any, unit: str) -> tuple[bool | None, str]:
 
 def platform_fly_calls(results: Iterable[Any]) -> int:
     """Machines API calls made by the fly_machines / fly_secrets results given."""
-    return sum(len(r.get("api_calls") or []) for r in results if isinstance(r, Mapping))
+    return count_calls(results)
 
 
 def platform_fly_changed_ids(update: Any) -> list[str]:

@@ -8,7 +8,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+import ansible.module_utils
+
+# The rules every platform role shares are in the project's module_utils/opsbook_platform.py
+# (beside roles/), made importable here as they are in a module.
+_MODULE_UTILS = str(Path(__file__).resolve().parents[3] / "module_utils")
+if _MODULE_UTILS not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(_MODULE_UTILS)
+
+from ansible.module_utils.opsbook_platform import (
+    count_calls,
+    deploy_fact,
+    missing_inventory,
+    rollback_outcome,
+)
+from ansible.module_utils.opsbook_platform import msg as _msg
+from ansible.module_utils.opsbook_platform import ok as _ok
+from ansible.module_utils.opsbook_platform import ran as _ran
 
 COMMIT_RE = re.compile(r"^[0-9a-fA-F]{7,40}$")
 
@@ -23,27 +42,7 @@ INVENTORY_VARS = {
 def platform_render_missing(values: Mapping[str, Any]) -> str:
     """'' when every inventory variable given has a value; else the sentence naming the
     missing ones (never a value)."""
-    missing = [
-        f"{name} ({INVENTORY_VARS.get(name, 'required')})"
-        for name, value in values.items()
-        if value is None or not str(value).strip()
-    ]
-    if not missing:
-        return ""
-    return f"the inventory does not set {', '.join(missing)}: nothing was called on Render"
-
-
-def _ran(result: Any) -> bool:
-    """A registered result of a task that ran (not skipped, not missing)."""
-    return isinstance(result, Mapping) and bool(result) and not result.get("skipped")
-
-
-def _ok(result: Any) -> bool:
-    return _ran(result) and not result.get("failed")
-
-
-def _msg(result: Any) -> str:
-    return str(result.get("msg") or "") if isinstance(result, Mapping) else ""
+    return missing_inventory(values, INVENTORY_VARS, "Render")
 
 
 def _first_problem(*checks: tuple[bool, str]) -> str:
@@ -71,11 +70,7 @@ def platform_render_runs(live: Any, wanted: str) -> bool:
 
 def platform_render_calls(results: Iterable[Any]) -> int:
     """API calls made by the render_service / render_env results given (every attempt)."""
-    total = 0
-    for result in results:
-        if isinstance(result, Mapping):
-            total += len(result.get("api_calls") or [])
-    return total
+    return count_calls(results)
 
 
 def platform_render_served_version(gate: Any, unit: str) -> str | None:
@@ -126,39 +121,10 @@ def platform_render_deploy_fact(steps: Mapping[str, Any], unit: str, check_mode:
             state["outcome"] = "deployed"
         else:
             problem = f"health gate failed: {_msg(gate)}"
-            if not before:
-                state.update(
-                    outcome="rollback_failed",
-                    error=f"{problem}; no earlier deploy to roll back to ({deployment} serves)",
-                )
-            elif not _ok(rolled):
-                state.update(
-                    outcome="rollback_failed",
-                    error=f"{problem}; the rollback to {before} failed: {_msg(rolled)}",
-                )
-            elif _ok(regate) and regate.get("ok"):
-                state.update(outcome="rolled_back", error=problem, rolled_back_to=before)
-            else:
-                state.update(
-                    outcome="rollback_failed",
-                    error=f"{problem}; rolled back to {before}, whose health gate failed "
-                    f"too: {_msg(regate)}",
-                    rolled_back_to=before,
-                )
-    failed = state["outcome"] in ("failed", "rolled_back", "rollback_failed")
-    # the rollout failed (status rolled_back) only when something served the new deployment and
-    # was rolled back; a build that failed left production as it was (status failed, the unit's
-    # error saying what still serves)
-    switched_back = state["outcome"] in ("rolled_back", "rollback_failed")
-    return {
-        "target": "render",
-        "deployment": deployment,
-        "previous": before,
-        "rollout_failed": switched_back,
-        "stopped_at": [unit] if failed else [],
-        "api_calls": platform_render_calls([listed, deployed, rolled]),
-        "units": {unit: state},
-    }
+            none = f"no earlier deploy to roll back to ({deployment} serves)"
+            state.update(rollback_outcome(problem, rolled, regate, before, none))
+    calls = platform_render_calls([listed, deployed, rolled])
+    return deploy_fact("render", deployment, before, unit, state, calls)
 
 
 def platform_render_rollback_fact(steps: Mapping[str, Any], unit: str, check_mode: bool) -> dict:

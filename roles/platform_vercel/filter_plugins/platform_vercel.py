@@ -8,36 +8,29 @@ set_facts. Pure functions of their inputs."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+import ansible.module_utils
+
+# The rules every platform role shares are in the project's module_utils/opsbook_platform.py
+# (beside roles/), made importable here as they are in a module.
+_MODULE_UTILS = str(Path(__file__).resolve().parents[3] / "module_utils")
+if _MODULE_UTILS not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(_MODULE_UTILS)
+
+from ansible.module_utils.opsbook_platform import count_calls, deploy_fact, rollback_outcome
+from ansible.module_utils.opsbook_platform import msg as _msg
+from ansible.module_utils.opsbook_platform import ok as _ok
+from ansible.module_utils.opsbook_platform import part as _get
+from ansible.module_utils.opsbook_platform import ran as _ran
 
 TARGET = "vercel"
 
 
-def _ran(result: Any) -> bool:
-    """A registered result of a task that ran (not skipped, not missing)."""
-    return isinstance(result, Mapping) and bool(result) and not result.get("skipped")
-
-
-def _ok(result: Any) -> bool:
-    return _ran(result) and not result.get("failed")
-
-
-def _msg(result: Any) -> str:
-    return str(result.get("msg") or "") if isinstance(result, Mapping) else ""
-
-
-def _get(result: Any, key: str) -> dict[str, Any]:
-    value = result.get(key) if isinstance(result, Mapping) else None
-    return dict(value) if isinstance(value, Mapping) else {}
-
-
 def platform_vercel_calls(results: Iterable[Any]) -> int:
     """API calls made by the vercel_* results given (every attempt)."""
-    total = 0
-    for result in results:
-        if isinstance(result, Mapping):
-            total += len(result.get("api_calls") or [])
-    return total
+    return count_calls(results)
 
 
 def platform_vercel_deploy_fact(steps: Mapping[str, Any], unit: str, check_mode: bool) -> dict:
@@ -72,40 +65,11 @@ def platform_vercel_deploy_fact(steps: Mapping[str, Any], unit: str, check_mode:
             state["outcome"] = "deployed"
         else:
             problem = f"health gate failed: {_msg(gate) or 'it did not run'}"
-            if not before_id:
-                state.update(
-                    outcome="rollback_failed",
-                    error=f"{problem}; nothing served production before, nothing to roll back "
-                    f"to ({deployment} serves)",
-                )
-            elif not _ok(rolled):
-                state.update(
-                    outcome="rollback_failed",
-                    error=f"{problem}; the rollback to {before_id} failed: {_msg(rolled)}",
-                )
-            elif _ok(regate) and regate.get("ok"):
-                state.update(outcome="rolled_back", error=problem, rolled_back_to=before_id)
-            else:
-                state.update(
-                    outcome="rollback_failed",
-                    error=f"{problem}; rolled back to {before_id}, whose health gate failed "
-                    f"too: {_msg(regate)}",
-                    rolled_back_to=before_id,
-                )
-    failed = state["outcome"] in ("failed", "rolled_back", "rollback_failed")
-    # the rollout failed (status rolled_back) only when something served the new deployment and
-    # was rolled back; a build that failed left production as it was (status failed, the unit's
-    # error saying what still serves)
-    switched_back = state["outcome"] in ("rolled_back", "rollback_failed")
-    return {
-        "target": TARGET,
-        "deployment": deployment,
-        "previous": before_id,
-        "rollout_failed": switched_back,
-        "stopped_at": [unit] if failed else [],
-        "api_calls": platform_vercel_calls([redeploy, rolled]),
-        "units": {unit: state},
-    }
+            none = f"nothing served production before, nothing to roll back to ({deployment} "
+            none += "serves)"
+            state.update(rollback_outcome(problem, rolled, regate, before_id, none))
+    calls = platform_vercel_calls([redeploy, rolled])
+    return deploy_fact(TARGET, deployment, before_id, unit, state, calls)
 
 
 def platform_vercel_rollback_fact(steps: Mapping[str, Any], unit: str, check_mode: bool) -> dict:
