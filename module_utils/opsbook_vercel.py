@@ -561,8 +561,11 @@ def previous_good(
     deployments: Iterable[Mapping[str, Any]], current_id: str | None = None
 ) -> dict[str, Any] | None:
     """What to roll back to from ``current_id`` (default: the one serving): the newest
-    deployment created before it that served production and was built from other code or
-    another version (rolling back to the same build changes nothing)."""
+    deployment created before it that served production, was built from other code or another
+    version (rolling back to the same build changes nothing), and was not itself rolled back
+    from - one that an older deployment replaced later (an Instant Rollback assigned production
+    to an older build after it) was judged bad and is skipped, as a release rolled back from is
+    on app hosts."""
     ordered = newest_first(deployments)
     current = (
         next((d for d in ordered if d["id"] == current_id), None)
@@ -579,8 +582,25 @@ def previous_good(
             continue
         if _same_build(deployment, current):
             continue
+        if rolled_back_from(deployment, ordered):
+            continue
         return deployment
     return None
+
+
+def rolled_back_from(
+    deployment: Mapping[str, Any], deployments: Iterable[Mapping[str, Any]]
+) -> bool:
+    """Whether production went back from ``deployment`` to an older build: a deployment
+    created before it was assigned production's domains after it was (the aliasAssigned
+    times of the list: an Instant Rollback reassigns an older build)."""
+    assigned = _alias_time(deployment)
+    created = _number(deployment.get("created"))
+    return assigned > 0 and any(
+        _number(other.get("created")) < created and _alias_time(other) > assigned
+        for other in deployments
+        if other.get("id") != deployment.get("id") and has_served(other)
+    )
 
 
 def find_deployment(deployments: Iterable[Mapping[str, Any]], wanted: str) -> dict[str, Any] | None:

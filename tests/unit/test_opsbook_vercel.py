@@ -100,6 +100,13 @@ def test_previous_good_is_the_newest_earlier_one_that_served_other_code() -> Non
     assert vercel.previous_good([one, two], "one") is None
     # after a rollback to one, "the previous good" is older than one - never the bad two
     assert vercel.previous_good([dict(one, alias_assigned=999), two]) is None
+    # deploy one, two, roll back to one, deploy three, roll back: back to one - two was
+    # rolled back from (one was assigned production again after two), so it is skipped
+    one_again = dict(one, alias_assigned=300)
+    three = dpl("three", 400, alias=410, version="3.0.0", source="s3")
+    assert vercel.rolled_back_from(two, [one_again, two, three])
+    assert not vercel.rolled_back_from(one_again, [one_again, two, three])
+    assert vercel.previous_good([one_again, two, three])["id"] == "one"
 
 
 def test_find_deployment_by_id_url_or_version() -> None:
