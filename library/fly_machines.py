@@ -11,7 +11,8 @@ module: fly_machines
 short_description: Update, roll back, wait for, restart and scale a Fly.io app's machines
 description:
   - Every O(action) starts with one C(GET /apps/{app}/machines) (destroyed machines left
-    out); a machine's state, image and history are read from that answer.
+    out); a machine's state, image and history are read from that answer - except
+    O(action=update) and O(action=rollback) given O(known_machines) (see there).
   - O(action=list) - the machines (RV(machines)); with O(image), also the plan of a rollout
     to it (RV(plan)) - the machines not on it yet, in batches, O(canary) first, then
     O(batch) at a time. Read-only.
@@ -19,9 +20,10 @@ description:
   - O(action=update) - for each machine of O(machine_ids) (default all), one after the
     other - a machine already as asked is left alone without a call (RV(results) outcome
     C(unchanged)); else a lease (C(POST .../lease), ttl O(lease_ttl_s)), the config read
-    again if the lease says it changed since the list, C(POST /apps/{app}/machines/{id}) with
-    the whole config - O(image), O(metadata), the header C(fly-machine-lease-nonce) - then
-    the lease released (C(DELETE .../lease)) B(on every path, failures included), then
+    again if the lease says it changed since the list (always, given O(known_machines)),
+    C(POST /apps/{app}/machines/{id}) with the whole config - O(image), O(metadata), the
+    header C(fly-machine-lease-nonce) - then the lease released (C(DELETE .../lease))
+    B(on every path, failures included), then
     C(GET .../wait?state=started&version=<new version>) - Fly's own wait, no polling - until
     O(wait_timeout_s). The first machine that fails stops the task; the ones after it are
     not attempted (outcome C(skipped)).
@@ -65,6 +67,22 @@ options:
     type: str
     required: true
     choices: [list, get, update, rollback, wait, restart, scale]
+  known_machines:
+    description:
+      - O(action=update) and O(action=rollback) - the machines as an earlier task of the same
+        run read them (its RV(machines), e.g. the plan's O(action=list)), so that a task on
+        one machine does not list them all again. What each machine needs (and a rollback's
+        target) is worked out from them; a machine to change is then read with one
+        C(GET /apps/{app}/machines/{id}) B(under its lease), and the update is made from that
+        answer - never from O(known_machines), which holds no config (no C(env)). A machine
+        changed meanwhile by other means is therefore never overwritten with a stale config,
+        and one that no longer needs the change is left alone (outcome C(unchanged)).
+      - Used only when every machine of O(machine_ids) is in it and at most one of them needs
+        a change (with several, one list costs fewer calls than a read of each); else the
+        machines are listed as without it. Ignored by the other actions.
+    type: list
+    elements: dict
+    default: []
   machine_ids:
     description:
       - The machines to act on (ids). Default - every machine of the app. An id the app
@@ -240,7 +258,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 machines:
-  description: "The machines as read at the start (O(action=get) - those of O(machine_ids)):
+  description: "The machines as read at the start (O(action=get) - those of O(machine_ids);
+    from O(known_machines) when they were used):
     C(id), C(name), C(state), C(region), C(instance_id), C(created_at), C(image), C(version)
     (recorded, else the image's tag), C(previous_image), C(previous_version), C(images)
     (C([image, version]) on record), C(metadata), C(has_mounts)."
@@ -306,6 +325,7 @@ from ansible.module_utils.opsbook_fly import (
     create_machine,
     delete_machine,
     deploy_change,
+    from_summary,
     list_machines,
     plan_batches,
     restart_machine,
@@ -338,6 +358,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "app": {"type": "str", "required": True},
         "action": {"type": "str", "required": True, "choices": ACTIONS},
         "machine_ids": {"type": "list", "elements": "str", "default": []},
+        "known_machines": {"type": "list", "elements": "dict", "default": []},
         "image": {"type": "str"},
         "version": {"type": "str", "default": ""},
         "release": {"type": "str", "default": ""},
@@ -382,6 +403,8 @@ def validate_params(params: dict[str, Any]) -> list[str]:
         errors.append("wait_timeout_s must be > 0")
     if (params.get("lease_ttl_s") or 0) < 1:
         errors.append("lease_ttl_s must be >= 1")
+    if any(not str(m.get("id") or "") for m in params.get("known_machines") or []):
+        errors.append("known_machines: every machine needs an id (a task's machines)")
     bad = [k for k, v in (params.get("metadata") or {}).items() if not isinstance(v, str)]
     if bad:
         errors.append("metadata values must be strings: " + ", ".join(sorted(map(str, bad))))
@@ -503,6 +526,7 @@ def _change_each(
             wait_timeout_s=params["wait_timeout_s"],
             min_secrets_version=params.get("min_secrets_version"),
             description=f"opsbook {params['action']}",
+            read_under_lease=bool(params.get("_read_under_lease")),
         )
         results.append(outcome)
         failed = outcome["outcome"] == "failed"
@@ -882,6 +906,11 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
     app, action = params["app"], params["action"]
     machines: list[dict[str, Any]] = []
     try:
+        known = known_to_change(params)
+        if known is not None:
+            params, machines = {**params, "_read_under_lease": True}, known
+            result = ACTION_FUNCTIONS[action](client, params, machines, check_mode)
+            return _finish(params, client, result, machines)
         machines = list_machines(client, app)
         wanted = list(dict.fromkeys(params.get("machine_ids") or []))
         if wanted and action != "scale":
@@ -904,6 +933,43 @@ def execute(params: dict[str, Any], check_mode: bool, **client_kw: Any) -> dict[
             "changed": False,
             "msg": f"{NAME}: {client.scrub(str(exc))}{auth_hint(exc)}; nothing was changed",
         }
+    return _finish(params, client, result, machines)
+
+
+def known_to_change(params: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The machines of O(machine_ids) rebuilt from O(known_machines) (update, rollback) when
+    they hold every one of them and at most one needs a change - the machine to change is read
+    under its lease; None when the machines are to be listed."""
+    known = params.get("known_machines") or []
+    if params["action"] not in ("update", "rollback") or not known:
+        return None
+    by_id = {str(m["id"]): from_summary(m) for m in known}
+    wanted = list(dict.fromkeys(params.get("machine_ids") or [])) or list(by_id)
+    if any(i not in by_id for i in wanted):
+        return None
+    machines = [by_id[i] for i in wanted]
+    if params["action"] == "update":
+        change = deploy_change(
+            params.get("image"),
+            params.get("version") or "",
+            params.get("release") or "",
+            metadata=params.get("metadata"),
+            min_secrets_version=params.get("min_secrets_version"),
+        )
+        needing = [m for m in machines if change(m["config"]) is not None]
+    else:
+        targets = [rollback_target(summarize(m), params["rollback_to"]) for m in machines]
+        needing = [
+            m
+            for m, target in zip(machines, targets, strict=True)
+            if isinstance(target, str) or target[0] != m["config"]["image"]
+        ]
+    return machines if len(needing) <= 1 else None
+
+
+def _finish(
+    params: dict[str, Any], client: RestClient, result: dict[str, Any], machines: list[Any]
+) -> dict[str, Any]:
     result.setdefault("machines", [summarize(m) for m in machines])
     if params.get("gate_base_url") and (result.get("results") or not result.get("failed")):
         result["gate_targets"] = gate_targets(params, result)

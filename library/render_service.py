@@ -27,6 +27,8 @@ description:
     in the list (the newest that was not there before and runs that source). When the live
     deploy already runs that source nothing is sent (RV(changed=false)) unless O(force) - what
     a change of environment variables needs, since Render applies them on the next deploy.
+    With O(known_deploys) (what an O(action=list_deploys) task just returned) the deploys are
+    not listed again before the POST.
     A build that fails leaves the previous live deploy serving (Render replaces it only when
     the new one is live).
   - O(action=rollback) - C(POST /services/{serviceId}/rollback) with the deploy named by
@@ -35,6 +37,10 @@ description:
     other code, and was not itself rolled back). Render makes a new deploy (trigger
     C(rollback)) of that code; it is waited for. Nothing is sent when the live deploy already
     runs it. A target Render does not have fails, naming the deploys that exist.
+  - The wait after O(action=deploy) and O(action=rollback) starts from Render's answer to the
+    POST, which holds the new deploy's status (after a C(202), from the listing that found
+    it). The deploy is not read again at once - the first poll comes 1 s later (then 1.5 s,
+    2.25 s ... as above), none when that status is already C(live) or final.
   - O(action=restart) - C(POST /services/{serviceId}/restart).
   - O(action=scale) - C(POST /services/{serviceId}/scale) with O(num_instances) (202).
     B(The instance count cannot be read) - Render's document (this subset) has no read of the
@@ -85,6 +91,19 @@ options:
     description:
       - O(action=get_deploy) and O(action=wait) - the deploy (C(dep-...)).
     type: str
+  known_deploys:
+    description:
+      - O(action=deploy) - the service's deploys as an O(action=list_deploys) task of the same
+        service returned them just before (its RV(deploys)), with nothing deployed between. The
+        live deploy (what O(force), RV(previous) and the diff go by) and the deploys that
+        existed before the POST (to tell a deploy queued with C(202) from them) are taken from
+        it, and C(GET /services/{serviceId}/deploys) is not sent again before the POST.
+      - Items in Render's own shape (C(commit.id), C(createdAt)) are taken as well. An empty
+        list means the service has no deploy. Omitted - the deploys are listed (up to 50).
+      - Only for O(action=deploy); a stale list makes the module judge by a live deploy that no
+        longer serves.
+    type: list
+    elements: dict
   rollback_to:
     description:
       - O(action=rollback) - the deploy to go back to - its id, its commit id, its image URL,
@@ -247,6 +266,7 @@ from ansible.module_utils.opsbook_render import (
     deploy_source,
     describe_deploy,
     find_deploy,
+    from_summary,
     get_deploy,
     image_version,
     list_deploys,
@@ -283,6 +303,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "clear_cache": {"type": "bool", "default": False},
         "force": {"type": "bool", "default": False},
         "deploy_id": {"type": "str"},
+        "known_deploys": {"type": "list", "elements": "dict"},
         "rollback_to": {"type": "str", "default": ""},
         "wait": {"type": "bool", "default": True},
         "wait_timeout_s": {"type": "float", "default": 900.0},
@@ -304,6 +325,11 @@ def validate_params(params: dict[str, Any]) -> list[str]:
         errors.append(f"action=scale needs num_instances >= 1, got {params.get('num_instances')}")
     if (params.get("wait_timeout_s") or 0) <= 0:
         errors.append(f"wait_timeout_s must be > 0, got {params.get('wait_timeout_s')}")
+    known = params.get("known_deploys")
+    if known is not None and action != "deploy":
+        errors.append(f"known_deploys is for action=deploy only, not action={action}")
+    elif known is not None and not all(isinstance(d, dict) and d.get("id") for d in known):
+        errors.append("known_deploys must be deploys with an id each (list_deploys' deploys)")
     if not 1 <= (params.get("limit") or 0) <= 1000:
         errors.append(f"limit must be 1 to 1000, got {params.get('limit')}")
     return errors + rest_option_errors(params)
@@ -354,7 +380,11 @@ def do_wait(params: dict[str, Any], check_mode: bool, client: RestClient) -> dic
 def do_deploy(params: dict[str, Any], check_mode: bool, client: RestClient) -> dict[str, Any]:
     service = params["service_id"]
     source = params.get("commit_id") or params.get("image_url") or ""
-    deploys = list_deploys(client, service, max_items=HISTORY)
+    known = params.get("known_deploys")
+    if known is None:
+        deploys = list_deploys(client, service, max_items=HISTORY)
+    else:  # what the task before listed (list_deploys' deploys): not read again
+        deploys = [from_summary(d) for d in known]
     live = live_deploy(deploys)
     result: dict[str, Any] = {"previous": summary(live), "live": summary(live)}
     if source and same_source(source, live) and not params["force"]:

@@ -275,6 +275,24 @@ def unit(machine_id: str) -> str:
     return f"fly:{machine_id}"
 
 
+def from_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A Machine object rebuilt from what ``summarize`` kept of it (a previous task's
+    ``machines``): enough to decide what a change would do (image, metadata), never a config to
+    send - the rest of the config (env, services, guest...) is not in a summary, and is read
+    from Fly under the lease (``update_machine_locked(..., read_under_lease=True)``)."""
+    config: dict[str, Any] = {
+        "image": str(summary.get("image") or ""),
+        "metadata": {str(k): str(v) for k, v in (summary.get("metadata") or {}).items()},
+    }
+    if summary.get("has_mounts"):
+        config["mounts"] = [{}]
+    machine: dict[str, Any] = {
+        key: str(summary.get(key) or "")
+        for key in ("id", "name", "state", "region", "instance_id", "created_at")
+    }
+    return {**machine, "config": config}
+
+
 # --------------------------------------------------------------------- config changes
 
 #: A change: the machine's config -> the new config, or None when there is nothing to change.
@@ -434,10 +452,12 @@ def update_machine_locked(
     wait_timeout_s: float = 60.0,
     min_secrets_version: int | None = None,
     description: str = "opsbook",
+    read_under_lease: bool = False,
 ) -> dict[str, Any]:
     """One machine changed under a lease: acquire it, read the config (the listed one when
-    the lease's version says it is current), update, release the lease - on every path -
-    then wait until it started. The result: ``outcome`` updated | unchanged | failed,
+    the lease's version says it is current; with ``read_under_lease`` - ``listed`` is only
+    known, ``from_summary`` - always ``GET`` the machine), update, release the lease - on every
+    path - then wait until it started. The result: ``outcome`` updated | unchanged | failed,
     ``changed`` (True, False, or None when it cannot be known), ``error``, images and
     versions before and after, ``state``."""
     before = summarize(listed)
@@ -463,7 +483,7 @@ def update_machine_locked(
     problem, unknown = "", False
     try:
         current = dict(listed)
-        if lease.get("version") != listed.get("instance_id"):
+        if read_under_lease or lease.get("version") != listed.get("instance_id"):
             current = get_machine(client, app, machine_id)
         new_config = change(current.get("config") or {})
         if new_config is None:

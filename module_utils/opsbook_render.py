@@ -55,7 +55,8 @@ SERVED_STATUSES = frozenset({LIVE, "deactivated"})
 #: A commit id: 7 to 40 hexadecimal digits; anything else given as a source is an image URL.
 COMMIT_RE = re.compile(r"^[0-9a-fA-F]{7,40}$")
 
-#: Waiting: the first poll at once, then 1 s, growing by half each time, at most 10 s apart.
+#: Waiting: the first poll 1 s after the deploy's status was read (the trigger's answer, a
+#: listing) - at once when only its id is known - growing by half each time, at most 10 s apart.
 WAIT_FIRST_S = 1.0
 WAIT_FACTOR = 1.5
 WAIT_MAX_S = 10.0
@@ -223,6 +224,28 @@ def get_deploy(client: RestClient, service_id: str, deploy_id: str) -> dict[str,
     return client.get(service_path(service_id, "deploys", deploy_id)).json() or {}
 
 
+def from_summary(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A deploy as Render gives it, from ``summary``'s shape (what render_service returns:
+    ``commit`` and ``image`` as strings, ``created``, ``finished``); a deploy already in
+    Render's shape is returned as it is. ``summary(from_summary(s)) == s``."""
+    if "createdAt" in item or isinstance(item.get("commit"), Mapping) or isinstance(
+        item.get("image"), Mapping
+    ):  # fmt: skip
+        return dict(item)
+    deploy: dict[str, Any] = {
+        "id": item.get("id"),
+        "status": item.get("status"),
+        "trigger": item.get("trigger"),
+        "createdAt": item.get("created"),
+        "finishedAt": item.get("finished"),
+    }
+    if item.get("commit"):
+        deploy["commit"] = {"id": item["commit"]}
+    if item.get("image"):
+        deploy["image"] = {"ref": item["image"]}
+    return deploy
+
+
 def live_deploy(deploys: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The deploy serving now (status live; the newest if Render lists more than one)."""
     for deploy in newest_first(deploys):
@@ -380,16 +403,19 @@ def wait_deploy(
     timeout_s: float,
     on_poll: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Poll the deploy until it is live: at once (unless the deploy given is already done),
-    then after 1 s, 1.5 s, 2.25 s ... (never faster than once a second) until ``timeout_s``.
-    Returns the live deploy; raises DeployFailed when it ends otherwise (build_failed,
-    update_failed, canceled, pre_deploy_failed, deactivated - replaced before it went live)
-    or is still pending at the timeout."""
+    """Poll the deploy until it is live, every 1 s, 1.5 s, 2.25 s ... (never faster than once
+    a second, at most 10 s apart) until ``timeout_s``. A deploy given with its status (the
+    answer of the trigger or rollback POST, or the listing that found a queued one) is not
+    read again at once: it is done when that status is final, else the first poll comes 1 s
+    later. A deploy given by its id alone is read at once. Returns the live deploy; raises
+    DeployFailed when it ends otherwise (build_failed, update_failed, canceled,
+    pre_deploy_failed, deactivated - replaced before it went live) or is still pending at the
+    timeout."""
     deploy_id = str(deploy.get("id"))
     call = f"GET {service_path(service_id, 'deploys', deploy_id)}"
     current = dict(deploy)
     started = client.clock()
-    delay = 0.0
+    delay = WAIT_FIRST_S if current.get("status") else 0.0  # just read: the first poll waits
     while True:
         status = current.get("status")
         if status == LIVE:

@@ -309,6 +309,10 @@ def test_fly_deploy_canary_first_gate_automatic_and_named_rollback(
         assert report["deployment"] == IMAGE.format("2.0.0")
         assert report["previous"] == IMAGE.format("1.0.0")
         assert updates(standin, 0) == [(m, IMAGE.format("2.0.0")) for m in (first, second, third)]
+        # one list of the machines (the plan's) for the whole deploy of 3 batches of 1: each
+        # batch reuses it, its machine read once under its lease (not the whole list again)
+        ops = [c.operation_id for c in standin.server.calls]
+        assert ops.count("Machines_list") == 1 and ops.count("Machines_show") == 3, ops
         assert set(serving(standin).values()) == {"2.0.0"}
         assert ledger(tmp_path)[-1]["status"] == "succeeded"
         assert standin.token not in v2.output

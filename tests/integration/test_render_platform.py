@@ -250,7 +250,8 @@ def test_render_role_env_entry_point_and_missing_inventory(
     no_key = facts["no_key"]["units"][f"render:{render.service_id}"]
     assert no_key["outcome"] == "failed" and "render_api_key" in no_key["error"]
     assert "nothing was called" in no_key["error"] and facts["no_key"]["api_calls"] == 0
-    assert len(render.server.calls) - calls == 6 + 1  # env + redeploy, then one list
+    # env (list, PUT), redeploy (list, POST, one poll: the list is not read twice), one list
+    assert len(render.server.calls) - calls == 5 + 1
     for value in (token, canary):
         assert value not in output and value not in (tmp_path / "render_role.json").read_text()
 
@@ -261,6 +262,23 @@ WRITES = ("POST", "PUT", "PATCH", "DELETE")
 def writes(render: RenderStandin, since: int = 0) -> list[str]:
     """The calls that could change something, that reached the stand-in since call ``since``."""
     return [f"{c.method} {c.path}" for c in render.server.calls[since:] if c.method in WRITES]
+
+
+def operations(render: RenderStandin, since: int = 0) -> list[tuple[float, str]]:
+    """(time, operationId) of every attempt that reached the stand-in since attempt ``since``."""
+    return list(render.stamps[since:])
+
+
+def assert_no_call_too_many(ops: list[tuple[float, str]], trigger: str) -> None:
+    """One deploy's calls: the deploys listed once at most, before the trigger (not again by
+    the module), the trigger once, then polls of the new deploy - the first one at least 1 s
+    after the trigger's 201 (its answer holds the status: not read again at once)."""
+    names = [op for _, op in ops]
+    assert names.count(trigger) == 1, names
+    at = names.index(trigger)
+    assert names[:at] in (["list-deploys"], []), names
+    assert set(names[at + 1 :]) == {"retrieve-deploy"}, names
+    assert ops[at + 1][0] - ops[at][0] >= 0.95, [round(t - ops[0][0], 2) for t, _ in ops]
 
 
 def inventory_for(tmp_path: Path, render: RenderStandin) -> Path:
@@ -289,13 +307,19 @@ def test_render_deploy_gate_automatic_rollback_and_named_rollback(
         unit = f"render:{render.service_id}"
 
         # 1. deploy v2 (at -vvvv): succeeded, recorded; the same again: unchanged, no write
+        stamps = len(render.stamps)
         v2 = run_runbook(run_playbook, tmp_path, "deploy", inventory, app_version="2.0.0",
                          app_source=SHA_B, args=("-vvvv",))  # fmt: skip
         assert v2.rc == 0, v2.output[-4000:]
         report = v2.stats["deploy"]
         assert report["status"] == "succeeded" and report["hosts"][unit]["outcome"] == "deployed"
         assert report["previous"] == v1 and report["target"] == "render"
-        assert report["api_calls"] >= 3
+        # issue 14: no more calls than needed - one list, the trigger, one poll (the stand-in's
+        # build is done at its first read) 1 s after the 201, not at once
+        ops = operations(render, stamps)
+        assert [op for _, op in ops] == ["list-deploys", "create-deploy", "retrieve-deploy"]
+        assert_no_call_too_many(ops, "create-deploy")
+        assert report["api_calls"] == 3
         v2_id = report["deployment"]
         assert render.live_deploy["id"] == v2_id and render.served_version == "2.0.0"
         assert ledger(tmp_path)[-1]["status"] == "succeeded"
@@ -307,6 +331,7 @@ def test_render_deploy_gate_automatic_rollback_and_named_rollback(
         assert same.stats["deploy"]["status"] == "unchanged" and writes(render, calls) == []
 
         # 2. deploy v3, which fails its health gate: rolled back to v2 by itself
+        stamps = len(render.stamps)
         v3 = run_runbook(run_playbook, tmp_path, "deploy", inventory, app_version="3.0.0",
                          app_source=SHA_C)  # fmt: skip
         assert v3.rc != 0
@@ -314,6 +339,13 @@ def test_render_deploy_gate_automatic_rollback_and_named_rollback(
         assert report["status"] == "rolled_back" and report["previous"] == v2_id
         assert report["hosts"][unit]["outcome"] == "rolled_back"
         assert render.served_version == "2.0.0" and render.live_deploy["trigger"] == "rollback"
+        ops = operations(render, stamps)  # the deploy, then the rollback (a list of its own)
+        split = [op for _, op in ops].index("rollback-deploy") - 1
+        assert [op for _, op in ops[split:]] == [
+            "list-deploys", "rollback-deploy", "retrieve-deploy"
+        ]  # fmt: skip
+        assert_no_call_too_many(ops[:split], "create-deploy")
+        assert_no_call_too_many(ops[split:], "rollback-deploy")
 
         # 7. --check: the plan, no write call
         calls = len(render.server.calls)

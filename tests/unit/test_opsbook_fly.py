@@ -170,6 +170,7 @@ class Client:
         self.script = script
         self.history: list[str] = []
         self.headers: list[dict[str, str]] = []
+        self.bodies: list[Any] = []
 
     def add_secret(self, value: str | None) -> None:
         pass
@@ -179,6 +180,7 @@ class Client:
         answers = self.script.get(call) or []
         answer = answers.pop(0) if len(answers) > 1 else (answers[0] if answers else 200)
         self.headers.append(dict(kw.get("headers") or {}))
+        self.bodies.append(kw.get("json"))
         if isinstance(answer, Exception):
             self.history.append(f"{call} {getattr(answer, 'status', None)}")
             raise answer
@@ -262,6 +264,48 @@ def test_locked_update_finds_out_after_a_lost_answer() -> None:
     result = fly.update_machine_locked(client, "app", machine(), fly.deploy_change(IMG.format("2")))
     assert result["changed"] is None and "is unknown" in result["error"]
     assert client.history[-1] == f"DELETE {BASE}/lease 200"
+
+
+def test_locked_update_from_a_known_summary_reads_the_machine_under_the_lease() -> None:
+    """A summary (no config, no env) decides; the update is made from the GET under the lease,
+    so a machine changed meanwhile keeps what it has (env, services) and only gets the image."""
+    known = fly.from_summary(fly.summarize(machine()))
+    assert "env" not in json.dumps(known)
+    moved = machine()
+    moved["config"]["services"] = [{"internal_port": 9090}]  # changed by someone else
+    client = Client({
+        f"POST {BASE}/lease": [(201, {"nonce": "n-3", "version": "V-m1"})],
+        f"GET {BASE}": [(200, moved)],
+        f"POST {BASE}": [(200, updated(IMG.format("1.1.0")))],
+    })  # fmt: skip
+    result = fly.update_machine_locked(
+        client, "app", known, fly.deploy_change(IMG.format("1.1.0")), wait=False,
+        read_under_lease=True,
+    )  # fmt: skip
+    assert result["outcome"] == "updated"
+    assert client.history == [
+        f"POST {BASE}/lease 201",
+        f"GET {BASE} 200",  # read under the lease even though its version is the known one
+        f"POST {BASE} 200",
+        f"DELETE {BASE}/lease 200",
+    ]
+    sent = client.bodies[2]["config"]
+    assert sent["env"] == {"SECRET": "hidden"} and sent["services"] == [{"internal_port": 9090}]
+    assert sent["image"] == IMG.format("1.1.0")
+    # a machine already moved to the image meanwhile: nothing sent, the lease released
+    client = Client({
+        f"POST {BASE}/lease": [(201, {"nonce": "n-4", "version": "V-x"})],
+        f"GET {BASE}": [(200, machine(image=IMG.format("1.1.0")))],
+    })  # fmt: skip
+    result = fly.update_machine_locked(
+        client, "app", known, fly.deploy_change(IMG.format("1.1.0")), read_under_lease=True
+    )
+    assert result["outcome"] == "unchanged" and result["changed"] is False
+    assert client.history == [
+        f"POST {BASE}/lease 201",
+        f"GET {BASE} 200",
+        f"DELETE {BASE}/lease 200",
+    ]
 
 
 def test_locked_update_without_a_change_sends_nothing() -> None:
@@ -471,3 +515,51 @@ def test_a_secret_reaches_the_app_when_the_machine_boots_not_on_a_restart() -> N
         assert standin.app.env(m1) == {"PORT": "8080", "JWT_SECRET": new,
                                        "JWT_SECRET_PREVIOUS": old}  # fmt: skip
         assert standin.mismatches == [] and standin.leases == {}
+
+
+def test_update_and_rollback_with_known_machines_do_not_list_them_again() -> None:
+    machines = load_path("opsbook_test_fly_machines", PROJECT_ROOT / "library/fly_machines.py")
+    v11 = IMG.format("1.1.0")
+    with FlyStandin() as standin:
+        m1, m2, m3 = (standin.add_machine(IMG.format("1.0.0")) for _ in range(3))
+
+        def run(**kw: Any) -> dict[str, Any]:
+            params = {k: v.get("default") for k, v in machines.argument_spec().items()}
+            params.update(app=standin.app_name, token=standin.token, base_url=standin.url, **kw)
+            result = machines.execute(params, False, sleep=lambda s: None)
+            assert not result.get("failed"), result
+            return result
+
+        plan = run(action="list", image=v11)
+        known = plan["machines"]
+        path = f"/apps/{standin.app_name}/machines"
+        one = run(action="update", machine_ids=[m1], image=v11, known_machines=known)
+        assert one["results"][0]["outcome"] == "updated"
+        assert one["api_calls"] == [
+            f"POST {path}/{m1}/lease 201",
+            f"GET {path}/{m1} 200",
+            f"POST {path}/{m1} 200",
+            f"DELETE {path}/{m1}/lease 200",
+            f"GET {path}/{m1}/wait 200",
+        ]
+        assert one["machines"] == [s for s in known if s["id"] == m1]
+        # two to change: one list costs fewer calls than a read of each
+        two = run(action="update", machine_ids=[m2, m3], image=v11, known_machines=known)
+        assert two["api_calls"][0] == f"GET {path} 200" and two["changed"]
+        # known but stale (m1 is on 1.1.0 now): read under the lease, nothing overwritten
+        again = run(action="update", machine_ids=[m1], image=v11, known_machines=known)
+        assert again["results"][0]["outcome"] == "unchanged" and not again["changed"]
+        assert again["api_calls"] == [
+            f"POST {path}/{m1}/lease 201",
+            f"GET {path}/{m1} 200",
+            f"DELETE {path}/{m1}/lease 200",
+        ]
+        # an id it does not know: listed as without it
+        fresh = run(action="list")["machines"]
+        back = run(action="rollback", machine_ids=[m1], known_machines=fresh)
+        assert back["results"][0]["after_image"] == IMG.format("1.0.0")
+        assert f"GET {path} 200" not in back["api_calls"]
+        listed = run(action="rollback", machine_ids=[m2], known_machines=fresh[:1])
+        assert listed["api_calls"][0] == f"GET {path} 200"
+        assert standin.image(m2) == IMG.format("1.0.0") and standin.leases == {}
+        assert standin.mismatches == [] and standin.lease_violations == []

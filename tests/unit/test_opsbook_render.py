@@ -212,7 +212,12 @@ def test_deploy_waits_and_is_idempotent(service: RenderStandin) -> None:
         done["changed"] and done["deploy"]["status"] == "live" and done["live"]["commit"] == SHA_B
     )
     assert done["previous"]["id"] == before and service.deploy(before)["status"] == "deactivated"
-    assert sleeps == [1.0, 1.5]  # polled at once, then after 1 s and 1.5 s
+    # the POST's 201 holds the status (build_in_progress): not read again at once - the
+    # stand-in's build needs 3 reads: after 1 s, 1.5 s and 2.25 s
+    assert sleeps == [1.0, 1.5, 2.25]
+    deploys = f"/v1/services/{service.service_id}/deploys"
+    new = f"GET {deploys}/{done['deploy']['id']} 200"
+    assert done["api_calls"] == [f"GET {deploys} 200", f"POST {deploys} 201", new, new, new]
     assert service.served_version == "1.1.0"
     again = run(render_service, service, action="deploy", commit_id=SHA_B[:7])
     assert again["changed"] is False and service.deploy_posts == 1
@@ -263,6 +268,65 @@ def test_a_queued_deploy_202_is_found_in_the_list(service: RenderStandin) -> Non
     assert done["changed"] and done["deploy"]["status"] == "live", done
     assert f"POST /v1/services/{service.service_id}/deploys 202" in done["api_calls"]
     assert service.live_deploy["commit"]["id"] == SHA_B
+    # found by the list read at once after the 202 - live there: no retrieve, no sleep
+    assert [c.split(" ")[0] for c in done["api_calls"]] == ["GET", "POST", "GET"]
+
+
+def test_the_wait_starts_from_the_answer_it_was_given(service: RenderStandin) -> None:
+    """A deploy given with its status (a POST's 201) is polled 1 s later, not at once; one
+    already live or failed is not read at all; one given by its id alone is read at once."""
+    params = {k: v.get("default") for k, v in render_service.argument_spec().items()}
+    params.update(token=service.token, base_url=service.url + "/v1")
+    sleeps = Sleeps()
+    client = render_service.open_client(params, sleep=sleeps, clock=sleeps.clock)
+    srv, live = service.service_id, dict(service.live_deploy)
+    assert render.wait_deploy(client, srv, live, timeout_s=10)["id"] == live["id"]
+    failed = {**live, "status": "build_failed"}
+    with pytest.raises(render.DeployFailed, match="ended build_failed"):
+        render.wait_deploy(client, srv, failed, timeout_s=10)
+    assert client.history == [] and sleeps == []
+    pending = {**live, "status": "build_in_progress"}
+    assert render.wait_deploy(client, srv, pending, timeout_s=10)["status"] == "live"
+    assert sleeps == [1.0] and len(client.history) == 1
+    assert render.wait_deploy(client, srv, {"id": live["id"]}, timeout_s=10)["id"] == live["id"]
+    assert sleeps == [1.0] and len(client.history) == 2  # by its id: read at once
+
+
+def test_a_deploy_given_the_listed_deploys_does_not_list_them_again(
+    service: RenderStandin,
+) -> None:
+    before = service.live_deploy["id"]
+    listed = run(render_service, service, action="list_deploys")
+    assert [render.summary(render.from_summary(d)) for d in listed["deploys"]] == listed["deploys"]
+    would = run(render_service, service, True, action="deploy", commit_id=SHA_B,
+                known_deploys=listed["deploys"])  # fmt: skip
+    assert would["changed"] and would["previous"]["id"] == before and would["api_calls"] == []
+    same = run(render_service, service, action="deploy", commit_id=SHA_A,
+               known_deploys=listed["deploys"])  # fmt: skip
+    assert same["changed"] is False and same["api_calls"] == [] and service.deploy_posts == 0
+    done = run(render_service, service, action="deploy", commit_id=SHA_B,
+               known_deploys=listed["deploys"])  # fmt: skip
+    assert done["changed"] and done["deploy"]["status"] == "live"
+    assert done["live"]["commit"] == SHA_B and done["previous"]["id"] == before
+    assert done["diff"]["before"]["live"].startswith(before)
+    assert [c.split(" ")[0] for c in done["api_calls"]] == ["POST", "GET"]  # no list first
+    # a 202: the new deploy is told from the known ones by the list read after it
+    listed = run(render_service, service, action="list_deploys")
+    service.queue_next()
+    queued = run(render_service, service, action="deploy", commit_id=SHA_A,
+                 known_deploys=listed["deploys"])  # fmt: skip
+    assert queued["changed"] and queued["deploy"]["status"] == "live", queued
+    assert queued["deploy"]["id"] not in {d["id"] for d in listed["deploys"]}
+    assert [c.split(" ")[0] for c in queued["api_calls"]] == ["POST", "GET"]
+    assert service.live_deploy["commit"]["id"] == SHA_A and service.deploy_posts == 2
+    # an empty list: no deploy serves; only for action=deploy; every item needs its id
+    none = run(render_service, service, True, action="deploy", commit_id=SHA_A, known_deploys=[])
+    assert none["changed"] and none["previous"] is None and none["api_calls"] == []
+    wrong = run(render_service, service, action="rollback", known_deploys=listed["deploys"])
+    assert wrong["failed"] and "known_deploys is for action=deploy only" in wrong["msg"]
+    bad = run(render_service, service, action="deploy", commit_id=SHA_A, known_deploys=[{}])
+    assert bad["failed"] and "known_deploys must be deploys with an id" in bad["msg"]
+    assert service.deploy_posts == 2
 
 
 def test_a_failed_build_leaves_the_live_deploy(service: RenderStandin) -> None:
