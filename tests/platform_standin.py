@@ -9,6 +9,7 @@ the "deployed" app the health gate reaches (``AppFront``).
 
     with VercelStandin() as vercel:
         vercel.fail_next(429, retry_after=1)      # the next call is refused, Retry-After: 1
+        vercel.fail_on("createDeployment", 500)   # the next call of that operation fails
         vercel.expire_token()                     # every later call answers auth_status
         ... the code under test calls vercel.url with vercel.token ...
         assert vercel.mismatches == []
@@ -87,7 +88,11 @@ class PlatformStandin(_Standin):
         self.error_body = error_body
         self.versions_broken: set[str] = set()
         self.api_calls = 0
+        #: (operation id, the status of the fault played or None, monotonic time) of every
+        #: call the document allowed, faults included - what a test measures a client's waits by
+        self.timeline: list[tuple[str, int | None, float]] = []
         self._faults: list[_Fault] = []
+        self._faults_on: dict[str, list[_Fault]] = {}
         self._slow: list[float] = []
         self._lock = threading.Lock()
         self.app = AppFront()
@@ -121,6 +126,17 @@ class PlatformStandin(_Standin):
         with self._lock:
             self._faults += [_Fault(status, headers) for _ in range(times)]
 
+    def fail_on(
+        self, operation_id: str, status: int, times: int = 1, *, retry_after: float | None = None
+    ) -> None:
+        """The next ``times`` calls of one operation (``create-deploy``, ``Secret_create``)
+        answer ``status`` before anything is done - a fault placed at one step of a run, where
+        ``fail_next`` hits whatever call comes next."""
+        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+        with self._lock:
+            queued = self._faults_on.setdefault(operation_id, [])
+            queued += [_Fault(status, dict(headers)) for _ in range(times)]
+
     def slow_next(self, seconds: float, times: int = 1) -> None:
         """The next ``times`` calls answer after ``seconds`` (the handler still runs)."""
         with self._lock:
@@ -140,7 +156,13 @@ class PlatformStandin(_Standin):
         def play(call: Call) -> tuple[Any, ...]:
             with self._lock:
                 fault = self._faults.pop(0) if self._faults else None
+                queued = self._faults_on.get(call.operation_id)
+                if fault is None and queued:
+                    fault = queued.pop(0)
                 delay = self._slow.pop(0) if self._slow else 0.0
+                self.timeline.append(
+                    (call.operation_id, fault.status if fault else None, time.monotonic())
+                )
             if delay:
                 time.sleep(delay)
             if fault is not None:

@@ -86,9 +86,7 @@ class FlyStandin(PlatformStandin):
         self.lease_violations: list[str] = []
         self._state_lock = threading.RLock()
         self._created = 0
-        self._faults_on: dict[str, list[tuple[int, dict[str, str]]]] = {}
         #: (operation id, status answered or None when the handler ran, monotonic time)
-        self.timeline: list[tuple[str, int | None, float]] = []
         handlers = {
             "Machines_list": self._list,
             "Machines_show": self._show,
@@ -109,7 +107,7 @@ class FlyStandin(PlatformStandin):
         }
         super().__init__(
             "fly",
-            {op: self._faulted(op, handler) for op, handler in handlers.items()},
+            handlers,
             auth_status=401,
             error_body=fly_error,
         )
@@ -141,15 +139,6 @@ class FlyStandin(PlatformStandin):
             config["mounts"] = [{"volume": "vol_" + secrets.token_hex(7), "path": "/data"}]
         return self._new_machine(config, region)["id"]
 
-    def fail_on(
-        self, operation_id: str, status: int, times: int = 1, *, retry_after: float | None = None
-    ) -> None:
-        """The next ``times`` calls of ``operation_id`` (e.g. ``Secret_create``) answer
-        ``status`` before anything is done (``Retry-After`` when given): a fault placed at one
-        step of a run, where ``fail_next`` hits whatever call comes next."""
-        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
-        self._faults_on.setdefault(operation_id, []).extend([(status, headers)] * times)
-
     def version_of(self, image: str) -> str:
         if image in self.images:
             return self.images[image]
@@ -166,21 +155,6 @@ class FlyStandin(PlatformStandin):
         return [i for i, m in self.machines.items() if m["state"] != "destroyed"]
 
     # -------------------------------------------------------------------- internals
-
-    def _faulted(self, operation_id: str, handler: Any) -> Any:
-        def play(call: Call) -> tuple[Any, ...]:
-            with self._state_lock:
-                queued = self._faults_on.get(operation_id) or []
-                fault = queued.pop(0) if queued else None
-            self.timeline.append((operation_id, fault[0] if fault else None, time.monotonic()))
-            if fault is None:
-                return handler(call)
-            status, headers = fault
-            self.server.api.injected.status = status
-            message = "rate limited" if status == 429 else "internal error (injected)"
-            return status, fly_error(status, message), headers
-
-        return play
 
     def _new_machine(self, config: dict[str, Any], region: str) -> dict[str, Any]:
         with self._state_lock:

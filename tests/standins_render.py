@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -74,11 +73,7 @@ class RenderStandin(PlatformStandin):
         self.deploy_posts = 0
         self.bulk_puts: list[Any] = []
         self._queued = 0
-        self._trigger_faults: list[int] = []
         self._tick = itertools.count(1)
-        #: (monotonic time, operationId) of every attempt that passed the document's check,
-        #: faults included - what a test measures a client's waits with
-        self.stamps: list[tuple[float, str]] = []
         super().__init__(
             "render",
             {
@@ -97,15 +92,6 @@ class RenderStandin(PlatformStandin):
             auth_status=401,
             error_body=render_error,
         )
-
-    def _guarded(self, handler: Any) -> Any:
-        play = super()._guarded(handler)
-
-        def stamped(call: Call) -> tuple[Any, ...]:
-            self.stamps.append((time.monotonic(), call.operation_id))
-            return play(call)
-
-        return stamped
 
     # ------------------------------------------------------------------ test set-up
 
@@ -130,12 +116,12 @@ class RenderStandin(PlatformStandin):
         """The next ``times`` triggers answer 202 Queued without a body (the deploy is made)."""
         self._queued += times
 
-    def fail_trigger_next(self, status: int = 500, times: int = 1) -> None:
-        """The next ``times`` triggers (create-deploy) answer ``status`` (a documented 5xx),
-        deploying nothing - unlike fail_next, which hits whatever call comes next."""
-        self._trigger_faults += [status] * times
-
     # ------------------------------------------------------------------ state to assert on
+
+    @property
+    def stamps(self) -> list[tuple[float, str]]:
+        """(monotonic time, operationId) of every attempt, faults included (the timeline)."""
+        return [(at, op) for op, _, at in self.timeline]
 
     @property
     def live_deploy(self) -> dict[str, Any] | None:
@@ -316,9 +302,6 @@ class RenderStandin(PlatformStandin):
         missing = self._service(call)
         if missing:
             return missing
-        if self._trigger_faults:
-            status = self._trigger_faults.pop(0)
-            return status, render_error(status, "internal error (injected)")
         body = call.body or {}
         source = body.get("commitId") or body.get("imageUrl") or self.head_commit
         if not source:

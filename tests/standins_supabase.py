@@ -22,12 +22,9 @@ status the operation does not declare is allowed only as an injected fault (list
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import http.server
 import json
 import secrets
-import socket
 import string
 import threading
 import time
@@ -37,7 +34,6 @@ from typing import Any
 from openapi_schema_validator import OAS30ReadValidator
 
 from tests.platform_standin import PlatformApi, PlatformStandin
-from tests.standins import _Standin
 from tests.vendor_api import ApiMismatch, Operation
 from tests.vendor_server import Call
 
@@ -123,11 +119,7 @@ class SupabaseStandin(PlatformStandin):
         self.pitr_earliest: float | None = None
         self.pitr_latest: float | None = None
         self.list_values: str = "digest"  # "digest" as Supabase; "masked" to play an API change
-        #: arrival time (monotonic) of every request, faults included - a test measures waits
-        self.arrivals: list[float] = []
-        self._call_faults: dict[str, list[int]] = {}
         self._lock_secrets = threading.Lock()
-        self._time_arrivals()
 
     # ------------------------------------------------------------------ state for tests
 
@@ -142,12 +134,6 @@ class SupabaseStandin(PlatformStandin):
 
     def set_secret(self, name: str, value: str) -> None:
         self._secrets[name] = (value, _now_iso())
-
-    def fail_call(self, operation_id: str, status: int = 500, times: int = 1) -> None:
-        """The next ``times`` calls of one operation answer ``status`` (one the document
-        declares: 403, 500) before anything is done - where ``fail_next``, which takes the
-        next calls whatever they are, cannot reach a call that comes after others."""
-        self._call_faults.setdefault(operation_id, []).extend([status] * times)
 
     def check_password(self, password: str) -> bool:
         """Whether ``password`` is the database password now (Supabase's own check)."""
@@ -185,11 +171,6 @@ class SupabaseStandin(PlatformStandin):
 
     def _project(self, call: Call) -> tuple[int, Any] | None:
         """A refusal before anything is done: a fault asked for, or another project."""
-        with self._lock_secrets:
-            faults = self._call_faults.get(call.operation_id) or []
-            status = faults.pop(0) if faults else None
-        if status is not None:
-            return status, supabase_error(status, f"{call.operation_id} failed (asked by the test)")
         if call.params.get("ref") != self.ref:
             return 403, supabase_error(403, "Your account does not have the necessary privileges")
         return None
@@ -261,31 +242,6 @@ class SupabaseStandin(PlatformStandin):
         return 200, [{"name": n, "healthy": True, "status": "ACTIVE_HEALTHY"} for n in names]
 
     # ------------------------------------------------------------------ plumbing
-
-    def close(self) -> None:
-        """As PlatformStandin.close(), without waiting out the app server's half-second poll
-        (``_Standin.close``'s way: wake its loop until it has seen the shutdown)."""
-        _Standin.close(self)
-        _stop_now(self.app._httpd)
-
-    def _time_arrivals(self) -> None:
-        serve = self.server._serve
-
-        def timed(request: http.server.BaseHTTPRequestHandler) -> None:
-            self.arrivals.append(time.monotonic())
-            serve(request)
-
-        self.server._serve = timed  # type: ignore[method-assign]
-
-
-def _stop_now(httpd: http.server.HTTPServer) -> None:
-    stopper = threading.Thread(target=httpd.shutdown)
-    stopper.start()
-    while stopper.is_alive():
-        with contextlib.suppress(OSError):
-            socket.create_connection(httpd.server_address, timeout=1).close()
-        stopper.join(0.02)
-    httpd.server_close()
 
 
 def _now_iso() -> str:

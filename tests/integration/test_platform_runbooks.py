@@ -173,8 +173,9 @@ def test_rotate_jwt_on_render_sets_its_env_store_and_keeps_sessions(
         )  # fmt: skip
         unit = f"render:{render.service_id}"
 
-        # a redeploy that fails: the values the platform held are put back, and applied
-        render.fail_trigger_next(500)  # a POST is not repeated after a 5xx: one fault fails it
+        # a redeploy that fails (a POST is not repeated after a 5xx: one fault fails it): the
+        # values the platform held are put back, and applied
+        render.fail_on("create-deploy", 500)
         failed = run_runbook(run_playbook, tmp_path, "rotate_secrets", inventory, secrets="jwt")
         assert failed.rc != 0
         report = failed.stats["rotation"]

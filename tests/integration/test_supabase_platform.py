@@ -132,7 +132,7 @@ def test_supabase_modules_through_ansible(run_playbook: Any, tmp_path: Path) -> 
         work = run_playbook(
             the_work(tmp_path), "localhost,", extravars, env=env, args=["-vvvv", "--diff"]
         )
-        arrivals = list(supabase.arrivals)
+        arrivals = [at for _, _, at in supabase.timeline]
         state = (dict(supabase.secrets), list(supabase.passwords_set))
         assert supabase.check_password(canaries["db_password"])
 

@@ -364,7 +364,7 @@ def test_retries_rate_limits_and_unknown_outcomes(service: RenderStandin) -> Non
 
 
 def test_a_5xx_on_a_trigger_is_not_repeated(service: RenderStandin) -> None:
-    service.fail_trigger_next(500)
+    service.fail_on("create-deploy", 500)
     failed = run(render_service, service, action="deploy", commit_id=SHA_B)
     posts = [c for c in failed["api_calls"] if c.startswith("POST")]
     assert posts == [f"POST /v1/services/{service.service_id}/deploys 500"]

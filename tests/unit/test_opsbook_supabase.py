@@ -313,7 +313,7 @@ def test_5xx_and_429_are_retried_as_asked(supabase: SupabaseStandin) -> None:
 def test_a_create_that_keeps_failing_says_its_outcome_is_unknown(
     supabase: SupabaseStandin,
 ) -> None:
-    supabase.fail_call("v1-bulk-create-secrets", 500, times=10)
+    supabase.fail_on("v1-bulk-create-secrets", 500, times=10)
     wanted = [{"name": "A", "value": CANARY}]
     result = run_secrets(supabase, wanted, deadline_s=5.0)
     assert result["failed"]
@@ -327,7 +327,7 @@ def test_a_refused_deletion_after_the_writes_says_what_was_done(
     supabase: SupabaseStandin,
 ) -> None:
     supabase.set_secret("OLD", "old-value")
-    supabase.fail_call("v1-bulk-delete-secrets", 403)
+    supabase.fail_on("v1-bulk-delete-secrets", 403)
     result = run_secrets(
         supabase, [{"name": "A", "value": CANARY}, {"name": "OLD", "state": "absent"}]
     )
