@@ -12,12 +12,17 @@ code  name                 meaning
 3     UNREACHABLE          some hosts could not be reached, none failed otherwise
 4     TIMEOUT_OR_CANCELED  the run hit ``--timeout`` or was canceled (Ctrl-C,
                            SIGTERM, cancel callback)
+5     WARN                 the run succeeded, and a check it made published the
+                           verdict ``warn`` (``health_check``, ``routine_checks``,
+                           ...): nothing failed, something wants a look
 ====  ===================  ====================================================
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -28,6 +33,7 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2
     UNREACHABLE = 3
     TIMEOUT_OR_CANCELED = 4
+    WARN = 5
 
 
 # RunResult.status -> exit code.
@@ -46,15 +52,37 @@ exit codes:
   2  bad input: unknown runbook or environment, malformed -e, bad option; nothing was run
   3  unreachable: some hosts could not be reached and none failed otherwise
   4  timeout or canceled: --timeout was hit, or the run was interrupted (Ctrl-C, SIGTERM)
+  5  warn: the run succeeded, and a check it made published the verdict warn
 """
 
 
-def exit_code_for(status: str) -> ExitCode:
-    """Return the exit code for a ``RunResult.status`` value.
+_VERDICT_ORDER = ("ok", "warn", "fail")
 
-    Unknown statuses count as failures: a run we cannot classify did not succeed.
+
+def worst_verdict(outputs: Mapping[str, Any] | None) -> str | None:
+    """The worst ``verdict`` (ok < warn < fail) among the outputs a run published.
+
+    Each runbook that checks things publishes ``{"verdict": "ok" | "warn" | "fail", ...}``
+    under its own set_stats key; None when no output carries a verdict.
     """
-    return _STATUS_CODES.get(status, ExitCode.FAILED)
+    found = [
+        value["verdict"]
+        for value in (outputs or {}).values()
+        if isinstance(value, Mapping) and value.get("verdict") in _VERDICT_ORDER
+    ]
+    return max(found, key=_VERDICT_ORDER.index) if found else None
+
+
+def exit_code_for(status: str, outputs: Mapping[str, Any] | None = None) -> ExitCode:
+    """Return the exit code for a ``RunResult.status`` value (and what the run published).
+
+    Unknown statuses count as failures: a run we cannot classify did not succeed. A successful
+    run whose outputs carry ``verdict: warn`` exits WARN (5), for cron and CI to branch on.
+    """
+    code = _STATUS_CODES.get(status, ExitCode.FAILED)
+    if code == ExitCode.SUCCESS and worst_verdict(outputs) == "warn":
+        return ExitCode.WARN
+    return code
 
 
 class OpsbookInputError(ValueError):

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from opsbook import project as _project
-from opsbook.exitcodes import OpsbookInputError, exit_code_for
+from opsbook.exitcodes import OpsbookInputError, exit_code_for, worst_verdict
 from opsbook.secrets import (
     Decrypt,
     Scrubber,
@@ -131,7 +131,8 @@ class RunResult:
     """The outcome of one runbook run.
 
     ``status`` is one of successful, failed, unreachable, timeout, canceled;
-    ``rc`` is the matching ``opsbook`` exit code (0, 1, 3, 4, 4). ``stats`` holds
+    ``rc`` is the matching ``opsbook`` exit code (0, 1, 3, 4, 4; 5 for a successful run
+    that published ``verdict: warn``). ``stats`` holds
     per-host counters ``{host: {ok, changed, failed, unreachable, skipped, rescued,
     ignored}}``; ``outputs`` what the playbook published with
     ``ansible.builtin.set_stats``; ``failures`` one ``{host, task, msg}`` per failed
@@ -160,6 +161,11 @@ class RunResult:
     def ok(self) -> bool:
         """True when the run succeeded."""
         return self.status == "successful"
+
+    @property
+    def verdict(self) -> str | None:
+        """The worst ``verdict`` the runbook published (ok, warn, fail), or None."""
+        return worst_verdict(self.outputs)
 
 
 @dataclass(frozen=True)
@@ -989,15 +995,16 @@ class RunbookRunner:
     ) -> RunResult:
         stats = run.collector.host_stats()
         status = classify(runner_status, stats)
+        outputs = run.collector.outputs()
         return RunResult(
             runbook=plan.runbook.name,
             env=plan.env,
             ident=run.ident,
             status=status,
-            rc=int(exit_code_for(status)),
+            rc=int(exit_code_for(status, outputs)),
             stats=stats,
             duration_s=round(duration, 3),
-            outputs=run.collector.outputs(),
+            outputs=outputs,
             artifacts_dir=run.artifacts_dir,
             failures=run.collector.failures,
             errors=run.collector.errors,

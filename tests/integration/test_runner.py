@@ -72,6 +72,17 @@ PLAYBOOKS = {
       ansible.builtin.fail:
         msg: disk is full on purpose
 """,
+    "warn": """\
+# Check something and find it wants a look
+- name: Warn
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Publish a verdict
+      ansible.builtin.set_stats:
+        data:
+          checks: {verdict: "{{ verdict | default('warn') }}"}
+""",
     "ping_all": """\
 # Ping every host
 - name: Ping all
@@ -510,6 +521,8 @@ def test_cli_run_success_prints_progress_table_and_outputs(proj: Path) -> None:
         ("fail", [], 1, r"^  failed +localhost: disk is full on purpose$"),
         ("ping_all", [], 3, r"^  unreachable +deadhost: "),
         ("sleep", ["--timeout", "1.5"], 4, r"^Result: timeout \(exit 4\)"),
+        ("warn", [], 5, r"^Result: successful \(exit 5\)"),
+        ("warn", ["-e", "verdict=ok"], 0, r"^Result: successful \(exit 0\)"),
     ],
 )
 def test_cli_exit_codes(
@@ -572,7 +585,7 @@ def test_cli_list(proj: Path) -> None:
     proc = _cli(proj, "list")
     assert proc.returncode == 0
     names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names == ["fail", "ok", "ping_all", "secret", "sleep", "touch"]
+    assert names == ["fail", "ok", "ping_all", "secret", "sleep", "touch", "warn"]
     assert re.search(r"^ok +Succeed and publish outputs$", proc.stdout, re.M)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from opsbook import cli
-from opsbook.exitcodes import EPILOG, ExitCode, OpsbookInputError, exit_code_for
+from opsbook.exitcodes import EPILOG, ExitCode, OpsbookInputError, exit_code_for, worst_verdict
 from opsbook.progress import Progress, render_summary, render_table
 from opsbook.runner import RunResult
 
@@ -185,6 +185,18 @@ def test_exit_code_mapping() -> None:
     ]
     assert exit_code_for("something-new") == ExitCode.FAILED
     assert int(ExitCode.BAD_INPUT) == 2
+
+
+def test_a_published_warn_verdict_exits_5_only_when_the_run_succeeded() -> None:
+    warn = {"health_check": {"verdict": "ok"}, "routine_checks": {"verdict": "warn"}}
+    assert exit_code_for("successful", warn) == ExitCode.WARN == 5
+    assert exit_code_for("successful", {"health_check": {"verdict": "ok"}}) == 0
+    assert exit_code_for("successful", {"deploy": {"status": "succeeded"}, "x": "warn"}) == 0
+    # a failure or an interruption wins over any verdict
+    assert exit_code_for("failed", warn) == ExitCode.FAILED
+    assert exit_code_for("timeout", warn) == ExitCode.TIMEOUT_OR_CANCELED
+    assert worst_verdict({"a": {"verdict": "warn"}, "b": {"verdict": "fail"}}) == "fail"
+    assert worst_verdict({"a": {"verdict": "maybe"}}) is None
 
 
 # --- commands ------------------------------------------------------------------------
