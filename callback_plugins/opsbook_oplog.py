@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: opsbook_oplog
 type: aggregate
-short_description: Append one JSON line per playbook run to the opsbook operation log
+short_description: Append one JSON line per playbook run to the opsbook operation log; notify
 description:
   - The audit trail of opsbook. At the end of every playbook run it appends exactly one JSON
     object, on one line, to the operation log, whoever started the run (C(ansible-playbook),
@@ -40,13 +40,45 @@ description:
     with mode 0700.
   - The plugin never changes the outcome of a run. Any error of its own (for example an
     unwritable log path) is shown as a warning and the playbook result is unchanged.
+  - "B(Notifications.) Every runbook's run is announced - C(success) or C(failure) when its
+    record is written (a stopped run is a failure), C(start) (off by default) when its first
+    play starts - to a Slack-compatible webhook (variable C(opsbook_notify_webhook_url)) and/or
+    a file (C(opsbook_notify_file)). Nothing is sent when neither is set. The notification is a
+    rendering of the record (module_utils/opsbook_notify.py, shared with the notify_webhook
+    module): a title (C(backup succeeded on production), C(deploy FAILED on staging),
+    C(health_check succeeded on production - verdict warn)), the fields runbook, environment,
+    operator, reason, duration, status (and the worst C(verdict) published), check mode, limit
+    and C(opsbook_notify_fields); then the runbook's summary lines - each output's C(summary)
+    (a list of lines, or text), else its C(lines), else one line of its scalar fields
+    (verdict, status, ok, version, release_id, backup_id, ...) - and, for a run that did not
+    succeed, its failures first (host, task, message; at most three - the first ones and the
+    last, which is often the runbook's own verdict). At most 12 lines of 300
+    characters each. It is built from the redacted record: what the record masks, the
+    notification never shows."
+  - "The settings are the variables of the run's first play that has a host (the inventory,
+    play vars, C(-e)), as C(opsbook_env) and C(opsbook_reason) are: C(opsbook_notify_webhook_url)
+    (a secret: keep it in the vault; never printed, in no warning, scrubbed from the record),
+    C(opsbook_notify_file) (a path, relative to the project - the parent of C(playbooks/); one
+    JSON line appended per notification - time, event, run_id, runbook, env, title, fields,
+    lines - file mode 0600, missing directories 0700),
+    C(opsbook_notify_start) (bool, default false), C(opsbook_notify_on) (the events to send,
+    a list or names separated by commas; default C(start, success, failure), C(start) still
+    needs C(opsbook_notify_start)), C(opsbook_notify_fields) (name -> value shown in every
+    notification of the run, templated: a runbook names what its start notification says -
+    deploy.yml, the version - or an inventory adds a field; redacted like the record). The
+    options below (E(OPSBOOK_NOTIFY_*), for cron) win over the variables."
+  - "Delivery never fails a run nor stops the record being written: the webhook gets 5 s an
+    attempt, and one more attempt after a connection error, a timeout, HTTP 429 or 5xx (a
+    C(Retry-After) honoured up to 10 s); what is not delivered is one warning naming the
+    webhook's scheme and host only. A run stopped by a signal sends its failure notification
+    once, waiting at most 2 s. With C(-vv) a delivery is shown."
 version_added: "0.1.0"
 author:
   - opsbook maintainers
 requirements:
   - C(module_utils/opsbook_secret_names.py) in the C(module_utils) directory beside this
     plugin's directory (or in a configured module_utils path); without it no record is written
-    (a warning says so).
+    (a warning says so). C(module_utils/opsbook_notify.py) beside it, for the notifications.
   - enabled in C(ansible.cfg) (C(callbacks_enabled = opsbook_oplog)); under ansible-runner the
     directory holding this plugin must also be in E(ANSIBLE_CALLBACK_PLUGINS), because
     ansible-runner sets that variable and it overrides C(callback_plugins) in C(ansible.cfg).
@@ -63,6 +95,35 @@ options:
     ini:
       - section: callback_opsbook_oplog
         key: path
+  notify_webhook_url:
+    description:
+      - The Slack-compatible incoming webhook every run is announced to; wins over the variable
+        C(opsbook_notify_webhook_url). A secret.
+    type: str
+    env:
+      - name: OPSBOOK_NOTIFY_WEBHOOK_URL
+  notify_file:
+    description:
+      - File the notifications are appended to (JSON lines); wins over C(opsbook_notify_file).
+    type: path
+    env:
+      - name: OPSBOOK_NOTIFY_FILE
+    ini:
+      - section: callback_opsbook_oplog
+        key: notify_file
+  notify_start:
+    description:
+      - Announce the start of each run too; wins over C(opsbook_notify_start) (default false).
+    type: bool
+    env:
+      - name: OPSBOOK_NOTIFY_START
+  notify_on:
+    description:
+      - The events sent (C(start), C(success), C(failure)); wins over C(opsbook_notify_on).
+    type: list
+    elements: str
+    env:
+      - name: OPSBOOK_NOTIFY_ON
 notes:
   - "Example record (one line in the file):
     {\"id\": \"8f0c...\", \"started\": \"2025-11-19T14:30:05.120Z\",
@@ -75,7 +136,8 @@ notes:
   - C(outputs) holds the run-wide set_stats data (C(per_host=false)) at its top level, as AWX
     shows artifacts; per-host set_stats data, if any, is under C(outputs._hosts).
   - With several playbooks on one C(ansible-playbook) command line, one record is written per
-    playbook; its host counts cover that playbook only.
+    playbook; its host counts cover that playbook only, its C(outputs) the set_stats keys that
+    playbook published (new, or changed since the previous playbook's record).
   - "A run stopped by SIGTERM or SIGINT (an AWX cancel, Ctrl-C, C(opsbook run --timeout) or a
     cancel) writes its record at once, before Ansible forwards the signal and ends: C(status)
     C(canceled) - C(timeout) when C(opsbook run) stopped it for its C(--timeout), which it says
@@ -85,6 +147,7 @@ notes:
 """
 
 import contextlib
+import copy
 import functools
 import getpass
 import importlib.util
@@ -131,16 +194,18 @@ CENSORED_MARKER = (
 # '@' or '/' in a password (AWS secret keys have '/') cannot leak a tail of it.
 _URL_PASSWORD_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/?#@\"']*):([^\s\"']*)@")
 SECRET_NAMES_FILE = "opsbook_secret_names.py"
+NOTIFY_FILE = "opsbook_notify.py"
 MISSING_RULES = (
     f"{SECRET_NAMES_FILE} (the secret-name rules) is neither in the module_utils directory"
     " beside this plugin's directory nor in a configured module_utils path"
 )
 
 
-def _load_secret_names() -> Any:
-    """module_utils/opsbook_secret_names.py, the secret-name rules shared with opsbook run's
-    scrubber: beside this plugin's directory (this project, or a collection's plugins/), else
-    in a configured module_utils path. None when it is nowhere (no record is then written)."""
+def _load_module_util(file_name: str, alias: str) -> Any:
+    """A file of module_utils (opsbook_secret_names.py, the secret-name rules shared with
+    opsbook run's scrubber; opsbook_notify.py, the notifications' payload and POST shared with
+    the notify_webhook module): beside this plugin's directory (this project, or a collection's
+    plugins/), else in a configured module_utils path. None when it is nowhere."""
     here = Path(__file__).resolve().parent
     candidates = [here.parent / "module_utils"]
     with contextlib.suppress(Exception):
@@ -149,21 +214,25 @@ def _load_secret_names() -> Any:
             configured = configured.split(os.pathsep)
         candidates += [Path(os.path.expanduser(p)) for p in configured if p]
     for directory in candidates:
-        path = directory / SECRET_NAMES_FILE
+        path = directory / file_name
         if not path.is_file():
             continue
-        name = "_opsbook_oplog_secret_names"
-        spec = importlib.util.spec_from_file_location(name, path)
+        spec = importlib.util.spec_from_file_location(alias, path)
         if spec is None or spec.loader is None:
             continue
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        sys.modules[alias] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:  # a broken file is a missing one: said by a warning, never a crash
+            sys.modules.pop(alias, None)
+            continue
         return module
     return None
 
 
-_NAMES = _load_secret_names()
+_NAMES = _load_module_util(SECRET_NAMES_FILE, "_opsbook_oplog_secret_names")
+_NOTIFY = _load_module_util(NOTIFY_FILE, "_opsbook_oplog_notify")
 
 
 # ---------------------------------------------------------------------------
@@ -397,6 +466,25 @@ def failure_entry(
     return {"host": host, "task": task, "msg": truncate(redact_text(message, secrets))}
 
 
+def custom_delta(
+    now: Mapping[str, Any], before: Mapping[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """The set_stats data of one playbook when it accumulates over several: per scope (``_run``
+    or a host), the keys new or changed since the previous playbook's record."""
+    before = before or {}
+    delta: dict[str, dict[str, Any]] = {}
+    for scope, data in now.items():
+        previous = before.get(scope) or {}
+        changed = {
+            key: value
+            for key, value in (data or {}).items()
+            if key not in previous or previous[key] != value
+        }
+        if changed:
+            delta[scope] = changed
+    return delta
+
+
 def outputs_from_custom(custom: Mapping[str, Any], secrets: Iterable[str] = ()) -> dict[str, Any]:
     """set_stats data: run-wide keys at top level, per-host data under `_hosts`; redacted."""
     outputs: dict[str, Any] = dict(custom.get("_run") or {})
@@ -404,6 +492,24 @@ def outputs_from_custom(custom: Mapping[str, Any], secrets: Iterable[str] = ()) 
     if per_host:
         outputs["_hosts"] = per_host
     return redact(outputs, secrets)
+
+
+KNOWN_AT_START = ("operator", "playbook", "env", "reason", "check_mode", "limit")
+
+
+def start_record(run: RunInfo) -> dict[str, Any]:
+    """The record's fields known when the run starts (what a start notification tells)."""
+    return {
+        "id": run.id,
+        "started": iso_utc(run.started),
+        "operator": run.operator,
+        "playbook": run.playbook,
+        "env": redact(run.env, run.secrets),
+        "reason": redact(run.reason, run.secrets),
+        "check_mode": run.check_mode,
+        "limit": run.limit,
+        "status": "started",
+    }
 
 
 def build_record(
@@ -417,17 +523,13 @@ def build_record(
 ) -> dict[str, Any]:
     """The operation log record, fields in contract order. ``interrupted``: (status, signal
     name) of a run stopped by a signal."""
+    known = start_record(run)
     return {
-        "id": run.id,
-        "started": iso_utc(run.started),
+        "id": known["id"],
+        "started": known["started"],
         "finished": iso_utc(finished),
         "duration_s": round(max(duration_s, 0.0), 3),
-        "operator": run.operator,
-        "playbook": run.playbook,
-        "env": redact(run.env, run.secrets),
-        "reason": redact(run.reason, run.secrets),
-        "check_mode": run.check_mode,
-        "limit": run.limit,
+        **{name: known[name] for name in KNOWN_AT_START},
         "extra_var_keys": sorted(run.extra_var_keys),
         "status": interrupted[0] if interrupted else run_status(hosts),
         "interrupted": interrupted[1] if interrupted else None,
@@ -517,6 +619,91 @@ def cli_args() -> Mapping[str, Any]:
 
 
 # ---------------------------------------------------------------------------
+# Notifications (the payload and the POST are module_utils/opsbook_notify.py's)
+# ---------------------------------------------------------------------------
+
+NOTIFY_EVENTS = ("start", "success", "failure")
+NOTIFY_TIMEOUT_S = 5.0
+NOTIFY_RETRIES = 1
+NOTIFY_RETRY_DELAY_S = 0.5
+#: a run stopped by a signal sends its notification once, waiting at most this long: opsbook
+#: run SIGKILLs what is left 10 s after its SIGTERM
+NOTIFY_STOPPED_TIMEOUT_S = 2.0
+MISSING_NOTIFY = (
+    f"{NOTIFY_FILE} is neither in the module_utils directory beside this plugin's directory"
+    " nor in a configured module_utils path"
+)
+
+
+@dataclass
+class NotifySettings:
+    """Where and when a run's notifications go (the first play's variables, OPSBOOK_NOTIFY_*)."""
+
+    webhook_url: str = ""
+    file: str = ""
+    start: bool = False
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    fields: dict[str, Any] = field(default_factory=dict)
+    unknown_events: list[str] = field(default_factory=list)
+
+    def wants(self, event: str) -> bool:
+        """True when event is to be sent somewhere."""
+        if not (self.webhook_url or self.file) or event not in self.events:
+            return False
+        return event != "start" or self.start
+
+
+def as_bool(value: Any) -> bool | None:
+    """A boolean setting (true/false, yes/no, 1/0 as text too); None when unset or unreadable."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if value is not None else ""
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    return None
+
+
+def as_events(value: Any) -> tuple[tuple[str, ...], list[str]]:
+    """(events to send, unknown names) of opsbook_notify_on: a list, or names separated by
+    commas; unset means every event."""
+    if value is None or value == "":
+        return NOTIFY_EVENTS, []
+    names = value.split(",") if isinstance(value, str) else list(value)
+    wanted = [str(name).strip() for name in names if str(name).strip()]
+    known = tuple(name for name in NOTIFY_EVENTS if name in wanted)
+    return known, [name for name in wanted if name not in NOTIFY_EVENTS]
+
+
+def notification_entry(message: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """One line of the notification file: the message without its Slack dressing."""
+    fields = message.get("fields") or {}
+    return {
+        "time": iso_utc(now),
+        "event": message["event"],
+        "run_id": message.get("run_id", ""),
+        "runbook": fields.get("runbook"),
+        "env": fields.get("environment"),
+        "title": message["title"],
+        "fields": dict(fields),
+        "lines": list(message.get("lines") or []),
+    }
+
+
+def notify_fields(value: Any, secrets: Iterable[str]) -> dict[str, Any]:
+    """opsbook_notify_fields, redacted: name -> a scalar or a list of scalars."""
+    if not isinstance(value, Mapping):
+        return {}
+    kept = {
+        str(name): item
+        for name, item in value.items()
+        if isinstance(item, str | int | float | bool | list)
+    }
+    return dict(redact(kept, secrets))
+
+
+# ---------------------------------------------------------------------------
 # The callback
 # ---------------------------------------------------------------------------
 
@@ -550,7 +737,10 @@ class CallbackModule(CallbackBase):
         self._plays_seen: set[object] = set()
         self._failures: list[dict[str, str]] = []
         self._baseline: dict[str, dict[str, int]] = {}
+        self._custom_baseline: dict[str, Any] = {}
         self._written = False
+        self._notify = NotifySettings()
+        self._notify_settled = False
 
     def _warn(self, event: str, exc: Exception) -> None:
         effect = "not written" if event == "v2_playbook_on_stats" else "incomplete"
@@ -579,6 +769,8 @@ class CallbackModule(CallbackBase):
         self._plays_seen = set()
         self._failures = []
         self._written = False
+        self._notify = NotifySettings()
+        self._notify_settled = False
         self._watch_stop_signals()
 
     @_guarded
@@ -591,12 +783,19 @@ class CallbackModule(CallbackBase):
         if manager is None:
             return
         extra_vars = dict(manager.extra_vars or {})
-        variables = _play_variables(play, manager)
+        host = _first_host(play, manager)
+        variables = manager.get_vars(play=play, host=host, include_hostvars=False)
         run = self._run
         run.extra_var_keys = [str(key) for key in extra_vars]
         run.secrets |= secret_values(extra_vars) | secret_values(variables)
         run.env = run.env or _text_var(variables, "opsbook_env", manager)
         run.reason = run.reason or _text_var(variables, "opsbook_reason", manager)
+        if not self._notify_settled:
+            # the first play with a host sees the inventory's variables: settled there
+            self._notify = self._notify_settings(variables, manager)
+            self._notify_settled = host is not None
+            if self._notify_settled:
+                self._notify_start()
 
     @_guarded
     def v2_runner_on_failed(self, result: Any, ignore_errors: bool = False) -> None:
@@ -612,7 +811,10 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_stats(self, stats: Any) -> None:
         if self._run is None or self._written:
             return
-        self._write(self._host_counts(stats), getattr(stats, "custom", {}) or {})
+        custom = getattr(stats, "custom", {}) or {}
+        outputs = custom_delta(custom, self._custom_baseline)
+        self._custom_baseline = copy.deepcopy(dict(custom))
+        self._write(self._host_counts(stats), outputs)
 
     # -- a run stopped by a signal ---------------------------------------------
 
@@ -665,7 +867,105 @@ class CallbackModule(CallbackBase):
             interrupted,
         )
         self._written = True
-        append_line(self._log_path(), record_line(record))
+        try:
+            append_line(self._log_path(), record_line(record))
+        finally:
+            self._notify_end(record, stopped=interrupted is not None)
+
+    # -- notifications --------------------------------------------------------
+
+    def _option(self, name: str) -> Any:
+        return self.get_option(name) if self.has_option(name) else None
+
+    def _notify_settings(self, variables: Mapping[str, Any], manager: Any) -> NotifySettings:
+        """The options (E(OPSBOOK_NOTIFY_*)) win over the play's opsbook_notify_* variables."""
+        assert self._run is not None
+
+        def setting(name: str) -> Any:
+            value = self._option(f"notify_{name}")
+            if value is None or value == "" or value == []:
+                value = _var(variables, f"opsbook_notify_{name}", manager)
+            return value
+
+        url = setting("webhook_url")
+        url = str(url).strip() if url else ""  # a vaulted value is decrypted here, in memory
+        if len(url) >= MIN_SECRET_LEN:
+            self._run.secrets.add(url)
+        events, unknown = as_events(setting("on"))
+        return NotifySettings(
+            webhook_url=url,
+            file=str(setting("file") or ""),
+            start=bool(as_bool(setting("start"))),
+            events=events,
+            fields=notify_fields(setting("fields"), self._run.secrets),
+            unknown_events=unknown,
+        )
+
+    def _notify_start(self) -> None:
+        assert self._run is not None
+        if self._notify.unknown_events:
+            names = ", ".join(self._notify.unknown_events)
+            self._display.warning(
+                f"opsbook_oplog: opsbook_notify_on: unknown event(s) {names} ignored"
+                f" (known: {', '.join(NOTIFY_EVENTS)})"
+            )
+        if self._notify.wants("start"):
+            self._notify_guarded(start_record(self._run), "start", stopped=False)
+
+    def _notify_end(self, record: Mapping[str, Any], stopped: bool) -> None:
+        event = "success" if record.get("status") == "successful" else "failure"
+        if self._notify.wants(event):
+            self._notify_guarded(record, event, stopped)
+
+    def _notify_guarded(self, record: Mapping[str, Any], event: str, stopped: bool) -> None:
+        """Send one notification; whatever goes wrong is one warning, never a failure."""
+        try:
+            if _NOTIFY is None:
+                raise RuntimeError(MISSING_NOTIFY)
+            message = _NOTIFY.record_message(record, event, self._notify.fields)
+            if self._notify.file:
+                self._notify_file(message)
+            if self._notify.webhook_url:
+                self._notify_webhook(message, stopped)
+        except Exception as exc:
+            secrets = self._run.secrets if self._run else ()
+            detail = redact_text(f"{type(exc).__name__}: {exc}", secrets)
+            self._display.warning(f"opsbook_oplog: notification ({event}) not sent: {detail}")
+
+    def _notify_file(self, message: Mapping[str, Any]) -> None:
+        path = Path(os.path.expanduser(self._notify.file))
+        if not path.is_absolute():
+            path = project_dir(self._playbook_path or "playbook.yml") / path
+        try:
+            append_line(path, record_line(notification_entry(message, datetime.now(UTC))))
+        except OSError as exc:
+            self._display.warning(
+                f"opsbook_oplog: notification ({message['event']}) not written to {path}:"
+                f" {exc.strerror or exc}"
+            )
+
+    def _notify_webhook(self, message: Mapping[str, Any], stopped: bool) -> None:
+        assert _NOTIFY is not None and self._run is not None
+        event, url = message["event"], self._notify.webhook_url
+        if _NOTIFY.check_url(url):
+            self._display.warning(
+                f"opsbook_oplog: notification ({event}) not sent: opsbook_notify_webhook_url"
+                " is not an http:// or https:// URL (value not shown: secret)"
+            )
+            return
+        params = {
+            "url": url,
+            "timeout_s": NOTIFY_STOPPED_TIMEOUT_S if stopped else NOTIFY_TIMEOUT_S,
+            "retries": 0 if stopped else NOTIFY_RETRIES,
+            "retry_delay_s": NOTIFY_RETRY_DELAY_S,
+        }
+        payload = _NOTIFY.build_payload({**message, "username": "opsbook"})
+        outcome = _NOTIFY.send(params, payload)
+        line = redact_text(_NOTIFY.outcome_message(event, outcome), self._run.secrets)
+        if outcome["delivered"]:
+            self._display.vv(f"opsbook_oplog: {line}")
+        else:
+            self._display.warning(f"opsbook_oplog: {line} (the run's outcome is unchanged)")
 
     # -- helpers ------------------------------------------------------------
 
@@ -699,14 +999,14 @@ def _plain_limit(subset: Any) -> str | None:
     return str(subset)
 
 
-def _play_variables(play: Any, manager: Any) -> Mapping[str, Any]:
-    """Variables of the play for its first host (inventory, group_vars, play vars, extra vars)."""
-    host = None
+def _first_host(play: Any, manager: Any) -> Any:
+    """The play's first host, whose variables (inventory, group_vars, play vars, extra vars)
+    are read; None when the play has no host."""
     inventory = getattr(manager, "_inventory", None)
-    if inventory is not None:
-        hosts = inventory.get_hosts(play.hosts)
-        host = hosts[0] if hosts else None
-    return manager.get_vars(play=play, host=host, include_hostvars=False)
+    if inventory is None:
+        return None
+    hosts = inventory.get_hosts(play.hosts)
+    return hosts[0] if hosts else None
 
 
 def _text_var(variables: Mapping[str, Any], name: str, manager: Any) -> str | None:
@@ -719,7 +1019,22 @@ def _text_var(variables: Mapping[str, Any], name: str, manager: Any) -> str | No
     return str(value) if isinstance(value, str | int | float | bool) else None
 
 
-def _template(value: str, variables: Mapping[str, Any], manager: Any) -> Any | None:
+def _var(variables: Mapping[str, Any], name: str, manager: Any) -> Any | None:
+    """A variable, templated (containers too); a vaulted value decrypted, in memory only.
+    None when unset, or when its template cannot be resolved."""
+    value = variables.get(name)
+    if value is None:
+        return None
+    if type(value).__name__ == "EncryptedString":
+        with contextlib.suppress(Exception):
+            return str(value)
+        return None
+    if "{{" in repr(value) or "{%" in repr(value):
+        return _template(value, variables, manager)
+    return value
+
+
+def _template(value: Any, variables: Mapping[str, Any], manager: Any) -> Any | None:
     from ansible.template import Templar
 
     try:

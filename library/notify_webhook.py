@@ -114,6 +114,11 @@ attributes:
     description: Nothing is sent in check mode; RV(payload) shows what would be.
 notes:
   - The task reports C(changed=false) - a notification changes nothing on the managed systems.
+  - Every runbook already announces its start (when asked), success and failure through the
+    operation log (C(ansible-doc -t callback opsbook_oplog), variable
+    C(opsbook_notify_webhook_url)), with the same payload and POST
+    (C(module_utils/opsbook_notify.py)). This module is for a message of a playbook's own,
+    mid-run.
 """
 
 EXAMPLES = r"""
@@ -163,25 +168,21 @@ msg:
   sample: notification (success) delivered to https://hooks.slack.com (HTTP 200)
 """
 
-import contextlib
-import json
 import os
-import time
-import urllib.error
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.urls import open_url
-
-EVENTS = {
-    "start": (":rocket:", "#439FE0", "started"),
-    "success": (":white_check_mark:", "good", "succeeded"),
-    "failure": (":x:", "danger", "FAILED"),
-    "info": (":information_source:", "#9E9E9E", ""),
-}
-MAX_RETRY_AFTER_S = 10.0
+from ansible.module_utils.opsbook_notify import (
+    EVENTS,
+    build_payload,
+    check_url,
+    default_post,
+    outcome_message,
+    scrub,
+    send,
+    webhook_label,
+)
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:
@@ -206,13 +207,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
 
 
 def validate_params(params: dict[str, Any]) -> list[str]:
-    errors = []
-    url = (params.get("url") or "").strip()
-    if url:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            # never echo the URL: it is the secret
-            errors.append("url must be an http:// or https:// URL (value not shown: secret)")
+    errors = check_url(params.get("url") or "")  # never echoes the URL: it is the secret
     if (params.get("timeout_s") or 0) <= 0:
         errors.append("timeout_s must be > 0")
     if (params.get("retries") or 0) < 0:
@@ -220,131 +215,6 @@ def validate_params(params: dict[str, Any]) -> list[str]:
     if (params.get("retry_delay_s") or 0) < 0:
         errors.append("retry_delay_s must be >= 0")
     return errors
-
-
-def webhook_label(url: str) -> str:
-    """scheme://host[:port] of the webhook: what may be shown."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
-
-
-def field_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    if value is None:
-        return "-"
-    return str(value)
-
-
-def build_payload(params: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-    """The Slack-compatible payload for params (O(payload) when given)."""
-    if params.get("payload"):
-        return dict(params["payload"])
-    emoji, color, word = EVENTS[params.get("event") or "info"]
-    title = params.get("title") or "opsbook"
-    text = params.get("text") or " ".join(part for part in (emoji, title, word) if part)
-    run_id = params.get("run_id") or ""
-    attachment: dict[str, Any] = {
-        "fallback": text,
-        "color": color,
-        "title": title,
-        "fields": [
-            {"title": str(name), "value": field_value(value), "short": len(field_value(value)) < 40}
-            for name, value in (params.get("fields") or {}).items()
-            if value not in ("", None)
-        ],
-        "footer": f"opsbook run {run_id}" if run_id else "opsbook",
-        "ts": int(time.time() if now is None else now),
-    }
-    payload: dict[str, Any] = {"text": text, "attachments": [attachment]}
-    if params.get("username"):
-        payload["username"] = params["username"]
-    if params.get("icon_emoji"):
-        payload["icon_emoji"] = params["icon_emoji"]
-    if params.get("channel"):
-        payload["channel"] = params["channel"]
-    return payload
-
-
-def scrub(text: str, url: str) -> str:
-    """text without the webhook URL, or its path (the secret part)."""
-    if not url:
-        return text
-    path = urlsplit(url).path
-    for secret in (url, url.rstrip("/"), path if len(path) > 1 else ""):
-        if secret:
-            text = text.replace(secret, "<webhook>")
-    return text
-
-
-def default_post(url: str, body: bytes, params: dict[str, Any]) -> tuple[int, dict[str, str]]:
-    """POST body; (status, headers). HTTP errors come back as statuses; others raise."""
-    try:
-        response = open_url(
-            url,
-            data=body,
-            headers={"Content-Type": "application/json", "Accept": "*/*"},
-            method="POST",
-            timeout=params["timeout_s"],
-            validate_certs=params["validate_certs"],
-            use_proxy=params["use_proxy"],
-            http_agent="opsbook-notify",
-            follow_redirects="none",
-        )
-        with response:
-            response.read()
-            return response.status, dict(response.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers or {})
-
-
-def send(
-    params: dict[str, Any],
-    payload: dict[str, Any],
-    post: Callable[[str, bytes, dict[str, Any]], tuple[int, dict[str, str]]] = default_post,
-    sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, Any]:
-    """POST payload with retries; never raises. The result and its messages hold no URL."""
-    url = params["url"].strip()
-    label = webhook_label(url)
-    body = json.dumps(payload).encode()
-    attempts, status, problem = 0, None, ""
-    for attempt in range(int(params.get("retries") or 0) + 1):
-        attempts += 1
-        delay = float(params.get("retry_delay_s") or 0)
-        try:
-            status, headers = post(url, body, params)
-        except Exception as exc:  # connection refused, timeout, TLS: all mean "not delivered"
-            status = None
-            problem = scrub(f"{type(exc).__name__}: {exc}", url)
-        else:
-            if 200 <= status < 300:
-                return {
-                    "delivered": True,
-                    "status": status,
-                    "attempts": attempts,
-                    "webhook": label,
-                    "problem": "",
-                }
-            problem = f"HTTP {status}"
-            if status != 429 and status < 500:
-                break  # a 4xx will not get better: wrong URL, revoked webhook, bad payload
-            retry_after = headers.get("Retry-After") or headers.get("retry-after")
-            if retry_after:
-                with contextlib.suppress(ValueError):
-                    delay = min(max(float(retry_after), delay), MAX_RETRY_AFTER_S)
-        if attempt < int(params.get("retries") or 0):
-            sleep(delay)
-    return {
-        "delivered": False,
-        "status": status,
-        "attempts": attempts,
-        "webhook": label,
-        "problem": problem,
-    }
 
 
 def run(params: dict[str, Any], check_mode: bool, post: Callable = default_post) -> dict[str, Any]:
@@ -366,17 +236,9 @@ def run(params: dict[str, Any], check_mode: bool, post: Callable = default_post)
         )
         return result
     outcome = send(params, payload, post=post)
-    problem = outcome.pop("problem")
+    result["msg"] = outcome_message(event, outcome)
+    del outcome["problem"]
     result.update(outcome)
-    if outcome["delivered"]:
-        result["msg"] = (
-            f"notification ({event}) delivered to {outcome['webhook']} (HTTP {outcome['status']})"
-        )
-    else:
-        result["msg"] = (
-            f"notification ({event}) NOT delivered to {outcome['webhook']} after "
-            f"{outcome['attempts']} attempt(s): {problem}"
-        )
     return result
 
 

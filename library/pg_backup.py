@@ -467,6 +467,7 @@ from ansible.module_utils.opsbook_backup import (
     object_entry,
     object_key,
     plan_retention,
+    remove_stale_uploads,
     serialize_manifest,
     tool_version,
     utc_now,
@@ -1426,24 +1427,14 @@ class BackupRun:
         """Unfinished uploads an interrupted backup left (SIGKILL: no cleanup ran), idle for
         stale_after_minutes: aborted (in check mode only listed), and said so."""
         try:
-            items = self.storage.incomplete_uploads(60.0 * self.params["stale_after_minutes"])
+            removed, warnings = remove_stale_uploads(
+                self.storage, self.params["stale_after_minutes"], self.module.check_mode
+            )
         except StorageError as exc:
             self.warnings.append(f"could not look for unfinished uploads of earlier runs: {exc}")
             return
-        for item in items:
-            if self.module.check_mode:
-                self.cleaned_up.append(item.describe())
-                continue
-            try:
-                self.storage.abort_incomplete(item)
-            except StorageError as exc:
-                self.warnings.append(f"could not remove {item.describe()}: {exc}")
-                continue
-            self.cleaned_up.append(item.describe())
-            self.warnings.append(
-                f"removed what an interrupted backup left: {item.describe()} (idle for over "
-                f"{self.params['stale_after_minutes']} min)"
-            )
+        self.cleaned_up.extend(removed)
+        self.warnings.extend(warnings)
 
     def list_meanwhile(self, database: str) -> threading.Thread | None:
         """List the catalog (retention's input) while the dump runs; None without retention."""

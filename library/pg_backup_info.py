@@ -33,12 +33,18 @@ description:
     only candidates for a more recent restore point). With no verified backup of a
     database nothing of it is deleted, with a warning: verify backups (as C(backup.yml)
     does after each one) to let retention prune."
+  - "O(state=stale_uploads) removes the unfinished uploads that interrupted backups left (a
+    SIGKILLed M(pg_backup) cannot abort its own - an S3 multipart upload, whose parts are
+    billed until it is aborted, or a partial file) once they have not moved for
+    O(stale_after_minutes) - only what opsbook's own writer started, never an upload or object
+    of anyone else. M(pg_backup) does the same before each backup; C(routine_checks.yml) does
+    it daily, so that they go even when no backup runs."
   - A backup is deleted manifest B(first), then the rest of its C(<backup_id>/) prefix, so
     an interrupted deletion leaves orphans, never a backup that looks restorable.
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_s3]  # boto3 and the S3 connection options
+extends_documentation_fragment: [opsbook_s3, opsbook_controller]  # S3 options, action
 options:
   storage_url:
     description:
@@ -60,7 +66,7 @@ options:
     description:
       - What to do; see the description.
     type: str
-    choices: [list, select, verify, retention]
+    choices: [list, select, verify, retention, stale_uploads]
     default: list
   database:
     description:
@@ -98,12 +104,20 @@ options:
       - Keep the newest backup of each of the last N months that have a backup.
     type: int
     default: 0
+  stale_after_minutes:
+    description:
+      - With O(state=stale_uploads), an unfinished upload is removed once it has not moved
+        for this many minutes (an S3 upload's newest part, a file's last write). A running
+        backup sends a part every few seconds, so it is never taken for one left behind.
+        0 removes every one found.
+    type: int
+    default: 60
 attributes:
   check_mode:
     support: full
     description: C(list) and C(select) only read. C(verify) reads and compares but does not
       write C(verified.json). C(retention) reports what it would delete and deletes
-      nothing.
+      nothing; C(stale_uploads) what it would remove.
   diff_mode:
     support: none
     description: No diff is produced.
@@ -113,9 +127,10 @@ attributes:
 notes:
   - O(state=retention) needs at least one of O(keep_last), O(keep_daily), O(keep_weekly),
     O(keep_monthly) at 1 or more.
-  - Orphans are never deleted by this module (a running backup looks the same). A
-    bucket lifecycle rule (AbortIncompleteMultipartUpload, expiry of old prefixes) or a
-    manual cleanup removes them.
+  - Orphans (stored objects without a manifest) are never deleted by this module (a running
+    backup looks the same). A bucket lifecycle rule (expiry of old prefixes) or a manual
+    cleanup removes them. Unfinished uploads are not objects - O(state=stale_uploads)
+    removes opsbook's own.
 seealso:
   - module: pg_backup
     description: Take a backup.
@@ -141,6 +156,13 @@ EXAMPLES = r"""
     storage_url: "{{ backup_storage_url }}"
     state: verify
     backup_id: "{{ backup.backup_id }}"
+
+- name: Remove the uploads interrupted backups left, idle for an hour
+  pg_backup_info:
+    storage_url: "{{ backup_storage_url }}"
+    state: stale_uploads
+    stale_after_minutes: 60
+  register: stale
 
 - name: Apply retention (7 last, 14 daily, 8 weekly, 12 monthly)
   pg_backup_info:
@@ -311,6 +333,14 @@ would_delete:
   returned: O(state=retention)
   type: list
   elements: str
+removed_uploads:
+  description: The unfinished uploads removed (in check mode - that would be), each as key,
+    kind (multipart upload or temporary file), upload id or path, and when it started.
+  returned: O(state=stale_uploads)
+  type: list
+  elements: str
+  sample: ["app-20240430T020000Z-77aa/data.pgdump.zst (multipart upload 2~x, started
+    2024-04-30T02:00:01Z)"]
 storage:
   description: The storage, described without secrets.
   returned: always
@@ -325,7 +355,6 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_backup import (
     BackupError,
     Catalog,
@@ -335,10 +364,12 @@ from ansible.module_utils.opsbook_backup import (
     list_catalog,
     parse_time,
     plan_retention,
+    remove_stale_uploads,
     retention_errors,
     select_backup,
     verify_backup,
 )
+from ansible.module_utils.opsbook_module import run_module
 from ansible.module_utils.opsbook_storage import StorageError, open_storage
 
 SSE_CHOICES = ["none", "AES256", "aws:kms"]
@@ -362,7 +393,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "kms_key_id": {"type": "str", "no_log": False},
         "state": {
             "type": "str",
-            "choices": ["list", "select", "verify", "retention"],
+            "choices": ["list", "select", "verify", "retention", "stale_uploads"],
             "default": "list",
         },
         "database": {"type": "str"},
@@ -372,10 +403,12 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "keep_daily": {"type": "int", "default": 0},
         "keep_weekly": {"type": "int", "default": 0},
         "keep_monthly": {"type": "int", "default": 0},
+        "stale_after_minutes": {"type": "int", "default": 60},
     }
 
 
-# One way to pick a backup (the rules in the argument spec; validate_params has the rest).
+# One way to pick a backup: the rule AnsibleModule applies in a module process; validate_params
+# applies the same in the task's worker (action_plugins/pg_backup_info.py), with the rest.
 ARGUMENT_RULES: dict[str, Any] = {"mutually_exclusive": [("backup_id", "before")]}
 
 
@@ -386,6 +419,8 @@ def validate_params(params: dict[str, Any]) -> list[str]:
         errors.append("storage_url must not be empty")
     if params.get("kms_key_id") and params.get("sse") != "aws:kms":
         errors.append("kms_key_id needs sse=aws:kms")
+    if params.get("backup_id") and params.get("before"):
+        errors.append("parameters are mutually exclusive: backup_id|before")
     if params.get("backup_id"):
         errors += backup_id_errors(params["backup_id"])
         if state not in ("select", "verify"):
@@ -398,6 +433,8 @@ def validate_params(params: dict[str, Any]) -> list[str]:
                 parse_time(params["before"])
             except ValueError as exc:
                 errors.append(f"before: {exc}")
+    if (params.get("stale_after_minutes") or 0) < 0:
+        errors.append(f"stale_after_minutes must be >= 0, got {params['stale_after_minutes']}")
     keeps = {name: params.get(name) or 0 for name in KEEP_OPTIONS}
     if state == "retention":
         errors += retention_errors(**keeps)
@@ -541,11 +578,27 @@ def do_retention(
     }
 
 
+def do_stale_uploads(
+    storage: Any, catalog: Catalog, params: dict[str, Any], check_mode: bool
+) -> dict[str, Any]:
+    minutes = params["stale_after_minutes"]
+    removed, warnings = remove_stale_uploads(storage, minutes, check_mode)
+    verb = "would remove" if check_mode else "removed"
+    return {
+        "changed": bool(removed),
+        "removed_uploads": removed,
+        "warnings_": warnings,
+        "msg": f"{verb} {len(removed)} unfinished upload(s) of interrupted backups in "
+        f"{storage.describe()} (idle for over {minutes} min)",
+    }
+
+
 STATES = {
     "list": do_list,
     "select": do_select,
     "verify": do_verify,
     "retention": do_retention,
+    "stale_uploads": do_stale_uploads,
 }
 
 
@@ -569,21 +622,24 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     return result
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec=argument_spec(), supports_check_mode=True, **ARGUMENT_RULES
-    )
-    errors = validate_params(module.params)
+def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The module's work on validated parameters: the result, ``failed`` on a failure, its
+    ``warnings``. main() runs it in a module process; on the controller's local connection
+    the action plugin (action_plugins/pg_backup_info.py) runs it in the task's worker."""
+    errors = validate_params(params)
     if errors:
-        module.fail_json(msg="pg_backup_info: invalid input: " + "; ".join(errors))
+        msg = "pg_backup_info: invalid input: " + "; ".join(errors)
+        return {"failed": True, "changed": False, "msg": msg}
     try:
-        result = run(module.params, module.check_mode)
+        result = run(params, check_mode)
     except InfoFailed as exc:
-        details = {"changed": False, **exc.details}
-        module.fail_json(msg=f"pg_backup_info: {exc}", **details)
-    for warning in result.pop("warnings_", []):
-        module.warn(warning)
-    module.exit_json(**result)
+        return {"changed": False, **exc.details, "failed": True, "msg": f"pg_backup_info: {exc}"}
+    result["warnings"] = result.pop("warnings_", [])
+    return result
+
+
+def main() -> None:
+    run_module(argument_spec(), execute, **ARGUMENT_RULES)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ description:
     highest mean execution time from C(pg_stat_statements) (columns of extension 1.8+ and
     older). When the extension is not installed in the database, or installed but not loaded
     (C(shared_preload_libraries)), the check is skipped with a note in RV(notes), not a
-    problem."
+    problem. With O(statements_since), the statements are ranked by their mean time B(since)
+    that snapshot instead (see there), and the snapshot of now is returned
+    (RV(statements_snapshot))."
   - "C(cache_hit) computes this database's buffer cache hit ratio from C(pg_stat_database)
     (C(blks_hit / (blks_hit + blks_read))), a warning below O(cache_hit_warn_percent) once at
     least O(cache_hit_min_blocks) blocks were read."
@@ -118,6 +120,17 @@ options:
       - How many of the slowest statements (highest mean time) C(statements) returns.
     type: int
     default: 5
+  statements_since:
+    description:
+      - A snapshot an earlier run returned (RV(statements_snapshot) - the cumulative calls,
+        total time and rows of each statement then, by C(queryid)). C(statements) then ranks
+        this database's statements by their mean time since that snapshot - the calls and the
+        time they took since then - and returns the snapshot of now. A statement the snapshot
+        does not hold (new, or the statistics were reset since) counts from zero; one not
+        called since is left out. An empty mapping - no earlier snapshot - ranks them by their
+        mean time overall, as without this option. C(routine_checks.yml) keeps the snapshot
+        under C(opsbook_state_url) between its runs.
+    type: dict
   cache_hit_warn_percent:
     description:
       - Warn when the cache hit ratio is below this percentage.
@@ -361,6 +374,15 @@ slowest_statements:
   elements: dict
   sample: [{queryid: 42, calls: 10, total_ms: 5200.0, mean_ms: 520.0, max_ms: 900.1, rows: 10,
             query: "SELECT * FROM tasks WHERE payload->>$1 = $2"}]
+statements_snapshot:
+  description: With O(statements_since) - per C(queryid) (a string) the cumulative calls, total
+    time (ms) and rows of this database's statements now, C([calls, total_ms, rows]); give it
+    back as O(statements_since) next time. C(max_ms) of RV(slowest_statements) stays the
+    maximum since the statistics were reset (the extension keeps no other).
+  returned: when connected, C(statements) is in O(checks), the extension can be read and
+    O(statements_since) is given
+  type: dict
+  sample: {"42": [10, 5200.0, 10]}
 cache_hit_percent:
   description: The buffer cache hit ratio of this database, one decimal (null before any read).
   returned: when connected and C(cache_hit) is in O(checks)
@@ -888,6 +910,16 @@ STATEMENT_COLUMNS = {
 }
 
 
+# statements_since: every statement of this database, one row per queryid (the extension keeps
+# one per user and top-level flag), its cumulative figures; ranked in Python against the snapshot.
+STATEMENTS_SINCE_SQL = (
+    "SELECT s.queryid, sum(s.calls), sum(s.{total}), max(s.{maximum}), sum(s.rows), "
+    "min(s.query) FROM {view} s JOIN pg_database d ON d.oid = s.dbid "
+    "WHERE d.datname = current_database() AND s.query IS NOT NULL AND s.queryid IS NOT NULL "
+    "GROUP BY s.queryid"
+)
+
+
 def statement_columns(available: set[str] | list[str]) -> dict[str, str] | None:
     """The view's column for total / mean / max time, or None when it has neither naming."""
     chosen = {}
@@ -913,6 +945,32 @@ def parse_statement_rows(rows: list[tuple[Any, ...]], max_chars: int) -> list[di
         }
         for queryid, calls, total, mean, maximum, nrows, query in rows
     ]
+
+
+def statements_since(
+    rows: list[tuple[Any, ...]], since: dict[str, Any], limit: int, max_chars: int
+) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    """(queryid, calls, total, max, rows, query) rows, one per queryid, against an earlier
+    snapshot -> (the ``limit`` statements with the highest mean time since the snapshot, the
+    snapshot of now). A statement the snapshot lacks, or whose calls went down (statistics
+    reset), counts from zero; one not called since is left out."""
+    snapshot: dict[str, list[float]] = {}
+    ranked = []
+    for queryid, calls, total, maximum, nrows, query in rows:
+        calls, total, nrows = int(calls), float(total), int(nrows)
+        snapshot[str(queryid)] = [calls, round(total, 3), nrows]
+        before = since.get(str(queryid))
+        if isinstance(before, list | tuple) and len(before) >= 3 and calls >= int(before[0]):
+            calls, total, nrows = (
+                calls - int(before[0]),
+                total - float(before[1]),
+                nrows - int(before[2]),
+            )
+        if calls <= 0:
+            continue
+        ranked.append((queryid, calls, total, total / calls, maximum, nrows, query))
+    ranked.sort(key=lambda row: (row[3], row[2]), reverse=True)
+    return parse_statement_rows(ranked[:limit], max_chars), snapshot
 
 
 def check_statements(cur: Any, params: dict[str, Any]) -> CheckOutcome:
@@ -945,8 +1003,11 @@ def check_statements(cur: Any, params: dict[str, Any]) -> CheckOutcome:
             facts=unavailable,
             notes=["statements: this pg_stat_statements version has no timing columns (skipped)"],
         )
+    since = params.get("statements_since")
     query = sql.SQL(
-        "SELECT s.queryid, s.calls, s.{total}, s.{mean}, s.{maximum}, s.rows, s.query "
+        STATEMENTS_SINCE_SQL
+        if since is not None
+        else "SELECT s.queryid, s.calls, s.{total}, s.{mean}, s.{maximum}, s.rows, s.query "
         "FROM {view} s JOIN pg_database d ON d.oid = s.dbid "
         "WHERE d.datname = current_database() AND s.query IS NOT NULL "
         "ORDER BY s.{mean} DESC LIMIT %s"
@@ -958,7 +1019,7 @@ def check_statements(cur: Any, params: dict[str, Any]) -> CheckOutcome:
     )
     try:
         with cur.connection.transaction():  # a savepoint: the view may refuse to be read
-            cur.execute(query, (params["statements_limit"],))
+            cur.execute(query, () if since is not None else (params["statements_limit"],))
             rows = cur.fetchall()
     except errors.ObjectNotInPrerequisiteState:
         return CheckOutcome(
@@ -967,6 +1028,17 @@ def check_statements(cur: Any, params: dict[str, Any]) -> CheckOutcome:
                 f"statements: pg_stat_statements is installed in database {database} but not "
                 "loaded (add it to shared_preload_libraries and restart; skipped)"
             ],
+        )
+    if since is not None:
+        slowest, snapshot = statements_since(
+            rows, since, params["statements_limit"], params["query_max_chars"]
+        )
+        return CheckOutcome(
+            facts={
+                "statements_available": True,
+                "slowest_statements": slowest,
+                "statements_snapshot": snapshot,
+            }
         )
     return CheckOutcome(
         facts={
@@ -1241,6 +1313,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         query_max_chars={"type": "int", "default": 200},
         lock_wait_warn_s={"type": "float", "default": 5.0},
         statements_limit={"type": "int", "default": 5},
+        statements_since={"type": "dict"},
         cache_hit_warn_percent={"type": "float", "default": 95.0},
         cache_hit_min_blocks={"type": "int", "default": 10000},
         replication_lag_warn_s={"type": "float", "default": 30.0},

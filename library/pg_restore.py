@@ -575,13 +575,21 @@ from ansible.module_utils.opsbook_proc import (
     tool_env,
     watch_ansible,
 )
+from ansible.module_utils.opsbook_restore_names import (
+    MAX_IDENTIFIER_BYTES,
+    PREVIOUS_INFIX,
+    leftover_databases,
+    previous_database_name,
+    previous_databases,
+    previous_older_than,
+    scratch_database_name,
+    truncate_utf8,  # noqa: F401 - the restore's names, as tests/unit/test_restore_unit.py reads them
+)
 from ansible.module_utils.opsbook_storage import StorageError, open_storage
 from ansible.module_utils.opsbook_text import human_bytes, typed_confirmation_problem
 
-SCRATCH_INFIX = "__opsbook_restore_"
 WORK_PREFIX = "opsbook-restore-"  # the local work directory of a run
 WORK_LOCK = ".opsbook-lock"
-PREVIOUS_INFIX = "__opsbook_old_"
 # COMMENT ON DATABASE of a scratch database while opsbook works in it (and of a drill's target
 # until it is dropped): what a later restore needs to know it may drop it once unused.
 SCRATCH_MARK = "opsbook:restore-scratch"
@@ -590,8 +598,6 @@ _SCRATCH_MARK_RE = re.compile(
     r"^" + re.escape(SCRATCH_MARK) + r" created=(?P<created>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"
     r"(?: backup=(?P<backup>\S+))?$"
 )
-_PREVIOUS_TIME_RE = re.compile(re.escape(PREVIOUS_INFIX) + r"(?P<ts>\d{8}T\d{6}Z)$")
-MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1
 TEMPLATE_DATABASES = ("template0", "template1")
 CHUNK_BYTES = 1024 * 1024
 STDERR_TAIL_CHARS = 1500
@@ -605,28 +611,6 @@ class RestoreError(Exception):
 
 # ---------------------------------------------------------------------------
 # pure helpers: names, rules, arguments
-
-
-def truncate_utf8(text: str, max_bytes: int) -> str:
-    """``text`` cut to at most ``max_bytes`` UTF-8 bytes, never inside a character."""
-    data = text.encode("utf-8")
-    if len(data) <= max_bytes:
-        return text
-    return data[:max_bytes].decode("utf-8", errors="ignore")
-
-
-def _with_suffix(target: str, suffix: str) -> str:
-    return truncate_utf8(target, MAX_IDENTIFIER_BYTES - len(suffix.encode("utf-8"))) + suffix
-
-
-def scratch_database_name(target: str, run_id: str) -> str:
-    """``<target>__opsbook_restore_<run_id>``, the target cut so that it fits 63 bytes."""
-    return _with_suffix(target, SCRATCH_INFIX + run_id)
-
-
-def previous_database_name(target: str, when: datetime) -> str:
-    """``<target>__opsbook_old_<YYYYmmddTHHMMSSZ>`` (UTC), the target cut to fit 63 bytes."""
-    return _with_suffix(target, PREVIOUS_INFIX + when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ"))
 
 
 def is_production(env: str | None) -> bool:
@@ -861,19 +845,6 @@ def integrity_problem(
     return None
 
 
-def leftover_databases(names: list[str], target: str) -> dict[str, list[str]]:
-    """Databases that earlier runs for ``target`` left: ``scratch`` (a run died before its
-    cleanup) and ``previous`` (kept by replaces), sorted."""
-    scratch_prefix = truncate_utf8(target, MAX_IDENTIFIER_BYTES - len(SCRATCH_INFIX) - 6)
-    previous_prefix = truncate_utf8(target, MAX_IDENTIFIER_BYTES - len(PREVIOUS_INFIX) - 16)
-    scratch_re = re.compile(re.escape(scratch_prefix + SCRATCH_INFIX) + r"[0-9a-f]{6}")
-    previous_re = re.compile(re.escape(previous_prefix + PREVIOUS_INFIX) + r"\d{8}T\d{6}Z")
-    return {
-        "scratch": sorted(n for n in names if scratch_re.fullmatch(n)),
-        "previous": sorted(n for n in names if previous_re.fullmatch(n)),
-    }
-
-
 def scratch_mark(created: datetime, backup_id: str) -> str:
     """The COMMENT that marks a database as opsbook's scratch work."""
     stamp = created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -894,30 +865,6 @@ def stale_scratch(
         if (now - created).total_seconds() >= older_than_s:
             found.append({"database": name, "created": match["created"], "backup": match["backup"]})
     return sorted(found, key=lambda item: (item["created"], item["database"]))
-
-
-def previous_databases(names: list[str], target: str) -> list[dict[str, str]]:
-    """The previous databases replaces of ``target`` kept (by their exact name pattern), the
-    newest first, each with the UTC time it was replaced at."""
-    kept = []
-    for name in leftover_databases(names, target)["previous"]:
-        match = _PREVIOUS_TIME_RE.search(name)
-        if match:
-            when = datetime.strptime(match["ts"], "%Y%m%dT%H%M%SZ")
-            kept.append({"database": name, "replaced_at": when.strftime("%Y-%m-%dT%H:%M:%SZ")})
-    return sorted(kept, key=lambda item: item["replaced_at"], reverse=True)
-
-
-def previous_older_than(
-    kept: list[dict[str, str]], now: datetime, days: int, keep: str | None
-) -> list[str]:
-    """Of ``previous_databases``: the ones more than ``days`` days old (never ``keep``)."""
-    old = []
-    for item in kept:
-        replaced = datetime.strptime(item["replaced_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        if item["database"] != keep and (now - replaced).total_seconds() > days * 86400:
-            old.append(item["database"])
-    return old
 
 
 def make_work_dir(parent: str | None) -> tuple[Path, int]:

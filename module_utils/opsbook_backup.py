@@ -31,6 +31,7 @@ Sections:
   writes ``<id>/verified.json``) and ``verify_written`` (right after a backup: by the
   store's own checksums where it keeps them, else by reading back);
 * retention: ``plan_retention`` (a pure function) and ``delete_backup``;
+* what interrupted backups left: ``remove_stale_uploads`` (unfinished uploads, idle long enough);
 * PostgreSQL client tools: ``client_conninfo``, ``find_pg_tool``, ``tool_version`` (the
   password reaches pg_dump/pg_restore in their own environment, ``opsbook_proc.tool_env``:
   never a file, never argv). Child processes are started and stopped by ``opsbook_proc``.
@@ -59,6 +60,7 @@ from typing import Any
 
 from ansible.module_utils.opsbook_proc import signals_held, spawn
 from ansible.module_utils.opsbook_proc import stop as stop_children
+from ansible.module_utils.opsbook_storage_common import StorageError
 
 FORMAT_VERSION = 1
 DATA_OBJECT = "data.pgdump.zst"
@@ -1329,6 +1331,35 @@ def delete_backup(storage: Any, backup_id: str) -> None:
         raise BackupError("; ".join(errors))
     storage.delete(object_key(backup_id, MANIFEST_OBJECT))
     storage.delete_prefix(f"{backup_id}/")
+
+
+def remove_stale_uploads(
+    storage: Any, stale_after_minutes: float, check_mode: bool = False
+) -> tuple[list[str], list[str]]:
+    """The unfinished uploads interrupted backups left in ``storage`` (a SIGKILLed writer
+    cannot abort its own: an S3 multipart upload, a partial file), idle for
+    ``stale_after_minutes``: removed (in check mode only listed). Only what opsbook's own
+    writer started (``Storage.incomplete_uploads``), never anyone else's upload or object.
+
+    Returns ``(removed, warnings)``: one line per upload removed (would be, in check mode),
+    and what to tell the operator - each removal, and each upload that could not be removed.
+    Raises the storage's StorageError when the uploads cannot be listed.
+    """
+    removed: list[str] = []
+    warnings: list[str] = []
+    for item in storage.incomplete_uploads(60.0 * stale_after_minutes):
+        if not check_mode:
+            try:
+                storage.abort_incomplete(item)
+            except StorageError as exc:  # saying what is left
+                warnings.append(f"could not remove {item.describe()}: {exc}")
+                continue
+            warnings.append(
+                f"removed what an interrupted backup left: {item.describe()} (idle for over "
+                f"{stale_after_minutes:g} min)"
+            )
+        removed.append(item.describe())
+    return removed, warnings
 
 
 # ---------------------------------------------------------------------------

@@ -60,8 +60,10 @@ NOT_SECRET_SUFFIXES: tuple[str, ...] = (
 #: Names that match a rule but hold no secret: the rotation runbook's inputs and reports name
 #: secrets, they never hold one (``secrets=jwt,nextauth``; the values it rotates live under
 #: their own names - JWT_SECRET, vault_*, secret_values).
+# Names about secrets that hold none: which secrets to rotate, the catalog of where each lives
+# and how it is proven (stores, test paths, commands: opsbook_secrets), report switches.
 NOT_SECRET_NAMES: frozenset[str] = frozenset(
-    {"secrets", "secrets_report_fail_on"}
+    {"secrets", "secrets_report_fail_on", "opsbook_secrets", "tour_secrets"}
 )
 
 _SECRET_RE = re.compile("|".join(f"(?:{pattern})" for pattern, _why in SECRET_NAME_RULES))

@@ -13,6 +13,8 @@ command -v zstd >/dev/null || need+=(zstd)
 # nginx: the maintenance-mode recipe in docs/maintenance-mode.md is tested with a real nginx.
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# cron: `opsbook schedule` edits crontabs with its crontab program (tests/integration/test_schedule_cron.py).
+command -v crontab >/dev/null || need+=(cron)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing OS packages: ${need[*]}"
@@ -44,5 +46,25 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
   echo "$want" >"$stamp"
+fi
+# awx.awx, for playbooks/awx_setup.yml only (no runbook needs it): the collection as the `ansible`
+# 12.3.0 bundle ships it (awx.awx 24.6.1; the 14.x bundle no longer carries it), its wheel fetched
+# once by pip (hash-pinned) and only ansible_collections/awx/awx kept, in the git-ignored
+# .cache/collections that ansible.cfg's collections_path names.
+awx_dir=.cache/collections/ansible_collections/awx/awx
+if ! grep -qs '"version": "24.6.1"' "$awx_dir/MANIFEST.json"; then
+  echo "setup: fetching the awx.awx collection 24.6.1 (from the ansible 12.3.0 wheel)"
+  tmp=$(mktemp -d)
+  echo 'ansible==12.3.0 --hash=sha256:cd156f82fa87f7a899212b0efa9f7ca3a24d609212de9f78428a572eb01e5414' >"$tmp/awx.txt"
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    --require-hashes -r "$tmp/awx.txt" -d "$tmp"
+  .venv/bin/python - "$tmp" <<'PY'
+import pathlib, sys, zipfile
+tmp = pathlib.Path(sys.argv[1])
+with zipfile.ZipFile(tmp / "ansible-12.3.0-py3-none-any.whl") as wheel:
+    wheel.extractall(tmp / "c", [n for n in wheel.namelist() if n.startswith("ansible_collections/awx/awx/")])
+PY
+  mkdir -p "$(dirname "$awx_dir")" && rm -rf "$awx_dir" && mv "$tmp/c/ansible_collections/awx/awx" "$awx_dir"
+  rm -rf "$tmp"
 fi
 echo "setup: ready ($(.venv/bin/ansible --version | sed -n 1p), $(/usr/lib/postgresql/15/bin/postgres --version))"

@@ -33,6 +33,7 @@ MODULE_UTILS = (
     "opsbook_module",
     "opsbook_proc",
     "opsbook_pg",
+    "opsbook_restore_names",
     "opsbook_sql",
     "opsbook_storage_common",
     "opsbook_storage_file",
@@ -47,6 +48,7 @@ MODULE_UTILS = (
     "opsbook_deploy_state",
     "opsbook_backup",
     "opsbook_http",
+    "opsbook_notify",
     "opsbook_rotation",
     "opsbook_rest",
     "opsbook_platform",
@@ -54,6 +56,7 @@ MODULE_UTILS = (
     "opsbook_vercel",
     "opsbook_render",
     "opsbook_fly",
+    "opsbook_schedules",
 )
 
 

@@ -61,3 +61,9 @@ class Webhook:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def __enter__(self) -> Webhook:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

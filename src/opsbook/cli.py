@@ -4,6 +4,9 @@
                 [--limit PATTERN] [--reason TEXT] [--timeout SECONDS]
     opsbook list
     opsbook sandbox up|down|status
+    opsbook schedule install|list|remove --env ENV
+    opsbook history [--env ENV] [--runbook NAME] [--status STATUS] [--since WHEN] [--last N]
+                    [--json | --markdown]
 
 Exit codes: see :mod:`opsbook.exitcodes` (also in ``opsbook --help``).
 """
@@ -21,7 +24,9 @@ from typing import Any, NoReturn
 import yaml
 
 from opsbook import __version__
+from opsbook import history as _history
 from opsbook import project as _project
+from opsbook import schedule as _schedule
 from opsbook.exitcodes import EPILOG, ExitCode, OpsbookInputError
 from opsbook.secrets import is_vaulted
 
@@ -209,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("action", choices=("up", "down", "status"))
     sandbox.add_argument("--purge", action="store_true", help="with down: also remove its state")
     sandbox.set_defaults(handler=_cmd_sandbox)
+
+    _history.add_parser(commands)
+    _schedule.add_parser(commands)
     return parser
 
 

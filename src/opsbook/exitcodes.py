@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any
 
+from opsbook import _notify
+
 
 class ExitCode(IntEnum):
     """Exit code of ``opsbook`` (and ``RunResult.rc``)."""
@@ -56,21 +58,10 @@ exit codes:
 """
 
 
-_VERDICT_ORDER = ("ok", "warn", "fail")
-
-
-def worst_verdict(outputs: Mapping[str, Any] | None) -> str | None:
-    """The worst ``verdict`` (ok < warn < fail) among the outputs a run published.
-
-    Each runbook that checks things publishes ``{"verdict": "ok" | "warn" | "fail", ...}``
-    under its own set_stats key; None when no output carries a verdict.
-    """
-    found = [
-        value["verdict"]
-        for value in (outputs or {}).values()
-        if isinstance(value, Mapping) and value.get("verdict") in _VERDICT_ORDER
-    ]
-    return max(found, key=_VERDICT_ORDER.index) if found else None
+# The worst ``verdict`` (ok < warn < fail) among the outputs a run published: each runbook
+# that checks things publishes ``{"verdict": "ok" | "warn" | "fail", ...}`` under its own
+# set_stats key. One rule with the operation log's notifications (module_utils/opsbook_notify.py).
+worst_verdict = _notify.worst_verdict
 
 
 def exit_code_for(status: str, outputs: Mapping[str, Any] | None = None) -> ExitCode:

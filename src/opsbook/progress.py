@@ -242,7 +242,17 @@ class _OutputsDumper(yaml.SafeDumper):
     """YAML for people: multi-line strings as literal blocks."""
 
 
+# A published text longer than this (a markdown report) is shown cut on the terminal; the whole
+# text stays in RunResult.outputs, the operation log and the report file the runbook names.
+OUTPUT_TEXT_LINES = 25
+OUTPUT_TEXT_SHOWN = 12
+
+
 def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    lines = value.splitlines()
+    if len(lines) > OUTPUT_TEXT_LINES:
+        rest = len(lines) - OUTPUT_TEXT_SHOWN
+        value = "\n".join([*lines[:OUTPUT_TEXT_SHOWN], f"[... {rest} more lines, not shown here]"])
     style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 

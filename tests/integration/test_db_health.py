@@ -307,5 +307,17 @@ def test_the_slowest_statements_when_the_extension_is_loaded(
         assert slowest[0]["query"] == "SELECT pg_sleep($1)"
         assert slowest[0]["calls"] == 1 and slowest[0]["mean_ms"] >= 300
         assert slowest[0]["mean_ms"] >= slowest[1]["mean_ms"]
+        # since a snapshot (routine_checks.yml): only what ran after it, counted from it
+        facts, _, _ = run_checks(dsn, checks=["statements"], statements_since={})
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for i in range(2):
+                conn.execute("SELECT %s::int + 1", (i,))
+        since = facts["statements_snapshot"]
+        facts, failures, _ = run_checks(
+            dsn, checks=["statements"], statements_since=since, statements_limit=50
+        )
+        assert failures == [] and set(since) <= set(facts["statements_snapshot"])
+        ran = {s["query"]: s["calls"] for s in facts["slowest_statements"]}
+        assert "SELECT pg_sleep($1)" not in ran and ran["SELECT $1::int + $2"] == 2
     finally:
         statements_cluster.drop_database(name)

@@ -111,6 +111,7 @@ def inventory(make_inventory: Any, deploy_hosts: list[AppHost], state_dir: Path,
             extra_vars={
                 "opsbook_state_url": f"file://{state_dir}",
                 "opsbook_notify_webhook_url": webhook.url,
+                "opsbook_notify_start": True,  # the operation log announces starts too
                 **extra,
             },
         )

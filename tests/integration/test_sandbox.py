@@ -9,6 +9,7 @@ the project's playbooks, roles and plugins linked in, and drives the real
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -138,8 +139,19 @@ def test_up_is_idempotent_and_runbooks_run_against_it(sandbox_project: Path) -> 
         for name in ("app1", "app2")
     ]
     assert envs[0] == envs[1] and "JWT_SECRET_PREVIOUS=" in envs[0]
+    # every secret rotated; the old encryption key retired after the re-encryption
+    assert "NEXTAUTH_SECRET_PREVIOUS=" in envs[0] and "ENCRYPTION_KEY_PREVIOUS" not in envs[0]
     backups = list((sandbox_project / ".sandbox" / "backups").glob("app-*/manifest.json"))
     assert len(backups) == 1
+    # it ends with the routine checks and an incident report, and says where the reports are
+    assert "Routine checks of local: OK" in tour.stdout
+    assert "Incident triage on local: severity none" in tour.stdout
+    reports = dict(
+        re.findall(r"^\s*(Routine checks|Incident) report: (/\S+\.md)$", tour.stdout, re.M)
+    )
+    assert set(reports) == {"Routine checks", "Incident"}, tour.stdout[-3000:]
+    assert "## Why this severity" in Path(reports["Incident"]).read_text()
+    assert "disk" in Path(reports["Routine checks"]).read_text()
 
     os.environ["OPSBOOK_PROJECT_DIR"] = str(sandbox_project)
     try:

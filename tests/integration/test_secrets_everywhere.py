@@ -70,7 +70,10 @@ RUNBOOKS_AT_ONCE = (
 )  # fmt: skip
 # set_stats keys: every runbook ran through to its report
 PUBLISHED = {
-    "tour": {"health_check", "backup", "restore_drill", "deploy", "rollback", "rotation"},
+    "tour": {
+        "health_check", "backup", "restore_drill", "deploy", "rollback", "rotation",
+        "routine_checks", "incident",
+    },
     "restore": {"restore"},
     "maintenance_mode": {"maintenance_mode"},
     "db_migrate": {"db_migrate"},

@@ -384,6 +384,17 @@ def test_render_summary() -> None:
     assert "(no host result)" in stopped and "Result: timeout (check mode) (exit 4)" in stopped
 
 
+def test_render_summary_cuts_a_long_published_text_on_the_terminal_only() -> None:
+    report = "\n".join(f"line {n}" for n in range(1, 41))
+    result = _result(outputs={"incident": {"report": report, "severity": "P1"}})
+    text = render_summary(result)
+    assert "line 12\n" in text and "line 13" not in text
+    assert "[... 28 more lines, not shown here]" in text and "severity: P1" in text
+    assert result.outputs["incident"]["report"] == report  # the API keeps the whole text
+    short = render_summary(_result(outputs={"x": {"report": "a\nb"}}))
+    assert "report: |-\n      a\n      b" in short and "more lines" not in short
+
+
 def test_progress_shows_what_a_debug_task_reports_redacted() -> None:
     out = io.StringIO()
     progress = Progress(out, tty=False, redact=lambda t: t.replace("s3cr3t-value", "********"))

@@ -1,0 +1,14 @@
+# Copyright: opsbook contributors
+# Apache-2.0
+"""Controller side of library/pg_restore_leftovers.py, as action_plugins/pg_restore.py is of
+pg_restore.py: the module's execute() in the task's worker on the controller's local connection."""
+
+from __future__ import annotations
+
+from ansible.plugins.loader import action_loader
+
+ControllerModuleAction = action_loader.get("opsbook_controller_module", class_only=True)
+
+
+class ActionModule(ControllerModuleAction):  # type: ignore[misc,valid-type]
+    MODULE = "pg_restore_leftovers"

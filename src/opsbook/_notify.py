@@ -1,0 +1,1 @@
+../../module_utils/opsbook_notify.py
