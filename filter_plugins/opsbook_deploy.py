@@ -193,14 +193,17 @@ def deploy_gate_targets(
     version: str | None = None,
     version_var: str | None = None,
     only_if: str | None = None,
+    unless: str | None = None,
 ) -> list[dict[str, str]]:
     """``[{name, base_url, version}]`` for http_gate: the version given, or each host's
     own (the fact ``version_var``, dotted for a key of a dict fact). Hosts whose fact
-    ``only_if`` is not true are left out."""
+    ``only_if`` is not true, or whose fact ``unless`` is true, are left out."""
     targets = []
     for host in hosts:
         facts = hostvars[host]
         if only_if and not _get(facts, only_if, False):
+            continue
+        if unless and _get(facts, unless, False):
             continue
         wanted: Any = version
         if version is None and version_var:

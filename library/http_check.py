@@ -28,6 +28,7 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
+extends_documentation_fragment: [opsbook_controller]  # run in the task's worker on the controller
 options:
   url:
     description:
@@ -212,7 +213,6 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.opsbook_http import (  # noqa: F401  (re-exported for tests)
     BODY_EXCERPT_CHARS,
     Response,
@@ -225,6 +225,7 @@ from ansible.module_utils.opsbook_http import (  # noqa: F401  (re-exported for 
     summarize,
     validate_params,
 )
+from ansible.module_utils.opsbook_module import run_module
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:
@@ -246,15 +247,23 @@ def argument_spec() -> dict[str, dict[str, Any]]:
     }
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    errors = validate_params(module.params)
+def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The module's work on validated parameters: the result, with ``failed`` on a failure.
+    main() runs it in a module process; on the controller the action plugin
+    (action_plugins/http_check.py) runs it in the task's worker."""
+    del check_mode  # one GET: the same in check mode
+    errors = validate_params(params)
     if errors:
-        module.fail_json(msg="http_check: invalid input: " + "; ".join(errors))
-    result = run_check(module.params)
-    if module.params["fail_on_problem"] and not result["ok"]:
-        module.fail_json(**result)
-    module.exit_json(**result)
+        msg = "http_check: invalid input: " + "; ".join(errors)
+        return {"failed": True, "changed": False, "msg": msg}
+    result = run_check(params)
+    if params["fail_on_problem"] and not result["ok"]:
+        return {**result, "failed": True}
+    return result
+
+
+def main() -> None:
+    run_module(argument_spec(), execute)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_s3]  # boto3 and the S3 connection options
+extends_documentation_fragment:
+  - opsbook_s3  # boto3 and the S3 connection options
+  - opsbook_controller  # run in the task's worker on the controller
 options:
   src:
     description:
@@ -161,7 +163,7 @@ import secrets
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.opsbook_module import run_module
 from ansible.module_utils.opsbook_storage import NotFoundError, StorageError, open_storage
 from ansible.module_utils.urls import open_url
 
@@ -505,24 +507,24 @@ def argument_spec() -> dict[str, dict[str, Any]]:
     }
 
 
-def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+def execute(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The module's work on validated parameters: the result, with ``failed`` on a failure.
+    main() runs it in a module process; on the controller the action plugin
+    (action_plugins/release_artifact.py) runs it in the task's worker."""
     try:
-        fetcher = Fetcher(module.params, module.check_mode)
-        result = fetcher.run()
+        return Fetcher(params, check_mode).run()
     except ArtifactError as exc:
-        module.fail_json(msg=f"release_artifact: {exc}", changed=False)
-    except StorageError as exc:
-        module.fail_json(
-            msg=f"release_artifact: {display_src(module.params['src'])}: {exc}; nothing was cached",
-            changed=False,
-        )
-    except OSError as exc:
-        module.fail_json(
-            msg=f"release_artifact: {display_src(module.params['src'])}: {exc}; nothing was cached",
-            changed=False,
-        )
-    module.exit_json(**result)
+        return {"failed": True, "changed": False, "msg": f"release_artifact: {exc}"}
+    except (StorageError, OSError) as exc:
+        return {
+            "failed": True,
+            "changed": False,
+            "msg": f"release_artifact: {display_src(params['src'])}: {exc}; nothing was cached",
+        }
+
+
+def main() -> None:
+    run_module(argument_spec(), execute)
 
 
 if __name__ == "__main__":

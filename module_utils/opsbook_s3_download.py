@@ -9,11 +9,11 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from ansible.module_utils.opsbook_s3 import (
-    STREAM_ERRORS,
     BotoCoreError,
     ClientError,
     FlexibleChecksumError,
     is_stall_error,
+    stream_errors,
 )
 from ansible.module_utils.opsbook_storage_common import MiB
 
@@ -58,7 +58,7 @@ class S3Reader:
                 break
             except FlexibleChecksumError as exc:
                 raise self._s3.error(self.key, "checksum mismatch while reading", exc) from exc
-            except STREAM_ERRORS as exc:
+            except stream_errors() as exc:
                 if attempt == _READ_RESUMES or is_stall_error(exc):
                     what = f"reading failed at byte {self._pos} of {self.size}"
                     raise self._s3.error(self.key, what, exc, "GetObject") from exc
@@ -92,7 +92,7 @@ class S3Reader:
             raise self._s3.error(self.key, "GetObject failed", exc) from exc
 
     def _resume(self) -> None:
-        with contextlib.suppress(STREAM_ERRORS):
+        with contextlib.suppress(*stream_errors()):
             self._body.close()
         if self._pos >= self.size:
             self._body = io.BytesIO(b"")

@@ -24,13 +24,13 @@ from ansible.module_utils.opsbook_s3 import (
     DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
     DEFAULT_STALL_TIMEOUT,
-    STREAM_ERRORS,
     BotoCoreError,
     ClientError,
     check_sse,
     describe_client_error,
     describe_s3_error,
     scrub_endpoint,
+    stream_errors,
 )
 from ansible.module_utils.opsbook_s3_download import S3Reader
 from ansible.module_utils.opsbook_s3_upload import S3Writer, put_outcome, put_result
@@ -197,7 +197,7 @@ class S3Storage(common.Storage):
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))
             return resp["Body"].read()
-        except (ClientError, *STREAM_ERRORS) as exc:
+        except (ClientError, *stream_errors()) as exc:
             raise self.error(key, "GetObject failed", exc) from exc
 
     def list(self, prefix: str = "") -> list[common.ObjectInfo]:
@@ -368,7 +368,7 @@ class S3Storage(common.Storage):
             if describe_client_error(exc, self.bucket)[1] == "not_found":
                 return None
             raise self.error(key, "GetObject failed", exc) from exc
-        except STREAM_ERRORS as exc:
+        except stream_errors() as exc:
             raise self.error(key, "GetObject failed", exc) from exc
         return common.Versioned(key, data, unquote_etag(resp.get("ETag", "")))
 

@@ -925,11 +925,15 @@ class RunbookRunner:
         raise RuntimeError(f"could not create a fresh run directory under {self.runs_dir}")
 
     def _rotate(self, current: str) -> None:
-        """Keep the newest ``keep_runs`` run directories (opsbook's own only)."""
-        runs = sorted(p for p in self.runs_dir.iterdir() if _IDENT_RE.match(p.name) and p.is_dir())
-        for old in runs[: -self.keep_runs]:
-            if old.name != current:
-                shutil.rmtree(old, ignore_errors=True)
+        """Keep the newest ``keep_runs`` run directories (opsbook's own only), this run's always
+        among them (two runs started in the same second sort by their random suffix)."""
+        others = sorted(
+            p
+            for p in self.runs_dir.iterdir()
+            if _IDENT_RE.match(p.name) and p.is_dir() and p.name != current
+        )
+        for old in others[: max(len(others) - max(self.keep_runs - 1, 0), 0)]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _envvars(self, plan: RunPlan, ident: str) -> dict[str, str]:
         envvars = dict(plan.envvars)

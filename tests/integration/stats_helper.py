@@ -83,6 +83,29 @@ def stats_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
     return env, stats_file
 
 
+# Ad hoc playbooks hand their registered results back through the stats callback: a last
+# task publishes them with set_stats (no module process; a copy to a file costs two).
+RESULTS_KEY = "opsbook_test_results"
+
+
+def results_task(expression: str, name: str = "Publish the results for the test") -> dict[str, Any]:
+    """The task that publishes ``{{ expression }}`` (registered results) as JSON text, read back
+    by :func:`read_results` from the file the stats callback writes (:func:`stats_env`)."""
+    return {
+        "name": name,
+        "ansible.builtin.set_stats": {"data": {RESULTS_KEY: "{{ " + expression + " | to_json }}"}},
+        "check_mode": False,
+    }
+
+
+def read_results(stats_file: Path) -> Any:
+    """What :func:`results_task` published in the run that wrote stats_file."""
+    custom = json.loads(stats_file.read_text())["custom"]
+    assert RESULTS_KEY in custom.get("_run", {}), f"the run published no results: {custom}"
+    value = custom["_run"][RESULTS_KEY]
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def run_with_stats(
     run_playbook: Any,
     tmp_path: Path,

@@ -25,6 +25,7 @@ import pytest
 
 from opsbook.lab import PostgresCluster
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env, wait_for
+from tests.integration.stats_helper import STATS_FILE_ENV, read_results, results_task, stats_env
 from tests.lab import DEFAULT_PG_SETTINGS, S3_CREDENTIALS, MotoS3Server
 from tests.loaders import load_module_utils
 from tests.tcp_proxy import TcpProxy
@@ -70,17 +71,7 @@ class ModuleRunner:
                 {"name": f"step {i}", **task, "register": f"r{i}", "ignore_errors": True}
             )
         names = ", ".join(f"r{i}" for i in range(len(tasks)))
-        play_tasks.append(
-            {
-                "name": "save the results",
-                "ansible.builtin.copy": {
-                    "content": "{{ [" + names + "] | to_json }}",
-                    "dest": str(results),
-                    "mode": "0600",
-                },
-                "check_mode": False,
-            }
-        )
+        play_tasks.append(results_task(f"[{names}]"))
         playbook = self.tmp_path / f"play-{self.count}.yml"
         plays = [
             {
@@ -106,15 +97,17 @@ class ModuleRunner:
         ]
         return [*argv, "--check"] if check else argv
 
-    def env(self) -> dict[str, str]:
-        return ansible_env(self.tmp_path / "oplog.jsonl")
+    def env(self, results: Path) -> dict[str, str]:
+        """The project's environment, with the stats callback writing results."""
+        stats, _ = stats_env(self.tmp_path)  # the callback; its file: results
+        return ansible_env(self.tmp_path / "oplog.jsonl", {**stats, STATS_FILE_ENV: str(results)})
 
     def start(self, tasks: list[dict[str, Any]]) -> tuple[subprocess.Popen[str], Path]:
         playbook, results = self.write(tasks)
         proc = subprocess.Popen(
             self.argv(playbook, False),
             cwd=PROJECT_ROOT,
-            env=self.env(),
+            env=self.env(results),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -124,7 +117,7 @@ class ModuleRunner:
 
     def collect(self, proc: subprocess.Popen[str], results: Path, timeout: float) -> PlayRun:
         stdout, stderr = proc.communicate(timeout=timeout)
-        data = json.loads(results.read_text()) if results.exists() else []
+        data = read_results(results) if results.exists() else []
         return PlayRun(proc.returncode, stdout, stderr, data)
 
     def __call__(
@@ -134,7 +127,7 @@ class ModuleRunner:
         proc = subprocess.run(
             self.argv(playbook, check),
             cwd=PROJECT_ROOT,
-            env=self.env(),
+            env=self.env(results),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -142,7 +135,7 @@ class ModuleRunner:
             check=False,
         )
         assert results.exists(), f"playbook did not finish:\n{proc.stdout}\n{proc.stderr}"
-        return PlayRun(proc.returncode, proc.stdout, proc.stderr, json.loads(results.read_text()))
+        return PlayRun(proc.returncode, proc.stdout, proc.stderr, read_results(results))
 
 
 @pytest.fixture
@@ -869,10 +862,10 @@ def test_the_module_process_path_backs_up_the_same_way(
     plays[0]["vars"] = {"ansible_python_interpreter": str(VENV_BIN / "python")}
     playbook.write_text(json.dumps(plays))
     argv = [a for a in run_tasks.argv(playbook, False) if "ansible_python_interpreter" not in a]
-    proc = subprocess.run(argv[:-1], cwd=PROJECT_ROOT, env=run_tasks.env(), capture_output=True,
-                          text=True, timeout=300, check=False)  # fmt: skip
+    proc = subprocess.run(argv[:-1], cwd=PROJECT_ROOT, env=run_tasks.env(results),
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert results.exists(), proc.stdout + proc.stderr
-    module_process, refused, in_worker, listing = json.loads(results.read_text())
+    module_process, refused, in_worker, listing = read_results(results)
     assert "psycopg" in failed(refused)["msg"]  # a module process, on the system's python
     for result in (ok(module_process), ok(in_worker)):  # the worker: the system's python unused
         assert result["verification"]["ok"] is True and result["verification"]["method"] == "reread"

@@ -30,6 +30,7 @@ import pytest
 
 from opsbook.lab import PostgresCluster, load_app_schema
 from tests.harness import PROJECT_ROOT, VENV_BIN, ansible_env, run_ansible
+from tests.integration.stats_helper import STATS_FILE_ENV, read_results, results_task, stats_env
 from tests.lab import MotoS3Server, app_table_checksums, load_pgbench
 
 pytestmark = pytest.mark.integration
@@ -70,13 +71,16 @@ class ModuleRunner:
     def __call__(self, module: str, args: dict[str, Any], check: bool = False) -> Run:
         playbook, result_file = self.write(module, args, check)
         proc = run_ansible(
-            [str(playbook), *self.ANSIBLE_ARGS],
-            env=ansible_env(self.work / "oplog.jsonl"),
-            timeout=900,
+            [str(playbook), *self.ANSIBLE_ARGS], env=self.env(result_file), timeout=900,
             tool="ansible-playbook",
-        )
+        )  # fmt: skip
         assert result_file.exists(), proc.stdout + proc.stderr
-        return Run(json.loads(result_file.read_text()), proc.stdout, proc.stderr)
+        return Run(read_results(result_file), proc.stdout, proc.stderr)
+
+    def env(self, result_file: Path) -> dict[str, str]:
+        """The project's environment, with the stats callback writing result_file."""
+        stats, _ = stats_env(self.work)  # the callback; its file: result_file
+        return ansible_env(self.work / "oplog.jsonl", {**stats, STATS_FILE_ENV: str(result_file)})
 
     ANSIBLE_ARGS = ("-i", "localhost,", "-c", "local",
                     "-e", f"ansible_python_interpreter={VENV_BIN / 'python'}")  # fmt: skip
@@ -87,7 +91,7 @@ class ModuleRunner:
         proc = subprocess.Popen(
             [str(VENV_BIN / "ansible-playbook"), str(playbook), *self.ANSIBLE_ARGS],
             cwd=PROJECT_ROOT,
-            env=ansible_env(self.work / "oplog.jsonl"),
+            env=self.env(result_file),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -110,15 +114,7 @@ class ModuleRunner:
                         "ignore_errors": True,
                         "check_mode": check,
                     },
-                    {
-                        "name": "Save the result",
-                        "ansible.builtin.copy": {
-                            "content": "{{ out | to_json }}",
-                            "dest": str(result_file),
-                            "mode": "0600",
-                        },
-                        "check_mode": False,
-                    },
+                    results_task("out"),
                 ],
             }
         ]
@@ -924,7 +920,7 @@ def test_sigterm_mid_restore_cleans_up_and_sigkill_leaves_no_child(
     module_pid = _parent_of(restoring)
     os.kill(module_pid, signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    result = json.loads(result_file.read_text())
+    result = read_results(result_file)
     assert result["failed"] and "interrupted by SIGTERM" in result["msg"], output
     assert "was dropped" in result["msg"] and "was not created" in result["msg"]
     assert _gone(restoring)

@@ -40,6 +40,7 @@ from opsbook.lab import (
 )
 from opsbook.lab._proc import make_lab_dir
 from tests.harness import ansible_env, run_ansible
+from tests.integration.stats_helper import stats_env
 from tests.lab import MotoS3Server, write_inventory
 
 pytestmark = pytest.mark.integration
@@ -52,6 +53,11 @@ RECAP_RE = re.compile(
 )
 RUN_ID = "test-run-0001"
 OPERATOR = "release-tester"
+# The rules below (keep_releases, rollback targets, check mode, the atomic switch) are each
+# host's own: those tests run the role on rel1 alone and check that rel2 and rel3 were left as
+# they were. The three hosts in parallel: test_deploy_v1_then_v2_..., test_a_failed_install_...
+# (and test_deploy.py, through deploy.yml).
+ONE_HOST = {"release_test_hosts": "rel1"}
 
 
 @dataclass
@@ -120,24 +126,26 @@ class ReleaseLab:
 
     def play(self, steps: list[dict[str, Any]], check: bool = False, **extra: Any) -> Run:
         self.runs += 1
-        out = self.base / f"out-{self.runs}"
-        out.mkdir()
-        extravars = {
-            "release_test_steps": steps,
-            "release_test_out": str(out),
-            "opsbook_reason": "release role test",
-            **extra,
-        }
+        extravars = {"release_test_steps": steps, "opsbook_reason": "release role test", **extra}
         vars_file = self.base / f"extravars-{self.runs}.json"
         vars_file.write_text(json.dumps(extravars))
         argv = [PLAYBOOK, "-i", str(self.inventory / "hosts.yml"), "-e", f"@{vars_file}"]
         if check:
             argv.append("--check")
+        # The role's facts: published per host by the playbook (set_stats), dumped by the
+        # stats callback.
+        stats, stats_file = stats_env(self.base)
         env = ansible_env(
-            self.base / "oplog.jsonl", {"OPSBOOK_RUN_ID": RUN_ID, "OPSBOOK_OPERATOR": OPERATOR}
+            self.base / "oplog.jsonl",
+            {"OPSBOOK_RUN_ID": RUN_ID, "OPSBOOK_OPERATOR": OPERATOR, **stats},
         )
         result = run_ansible(argv, env=env, timeout=600, tool="ansible-playbook")
-        facts = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+        custom = json.loads(stats_file.read_text())["custom"] if stats_file.exists() else {}
+        facts = {
+            host: data["release_test_facts"]
+            for host, data in custom.items()
+            if "release_test_facts" in data
+        }
         return Run(result.returncode, result.stdout, result.stderr, facts)
 
     # ---- state of the hosts
@@ -427,117 +435,120 @@ def test_keep_releases_rules(lab: ReleaseLab) -> None:
         lab.step("mark", release_id="1.3.0", release_status="failed"),
         lab.step("mark", release_id="1.4.0", release_status="failed"),
     ]
-    assert_ok(lab.play(steps))
+    host, others = lab.hosts[0], lab.hosts[1:]
+    untouched = {h.name: lab.tree(h) for h in others}
+    assert_ok(lab.play(steps, **ONE_HOST))
     all_ids = ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0"]
-    for host in lab.hosts:
-        assert sorted(os.listdir(host.deploy_root / "releases")) == all_ids
+    assert sorted(os.listdir(host.deploy_root / "releases")) == all_ids
 
-    check = lab.play([lab.step("prune", release_keep_releases=1)], check=True)
+    check = lab.play([lab.step("prune", release_keep_releases=1)], check=True, **ONE_HOST)
     assert_ok(check)
-    for host in lab.hosts:
-        assert sorted(os.listdir(host.deploy_root / "releases")) == all_ids
+    assert sorted(os.listdir(host.deploy_root / "releases")) == all_ids
 
-    run = lab.play([lab.step("prune", release_keep_releases=1)])
+    run = lab.play([lab.step("prune", release_keep_releases=1)], **ONE_HOST)
     assert_ok(run)
-    for host in lab.hosts:
-        # 1.5.0 current; 1.2.0 the previous good; 1.4.0 failed (not counted, older than the
-        # kept one); 1.3.0 failed before activation; 1.1.0 and the adopted 1.0.0 beyond keep
-        assert sorted(os.listdir(host.deploy_root / "releases")) == ["1.2.0", "1.5.0"]
-        removed = {
-            r["release_id"]: r["reason"] for r in run.facts[host.name]["release_prune"]["removed"]
-        }
-        assert removed == {
-            "1.4.0": "failed, older than the 1 kept releases",
-            "1.3.0": "failed before activation",
-            "1.1.0": "beyond keep_releases=1",
-            "1.0.0": "beyond keep_releases=1",
-        }
-        assert run.facts[host.name]["release_state"]["previous_good"] == "1.2.0"
+    # 1.5.0 current; 1.2.0 the previous good; 1.4.0 failed (not counted, older than the
+    # kept one); 1.3.0 failed before activation; 1.1.0 and the adopted 1.0.0 beyond keep
+    assert sorted(os.listdir(host.deploy_root / "releases")) == ["1.2.0", "1.5.0"]
+    pruned = run.facts[host.name]["release_prune"]["removed"]
+    removed = {r["release_id"]: r["reason"] for r in pruned}
+    assert removed == {
+        "1.4.0": "failed, older than the 1 kept releases",
+        "1.3.0": "failed before activation",
+        "1.1.0": "beyond keep_releases=1",
+        "1.0.0": "beyond keep_releases=1",
+    }
+    assert run.facts[host.name]["release_state"]["previous_good"] == "1.2.0"
+    assert {h.name: lab.tree(h) for h in others} == untouched
 
 
 def test_rollback_twice_follows_current_not_the_newest_directory(lab: ReleaseLab) -> None:
+    host, others = lab.hosts[0], lab.hosts[1:]
+    untouched = {h.name: (lab.tree(h), lab.serving(h)) for h in others}
     quick = {"release_restart": False}  # the app keeps serving 1.0.0 until the rollbacks
     assert_ok(lab.play([*lab.deploy_good("3.0.0", **quick), *lab.deploy_good("3.1.0", **quick),
-                        *lab.deploy_good("3.2.0", **quick)]))  # fmt: skip
-    pids = {h.name: lab.serving(h)[1] for h in lab.hosts}
-    assert all(lab.serving(h)[0] == "1.0.0" for h in lab.hosts)
+                        *lab.deploy_good("3.2.0", **quick)], **ONE_HOST))  # fmt: skip
+    version, pid = lab.serving(host)
+    assert version == "1.0.0"
 
-    first = lab.play([lab.step("rollback", release_metadata={"reason": "bad 3.2.0"})])
+    first = lab.play([lab.step("rollback", release_metadata={"reason": "bad 3.2.0"})], **ONE_HOST)
     assert_ok(first)
-    for host in lab.hosts:
-        assert first.facts[host.name]["release_rollback"]["from"] == "3.2.0"
-        assert first.facts[host.name]["release_rollback"]["to"] == "3.1.0"
-        version, pid = lab.serving(host)
-        assert version == "3.1.0" and pid != pids[host.name] and not pid_alive(pids[host.name])
-        assert lab.meta(host, "3.2.0")["status"] == "rolled_back"
-        assert max(os.listdir(host.deploy_root / "releases")) == "3.2.0"  # still the newest dir
-        pids[host.name] = pid
+    assert first.facts[host.name]["release_rollback"]["from"] == "3.2.0"
+    assert first.facts[host.name]["release_rollback"]["to"] == "3.1.0"
+    version, new_pid = lab.serving(host)
+    assert version == "3.1.0" and new_pid != pid and not pid_alive(pid)
+    assert lab.meta(host, "3.2.0")["status"] == "rolled_back"
+    assert max(os.listdir(host.deploy_root / "releases")) == "3.2.0"  # still the newest dir
+    pid = new_pid
 
-    second = lab.play([lab.step("rollback")])
+    second = lab.play([lab.step("rollback")], **ONE_HOST)
     assert_ok(second)
-    for host in lab.hosts:
-        rollback = second.facts[host.name]["release_rollback"]
-        assert (rollback["from"], rollback["to"], rollback["changed"]) == ("3.1.0", "3.0.0", True)
-        version, pid = lab.serving(host)
-        assert version == "3.0.0" and pid != pids[host.name]
-        assert Path(os.readlink(host.current_link)).name == "3.0.0"
-        history = json.loads((host.deploy_root / ".opsbook/history.json").read_text())
-        actions = [(e["action"], e["release_id"]) for e in history["activations"]][-2:]
-        assert actions == [("rollback", "3.1.0"), ("rollback", "3.0.0")]
-        assert history["activations"][-2]["reason"] == "bad 3.2.0"
+    rollback = second.facts[host.name]["release_rollback"]
+    assert (rollback["from"], rollback["to"], rollback["changed"]) == ("3.1.0", "3.0.0", True)
+    version, new_pid = lab.serving(host)
+    assert version == "3.0.0" and new_pid != pid
+    assert Path(os.readlink(host.current_link)).name == "3.0.0"
+    history = json.loads((host.deploy_root / ".opsbook/history.json").read_text())
+    actions = [(e["action"], e["release_id"]) for e in history["activations"]][-2:]
+    assert actions == [("rollback", "3.1.0"), ("rollback", "3.0.0")]
+    assert history["activations"][-2]["reason"] == "bad 3.2.0"
 
-    named = lab.play([lab.step("rollback", release_rollback_to="3.2.0")])
+    named = lab.play([lab.step("rollback", release_rollback_to="3.2.0")], **ONE_HOST)
     assert_ok(named)
-    assert all(lab.serving(h)[0] == "3.2.0" for h in lab.hosts)
+    assert lab.serving(host)[0] == "3.2.0"
+    assert {h.name: (lab.tree(h), lab.serving(h)) for h in others} == untouched
 
 
 def test_check_mode_changes_nothing(lab: ReleaseLab) -> None:
-    assert_ok(lab.play(lab.deploy_good("2.0.0")))
+    host = lab.hosts[0]
+    assert_ok(lab.play(lab.deploy_good("2.0.0"), **ONE_HOST))
     trees = lab.trees()
-    pids = {h.name: lab.serving(h)[1] for h in lab.hosts}
+    serving = {h.name: lab.serving(h) for h in lab.hosts}
+    assert serving[host.name][0] == "2.0.0"
 
-    deploy = lab.play([lab.main("4.0.0")], check=True)
+    deploy = lab.play([lab.main("4.0.0")], check=True, **ONE_HOST)
     assert_ok(deploy)
-    rollback = lab.play([lab.step("rollback")], check=True)
+    rollback = lab.play([lab.step("rollback")], check=True, **ONE_HOST)
     assert_ok(rollback)
-    for host in lab.hosts:
-        assert deploy.facts[host.name]["release_activation"]["changed"] is True  # would switch
-        assert deploy.facts[host.name]["release_activation"]["current"] == "4.0.0"
-        assert rollback.facts[host.name]["release_rollback"]["to"] == "1.0.0"
+    assert deploy.facts[host.name]["release_activation"]["changed"] is True  # would switch
+    assert deploy.facts[host.name]["release_activation"]["current"] == "4.0.0"
+    assert rollback.facts[host.name]["release_rollback"]["to"] == "1.0.0"
     assert lab.trees() == trees
-    assert {h.name: lab.serving(h) for h in lab.hosts} == {n: ("2.0.0", p) for n, p in pids.items()}
+    assert {h.name: lab.serving(h) for h in lab.hosts} == serving
 
 
 def test_current_is_never_missing_while_activating(lab: ReleaseLab) -> None:
+    host, others = lab.hosts[0], lab.hosts[1:]
+    untouched = {h.name: lab.tree(h) for h in others}
     no_restart = {"release_restart": False}
-    assert_ok(lab.play([lab.main("5.0.0", **no_restart), lab.main("5.1.0", **no_restart)]))
+    assert_ok(lab.play([lab.main("5.0.0", **no_restart), lab.main("5.1.0", **no_restart)],
+                       **ONE_HOST))  # fmt: skip
     stop = threading.Event()
-    seen: dict[str, set[str]] = {h.name: set() for h in lab.hosts}
+    seen: set[str] = set()
     misses: list[str] = []
 
-    def reader(host: AppHost) -> None:
+    def reader() -> None:
         while not stop.is_set():
             try:
                 target = os.readlink(host.current_link)
                 if not (host.current_link / "app.py").is_file():
                     misses.append(f"{host.name}: no app.py behind {target}")
-                seen[host.name].add(target)
+                seen.add(target)
             except OSError as exc:
                 misses.append(f"{host.name}: {exc!r}")
 
-    threads = [threading.Thread(target=reader, args=(h,)) for h in lab.hosts]
-    for thread in threads:
-        thread.start()
+    thread = threading.Thread(target=reader)
+    thread.start()
     try:
         steps = [
             lab.step("activate", release_id=rid, **no_restart)
             for rid in ("5.0.0", "5.1.0", "5.0.0", "5.1.0")
         ]
-        run = lab.play(steps)
+        run = lab.play(steps, **ONE_HOST)
     finally:
         stop.set()
-        for thread in threads:
-            thread.join()
+        thread.join()
     assert_ok(run)
     assert misses == []
-    assert all(s == {"releases/5.0.0", "releases/5.1.0"} for s in seen.values()), seen
+    assert seen == {"releases/5.0.0", "releases/5.1.0"}, seen
+    assert {h.name: lab.tree(h) for h in others} == untouched

@@ -113,6 +113,11 @@ def test_gate_targets() -> None:
         {"name": "a", "base_url": "http://a:8080", "version": "1.0"},
         {"name": "b", "base_url": "http://b:8080", "version": "0.9"},
     ]
+    hostvars["b"]["deploy_switched"] = True
+    hostvars["a"]["deploy_switch_failed"] = True  # rolled back already: not waited for
+    assert fd.deploy_gate_targets(
+        ["a", "b"], hostvars, "2.0", only_if="deploy_switched", unless="deploy_switch_failed"
+    ) == [{"name": "b", "base_url": "http://b:8080", "version": "2.0"}]
 
 
 # --------------------------------------------------------------------------- rollback
