@@ -127,7 +127,10 @@ def test_up_is_idempotent_and_runbooks_run_against_it(sandbox_project: Path) -> 
     assert "down" not in status.stdout.replace("(up)", "")
 
     # The README's main job.
-    tour = _opsbook(sandbox_project, "run", "tour", "--env", "local", "--reason", "test")
+    tour = _opsbook(
+        sandbox_project, "run", "tour", "--env", "local", "--reason", "test",
+        "-e", f"opsbook_report_dir={sandbox_project / 'reports'}",
+    )  # fmt: skip
     assert tour.returncode == 0, tour.stdout + tour.stderr
     assert "Health check verdict: OK" in tour.stdout
     assert "Restore drill: PASSED" in tour.stdout
@@ -150,14 +153,16 @@ def test_up_is_idempotent_and_runbooks_run_against_it(sandbox_project: Path) -> 
         re.findall(r"^\s*(Routine checks|Incident) report: (/\S+\.md)$", tour.stdout, re.M)
     )
     assert set(reports) == {"Routine checks", "Incident"}, tour.stdout[-3000:]
+    assert {Path(path).parent for path in reports.values()} == {sandbox_project / "reports"}
     assert "## Why this severity" in Path(reports["Incident"]).read_text()
     assert "disk" in Path(reports["Routine checks"]).read_text()
 
     os.environ["OPSBOOK_PROJECT_DIR"] = str(sandbox_project)
+    os.environ["OPSBOOK_OPLOG"] = str(sandbox_project / "oplog.jsonl")
     try:
         result = opsbook.run("health_check", "local", reason="python twin")
     finally:
-        del os.environ["OPSBOOK_PROJECT_DIR"]
+        del os.environ["OPSBOOK_PROJECT_DIR"], os.environ["OPSBOOK_OPLOG"]
     assert result.rc == 0
     assert result.outputs["health_check"]["verdict"] == "ok"
     assert "backup" not in result.outputs

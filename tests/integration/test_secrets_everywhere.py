@@ -203,6 +203,7 @@ def test_every_runbook_at_vvvv_leaves_no_canary_anywhere(
         "migrations_dir": str(lab["migrations"]),
         "data_fix_file": str(lab["fix"]),
         "data_fix_verify": "SELECT id FROM users WHERE id < 0",
+        "opsbook_report_dir": str(tmp_path / "reports"),  # the tour's reports, scanned too
     }))  # fmt: skip
     jwt_before = app_host.read_env()["JWT_SECRET"]  # the tour rotates it
     started = time.monotonic()
@@ -255,6 +256,8 @@ def test_every_runbook_at_vvvv_leaves_no_canary_anywhere(
     assert tour["backup"]["storage"].startswith(f"s3://{BUCKET}/") and tour["backup"]["verified"]
     assert tour["deploy"]["version"] == "1.1.0"  # deployed, then rolled back
     assert app_host.version() == "1.0.0"
+    reports = sorted(path.name.split("-")[0] for path in (tmp_path / "reports").glob("*.md"))
+    assert reports == ["incident", "routine_checks"]  # written where asked, scanned below
     assert len(webhook.payloads) >= 2  # the URL was used: deploy's and rollback's notifications
     artifacts = sorted((tmp_path / "runs").glob("*/artifacts/*"))
     assert len(artifacts) == 2
