@@ -252,7 +252,10 @@ def rollback_gate_targets(
     hostvars: Mapping[str, Any], hosts: Iterable[str], check_mode: bool = False
 ) -> list[dict[str, str]]:
     """http_gate targets of a rollback: each host whose switch and restart went through, on
-    the version it serves now (in check mode nothing moved: /health only)."""
+    the version it serves now. None in check mode: nothing moved, and the app's health as it is
+    now (broken, most often, when one rolls back) is not the rollback's result."""
+    if check_mode:
+        return []
     targets = []
     for host in hosts:
         facts = hostvars[host]
@@ -266,7 +269,7 @@ def rollback_gate_targets(
             {
                 "name": host,
                 "base_url": str(_get(facts, "app_base_url", "")),
-                "version": "" if check_mode else str(switch.get("current_version") or ""),
+                "version": str(switch.get("current_version") or ""),
             }
         )
     return targets

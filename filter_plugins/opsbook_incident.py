@@ -580,8 +580,8 @@ def _mitigation(
         f"fails now ({failing})"
     )
     if settings.get("check_mode"):
-        # rollback.yml --check would gate the app as it is now - the very failure triaged - and
-        # fail the run: in --check the decision is reported, rollback.yml is not run.
+        # in --check the triage stays a report: the decision is reported, rollback.yml is not
+        # run (on its own, rollback.yml --check says what it would switch).
         decision.update(
             decision="rollback",
             reason=f"would roll back through rollback.yml (--check: not run): {why}",

@@ -358,6 +358,16 @@ def test_rollback_check_mode_changes_nothing(rollback: Any, deploy_hosts: list[A
     dry = rollback(check=True)
     assert dry.rc == 0, dry.output
     assert [snapshot(h) for h in deploy_hosts] == before
+    # the app broken now (why one rolls back): --check still says what it would do, and succeeds
+    deploy_hosts[0].set_health("fail")
+    try:
+        before = [snapshot(h) for h in deploy_hosts]
+        broken = rollback(check=True)
+        assert broken.rc == 0, broken.output
+        assert [snapshot(h) for h in deploy_hosts] == before
+        assert "/health" not in str(broken.stats["rollback"]), broken.stats["rollback"]
+    finally:
+        deploy_hosts[0].set_health("ok")
 
 
 def test_rollback_twice_goes_back_two_good_releases(
