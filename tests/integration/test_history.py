@@ -52,7 +52,10 @@ def test_history_reads_back_two_real_runs_as_the_operation_logs_template(
             f"Operation: {record['playbook']} on staging by history-tester, run {record['id']}"
         )
         assert lines[2] == "Reason: morning checks"
-        assert lines[5] == "Issues: none"
+        # db_health on the session's shared database may find something to warn about (what
+        # earlier tests left: dead tuples, a cold cache): the verdict is then an issue
+        verdict = next(iter(record["outputs"].values())).get("verdict", "ok")
+        assert lines[5] == ("Issues: none" if verdict == "ok" else f"Issues: verdict {verdict}")
         assert f"## {record['started'][:10]} {record['started'][11:16]} UTC" in text
     backup, db = blocks
     backup_id = records[0]["outputs"]["backup"]["backup_id"]
@@ -61,7 +64,8 @@ def test_history_reads_back_two_real_runs_as_the_operation_logs_template(
     # each run's own summary lines (the two ran on one command line, their outputs apart)
     assert f"Follow-up: Backup {backup_id}: database app -> file://" in backup
     assert "Verified: size and sha256" in backup and "Database health" not in backup
-    assert "Follow-up: Database health: OK" in db and "Backup " not in db
+    db_verdict = records[1]["outputs"]["db_health"]["verdict"].upper()
+    assert f"Follow-up: Database health: {db_verdict}" in db and "Backup " not in db
     assert pg.password not in text
 
     as_json = history("--runbook", "db_health", "--json")
