@@ -38,9 +38,10 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 # The exact versions the suite passed with (constraints.txt; `bash scripts/lock.sh` updates it on
-# purpose). Re-installed whenever pyproject.toml or constraints.txt differ from the last install.
+# purpose). Re-installed whenever pyproject.toml, requirements.txt (its runtime dependencies) or
+# constraints.txt differ from the last install.
 stamp=.venv/.opsbook-installed
-want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements.txt constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing opsbook and its dev tools into .venv (versions from constraints.txt)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
