@@ -6,10 +6,18 @@ Python entry point::
     result = opsbook.run("health_check", "local", reason="morning check")
     result.status, result.rc, result.stats, result.outputs
 
-See :func:`opsbook.runner.run` and :class:`opsbook.runner.RunbookRunner`.
+    handle = opsbook.start("backup", "local", reason="before the upgrade")
+    for event in handle.events():    # or: async for event in handle
+        ...
+    handle.cancel()                  # as Ctrl-C: the runbook cleans up; status "canceled"
+    result = handle.wait()           # or: await handle
+
+See :func:`opsbook.runner.run`, :func:`opsbook.handle.start` and
+:class:`opsbook.runner.RunbookRunner`.
 """
 
 from opsbook.exitcodes import ExitCode, OpsbookInputError
+from opsbook.handle import RunHandle, start
 from opsbook.runner import RunbookRunner, RunPlan, RunResult, run
 
 __version__ = "0.1.0"
@@ -17,9 +25,11 @@ __version__ = "0.1.0"
 __all__ = [
     "ExitCode",
     "OpsbookInputError",
+    "RunHandle",
     "RunPlan",
     "RunResult",
     "RunbookRunner",
     "__version__",
     "run",
+    "start",
 ]

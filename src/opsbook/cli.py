@@ -1,7 +1,7 @@
 """The ``opsbook`` command: run and list runbooks, manage the local sandbox.
 
     opsbook run RUNBOOK --env ENV [-e key=value ...] [-e @file.yml] [--check]
-                [--limit PATTERN] [--reason TEXT] [--timeout SECONDS]
+                [--limit PATTERN] [--reason TEXT] [--timeout SECONDS] [--json]
     opsbook list
     opsbook sandbox up|down|status
     opsbook schedule install|list|remove --env ENV
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import re
 import sys
 from collections.abc import Sequence
@@ -203,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-v", "--verbose", action="count", default=0, help="more Ansible output in the artifacts"
     )
+    run.add_argument(
+        "--json", action="store_true",
+        help="for machines: one JSON object a line on stdout, each event as it happens "
+        '(type "event"), then the result (type "result": status, rc, verdict, stats, '
+        "outputs); no progress text; same exit codes",
+    )  # fmt: skip
     run.set_defaults(handler=_cmd_run)
 
     listing = commands.add_parser("list", help="list the runbooks with their descriptions")
@@ -242,6 +249,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     redact = runner.scrubber(plan).redact
     for warning in plan.warnings:
         print(f"opsbook: warning: {redact(warning)}", file=sys.stderr, flush=True)
+    if args.json:
+        return _run_json(runner, plan)
     progress = Progress(sys.stdout, redact=redact)
     mode = " in check mode" if plan.check else ""
     print(f"opsbook: running {plan.runbook.name} on {plan.env}{mode}", flush=True)
@@ -250,6 +259,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         progress.finish()
     print(render_summary(result, redact=redact), flush=True)
+    return result.rc
+
+
+def _run_json(runner: Any, plan: Any) -> int:
+    """``opsbook run --json``: the run's events, then its result, one JSON object a line (the
+    records of :mod:`opsbook.handle`, masked as the run's artifacts are)."""
+    from opsbook.handle import event_record, result_record
+
+    scrubber = runner.scrubber(plan)
+
+    def emit(record: dict[str, Any]) -> None:
+        line = json.dumps(scrubber.redact_data(record), default=str)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    result = runner.execute(plan, event_handler=lambda event: emit(event_record(event)))
+    emit(result_record(result))
     return result.rc
 
 

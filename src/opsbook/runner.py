@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from opsbook import project as _project
 from opsbook.exitcodes import OpsbookInputError, exit_code_for, worst_verdict
@@ -69,10 +69,15 @@ from opsbook.secrets import (
     secrets_in_vars_file,
 )
 
+if TYPE_CHECKING:
+    from opsbook.handle import RunHandle
+
 log = logging.getLogger("opsbook")
 
 EventHandler = Callable[[dict[str, Any]], Any]
 CancelCallback = Callable[[], bool]
+#: receives {"status": "starting" | "running", "runner_ident": ident} as runner reports them
+StatusHandler = Callable[[Mapping[str, Any]], Any]
 
 DEFAULT_KEEP_RUNS = 20
 # How often runner's loop wakes up without output: bounds the reaction time to
@@ -521,6 +526,7 @@ class _Run:
         event_handler: EventHandler | None,
         cancel_callback: CancelCallback | None,
         env_extra: list[str],
+        status_handler: StatusHandler | None = None,
     ) -> None:
         self.plan = plan
         self.ident = ident
@@ -529,6 +535,7 @@ class _Run:
         self.scrubber = scrubber
         self.user_handler = event_handler
         self.user_cancel = cancel_callback
+        self.user_status = status_handler
         self.env_extra = env_extra
         self.env_drop: set[str] = set()
         self.inherited = dict(os.environ)
@@ -577,6 +584,11 @@ class _Run:
             command = self.artifacts_dir / "command"
             if command.is_file():
                 self.scrubber.scrub_file(command)
+        if self.user_status is not None and status in ("starting", "running"):
+            try:
+                self.user_status({"status": status, "runner_ident": self.ident})
+            except Exception:
+                log.exception("opsbook: the status handler raised; the run goes on")
 
     def on_event(self, event: dict[str, Any]) -> bool:
         """Redact the event in place (runner writes it to job_events afterwards),
@@ -852,6 +864,7 @@ class RunbookRunner:
         ``event_handler`` receives every runner event, already redacted;
         ``cancel_callback`` is polled about twice a second and cancels the run
         when it returns True (so do SIGINT and SIGTERM in the main thread).
+        The same run as :meth:`start`, in the calling thread.
         """
         plan = self.plan(
             runbook,
@@ -867,7 +880,61 @@ class RunbookRunner:
             verbosity=verbosity,
             extravars_files=extravars_files,
         )
-        return self.execute(plan, event_handler=event_handler, cancel_callback=cancel_callback)
+        handle = self.handle(plan, event_handler=event_handler, cancel_callback=cancel_callback)
+        return handle.run_here().wait()
+
+    def start(
+        self,
+        runbook: str,
+        env: str,
+        extravars: Mapping[str, Any] | None = None,
+        *,
+        check: bool = False,
+        limit: str | None = None,
+        event_handler: EventHandler | None = None,
+        timeout: float | None = None,
+        reason: str | None = None,
+        secrets: Iterable[str] = (),
+        vault_password_file: str | os.PathLike[str] | None = None,
+        cancel_callback: CancelCallback | None = None,
+        envvars: Mapping[str, str] | None = None,
+        verbosity: int = 0,
+        extravars_files: Iterable[str | os.PathLike[str]] = (),
+    ) -> RunHandle:
+        """Validate (OpsbookInputError here, nothing run), then start the run in a thread of
+        its own and return its :class:`opsbook.handle.RunHandle` at once: ``events()``,
+        ``cancel()``, ``wait()``, ``status``. Arguments as for :meth:`run`; no signal handler
+        is installed (the handle's ``cancel()`` stops the run)."""
+        plan = self.plan(
+            runbook,
+            env,
+            extravars,
+            check=check,
+            limit=limit,
+            timeout=timeout,
+            reason=reason,
+            secrets=secrets,
+            vault_password_file=vault_password_file,
+            envvars=envvars,
+            verbosity=verbosity,
+            extravars_files=extravars_files,
+        )
+        handle = self.handle(plan, event_handler=event_handler, cancel_callback=cancel_callback)
+        return handle.start()
+
+    def handle(
+        self,
+        plan: RunPlan,
+        *,
+        event_handler: EventHandler | None = None,
+        cancel_callback: CancelCallback | None = None,
+    ) -> RunHandle:
+        """A RunHandle for a validated plan, not started yet (``.start()`` or ``.run_here()``)."""
+        from opsbook.handle import RunHandle  # the handle builds on this module
+
+        return RunHandle.for_plan(
+            self, plan, event_handler=event_handler, cancel_callback=cancel_callback
+        )
 
     def execute(
         self,
@@ -875,13 +942,16 @@ class RunbookRunner:
         *,
         event_handler: EventHandler | None = None,
         cancel_callback: CancelCallback | None = None,
+        status_handler: StatusHandler | None = None,
     ) -> RunResult:
-        """Run a validated plan in a fresh private data directory."""
+        """Run a validated plan in a fresh private data directory (the one engine behind
+        ``opsbook.run``, ``opsbook.start`` and ``opsbook run``)."""
         ident, private_dir = self._new_private_dir()
         scrubber = self.scrubber(plan)
         state = _Run(
-            plan, ident, private_dir, scrubber, event_handler, cancel_callback, self.env_allow
-        )
+            plan, ident, private_dir, scrubber, event_handler, cancel_callback, self.env_allow,
+            status_handler,
+        )  # fmt: skip
         runner_status, ansible_rc = "failed", None
         returned = False
         started = time.monotonic()
