@@ -11,9 +11,9 @@ from typing import Any
 
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.parameters import remove_values
-from ansible.plugins.loader import action_loader
-
-HostModuleAction = action_loader.get("opsbook_host_module", class_only=True)
+from ansible_collections.opsbook.runbooks.plugins.plugin_utils.opsbook_host_module import (
+    HostModuleAction,
+)
 
 #: the result's free text, scrubbed of the values of `set` (the module puts none there)
 TEXT_FIELDS = ("msg", "module_stdout", "module_stderr", "exception", "stdout", "stderr")
@@ -30,7 +30,7 @@ def scrubbed(result: dict[str, Any], secrets: Iterable[str]) -> dict[str, Any]:
     return result
 
 
-class ActionModule(HostModuleAction):  # type: ignore[misc,valid-type]
+class ActionModule(HostModuleAction):
     MODULE = "app_env"
 
     def prepare(self, args: dict[str, Any], task_vars: dict[str, Any]) -> dict[str, Any]:

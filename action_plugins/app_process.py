@@ -5,10 +5,10 @@ opsbook_host_module.py), then runs the stdlib-only module on the host."""
 
 from __future__ import annotations
 
-from ansible.plugins.loader import action_loader
+from ansible_collections.opsbook.runbooks.plugins.plugin_utils.opsbook_host_module import (
+    HostModuleAction,
+)
 
-HostModuleAction = action_loader.get("opsbook_host_module", class_only=True)
 
-
-class ActionModule(HostModuleAction):  # type: ignore[misc,valid-type]
+class ActionModule(HostModuleAction):
     MODULE = "app_process"

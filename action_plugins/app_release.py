@@ -11,12 +11,12 @@ import os
 from typing import Any
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.loader import action_loader
+from ansible_collections.opsbook.runbooks.plugins.plugin_utils.opsbook_host_module import (
+    HostModuleAction,
+)
 
-HostModuleAction = action_loader.get("opsbook_host_module", class_only=True)
 
-
-class ActionModule(HostModuleAction):  # type: ignore[misc,valid-type]
+class ActionModule(HostModuleAction):
     MODULE = "app_release"
 
     def prepare(self, args: dict[str, Any], task_vars: dict[str, Any]) -> dict[str, Any]:

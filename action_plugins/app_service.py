@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.loader import action_loader
+from ansible_collections.opsbook.runbooks.plugins.plugin_utils.opsbook_host_module import (
+    HostModuleAction,
+)
 
-HostModuleAction = action_loader.get("opsbook_host_module", class_only=True)
 
-
-class ActionModule(HostModuleAction):  # type: ignore[misc,valid-type]
+class ActionModule(HostModuleAction):
     MODULE = "app_service"
 
     def prepare(self, args: dict[str, Any], task_vars: dict[str, Any]) -> dict[str, Any]:

@@ -11,12 +11,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ansible.plugins.loader import action_loader
+from ansible_collections.opsbook.runbooks.plugins.plugin_utils.opsbook_controller_module import (
+    ControllerModuleAction,
+)
 
-ControllerModuleAction = action_loader.get("opsbook_controller_module", class_only=True)
 
-
-class ActionModule(ControllerModuleAction):  # type: ignore[misc,valid-type]
+class ActionModule(ControllerModuleAction):
     MODULE = "deploy_lock"
 
     def prepare(self, params: dict[str, Any], task_vars: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,10 +6,10 @@ the secret it signs with is never written into a module payload."""
 
 from __future__ import annotations
 
-from ansible.plugins.loader import action_loader
+from ansible_collections.opsbook.runbooks.plugins.plugin_utils.opsbook_controller_module import (
+    ControllerModuleAction,
+)
 
-ControllerModuleAction = action_loader.get("opsbook_controller_module", class_only=True)
 
-
-class ActionModule(ControllerModuleAction):  # type: ignore[misc,valid-type]
+class ActionModule(ControllerModuleAction):
     MODULE = "jwt_probe"

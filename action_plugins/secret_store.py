@@ -16,9 +16,9 @@ from typing import Any
 
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.parsing.convert_bool import boolean
-from ansible.plugins.loader import action_loader
-
-ControllerModuleAction = action_loader.get("opsbook_controller_module", class_only=True)
+from ansible_collections.opsbook.runbooks.plugins.plugin_utils.opsbook_controller_module import (
+    ControllerModuleAction,
+)
 
 
 def run_vault_secrets(loader: Any) -> list[Any]:
@@ -35,7 +35,7 @@ def run_vault_secrets(loader: Any) -> list[Any]:
     return list(getattr(vault, "secrets", None) or [])
 
 
-class ActionModule(ControllerModuleAction):  # type: ignore[misc,valid-type]
+class ActionModule(ControllerModuleAction):
     MODULE = "secret_store"
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:

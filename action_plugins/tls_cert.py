@@ -5,10 +5,10 @@ the task's worker process, not in a module process of its own (see opsbook_contr
 
 from __future__ import annotations
 
-from ansible.plugins.loader import action_loader
+from ansible_collections.opsbook.runbooks.plugins.plugin_utils.opsbook_controller_module import (
+    ControllerModuleAction,
+)
 
-ControllerModuleAction = action_loader.get("opsbook_controller_module", class_only=True)
 
-
-class ActionModule(ControllerModuleAction):  # type: ignore[misc,valid-type]
+class ActionModule(ControllerModuleAction):
     MODULE = "tls_cert"

@@ -6,10 +6,10 @@ opsbook_controller_module.py) - its arguments, the token included, are never wri
 
 from __future__ import annotations
 
-from ansible.plugins.loader import action_loader
+from ansible_collections.opsbook.runbooks.plugins.plugin_utils.opsbook_controller_module import (
+    ControllerModuleAction,
+)
 
-ControllerModuleAction = action_loader.get("opsbook_controller_module", class_only=True)
 
-
-class ActionModule(ControllerModuleAction):  # type: ignore[misc,valid-type]
+class ActionModule(ControllerModuleAction):
     MODULE = "vercel_deployment"

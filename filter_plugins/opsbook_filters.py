@@ -21,32 +21,12 @@ action plugin finds it; else the ``module_utils`` directory beside this one) is 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
-import ansible.module_utils
-from ansible import constants as C
-
-
-def _find_project_module_utils() -> None:
-    """Make ``ansible.module_utils.opsbook_*`` importable here, as they are in a module."""
-    configured = C.config.get_config_value("DEFAULT_MODULE_UTILS_PATH") or []
-    if isinstance(configured, str):
-        configured = configured.split(os.pathsep)
-    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    beside = os.path.join(project, "module_utils")
-    for directory in (*configured, beside):
-        directory = os.path.abspath(os.path.expanduser(directory))
-        if os.path.isdir(directory) and directory not in ansible.module_utils.__path__:
-            ansible.module_utils.__path__.append(directory)
-
-
-_find_project_module_utils()
-
-from ansible.module_utils import opsbook_text  # found through the line above
+from ansible_collections.opsbook.runbooks.plugins.module_utils import opsbook_text
 
 VERDICTS = ("ok", "warn", "fail")
 
@@ -54,7 +34,7 @@ VERDICTS = ("ok", "warn", "fail")
 def opsbook_pg() -> ModuleType:
     """module_utils/opsbook_pg.py, imported by the DSN filters only (it loads psycopg: 0.1 s
     that a worker templating no DSN does not pay)."""
-    from ansible.module_utils import opsbook_pg as module
+    from ansible_collections.opsbook.runbooks.plugins.module_utils import opsbook_pg as module
 
     return module
 

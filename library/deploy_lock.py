@@ -34,7 +34,10 @@ description:
 version_added: "0.2.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_s3, opsbook_controller]  # S3 options, action attribute
+# S3 options, action attribute
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_s3
+  - opsbook.runbooks.opsbook_controller
 options:
   url:
     description:
@@ -265,15 +268,18 @@ msg:
 import os
 from typing import Any
 
-from ansible.module_utils.opsbook_deploy_state import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_deploy_state import (
     DEFAULT_TTL_S,
     DeployLock,
     DeployStateError,
     login_name,
     state_errors,
 )
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_storage import StorageError, open_storage
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage import (
+    StorageError,
+    open_storage,
+)
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:

@@ -54,7 +54,10 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
+# timeouts, retries; action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_rest
+  - opsbook.runbooks.opsbook_controller
 options:
   app:
     description:
@@ -315,7 +318,7 @@ msg:
 from collections.abc import Callable
 from typing import Any
 
-from ansible.module_utils.opsbook_fly import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_fly import (
     FLY_API,
     INSTANCE_HEADER,
     META_SCALED,
@@ -336,15 +339,19 @@ from ansible.module_utils.opsbook_fly import (
     update_machine_locked,
     wait_machine,
 )
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_platform import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import (
     api_errors,
     api_options,
     invalid_input,
     open_client,
     with_calls,
 )
-from ansible.module_utils.opsbook_rest import RestClient, RestError, rest_option_errors
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
+    RestClient,
+    RestError,
+    rest_option_errors,
+)
 
 NAME = "fly_machines"
 ACTIONS = ["list", "get", "update", "rollback", "wait", "restart", "scale"]

@@ -30,7 +30,10 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
+# timeouts, retries; action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_rest
+  - opsbook.runbooks.opsbook_controller
 options:
   app:
     description:
@@ -187,7 +190,7 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.opsbook_fly import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_fly import (
     FLY_API,
     SECRET_NAME_RE,
     TOKEN_ENV,
@@ -196,8 +199,8 @@ from ansible.module_utils.opsbook_fly import (
     list_secrets,
     set_secret,
 )
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_platform import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import (
     api_errors,
     api_options,
     both_given_errors,
@@ -210,7 +213,11 @@ from ansible.module_utils.opsbook_platform import (
     wanted_items,
     with_calls,
 )
-from ansible.module_utils.opsbook_rest import RestClient, RestError, rest_option_errors
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
+    RestClient,
+    RestError,
+    rest_option_errors,
+)
 
 NAME = "fly_secrets"
 RULES: dict[str, Any] = {

@@ -28,7 +28,9 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_controller]  # run in the task's worker on the controller
+# run in the task's worker on the controller
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_controller
 options:
   url:
     description:
@@ -213,7 +215,7 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.opsbook_http import (  # noqa: F401  (re-exported for tests)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_http import (  # noqa: F401  (re-exported for tests)
     BODY_EXCERPT_CHARS,
     Response,
     describe_error,
@@ -225,7 +227,7 @@ from ansible.module_utils.opsbook_http import (  # noqa: F401  (re-exported for 
     summarize,
     validate_params,
 )
-from ansible.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:

@@ -23,7 +23,9 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_controller]  # the action, diff_mode, platform attributes
+# the action, diff_mode, platform attributes
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_controller
 options:
   targets:
     description:
@@ -149,8 +151,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ansible.module_utils.opsbook_http import run_check, validate_params
-from ansible.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_http import (
+    run_check,
+    validate_params,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
 
 MAX_THREADS = 32
 

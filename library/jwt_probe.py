@@ -28,7 +28,9 @@ description:
 version_added: "0.3.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_controller]  # the action, diff_mode, platform attributes
+# the action, diff_mode, platform attributes
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_controller
 options:
   url:
     description:
@@ -202,10 +204,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ansible.module_utils.opsbook_http import describe_error, validate_params
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_text import fingerprint
 from ansible.module_utils.urls import open_url
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_http import (
+    describe_error,
+    validate_params,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_text import fingerprint
 
 MIN_SECRET_CHARS = 32
 MAX_TTL_S = 86400

@@ -25,7 +25,9 @@ description:
 version_added: "0.2.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_controller]  # the action, diff_mode, platform attributes
+# the action, diff_mode, platform attributes
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_controller
 options:
   url:
     description:
@@ -172,8 +174,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_notify import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_notify import (
     EVENTS,
     build_payload,
     check_url,

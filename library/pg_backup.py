@@ -67,7 +67,11 @@ author:
 requirements:
   - pg_dump (and pg_dumpall with O(globals)) of the server's major version or newer
   - the C(zstd) command line tool (package C(zstd))
-extends_documentation_fragment: [opsbook_pg, opsbook_s3, opsbook_controller]  # connections, action
+# connections, action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_pg
+  - opsbook.runbooks.opsbook_s3
+  - opsbook.runbooks.opsbook_controller
 options:
   storage_url:
     description:
@@ -447,7 +451,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ansible.module_utils.opsbook_backup import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_backup import (
     CHUNK_SIZE,
     DATA_OBJECT,
     GLOBALS_OBJECT,
@@ -474,8 +478,11 @@ from ansible.module_utils.opsbook_backup import (
     verify_written,
     version_major,
 )
-from ansible.module_utils.opsbook_module import RunContext, finish_module
-from ansible.module_utils.opsbook_pg import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import (
+    RunContext,
+    finish_module,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
     HAS_PSYCOPG,
     PgConnectError,
     close_quietly,
@@ -487,7 +494,7 @@ from ansible.module_utils.opsbook_pg import (
     scrub_data,
     validate_connection_params,
 )
-from ansible.module_utils.opsbook_proc import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_proc import (
     Interrupted,
     signals_held,
     spawn,
@@ -496,8 +503,12 @@ from ansible.module_utils.opsbook_proc import (
     tool_env,
     watch_ansible,
 )
-from ansible.module_utils.opsbook_storage import StorageError, open_storage, part_size_for
-from ansible.module_utils.opsbook_text import human_bytes
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage import (
+    StorageError,
+    open_storage,
+    part_size_for,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_text import human_bytes
 
 MiB = 1024 * 1024
 PIPE_SIZE = MiB  # F_SETPIPE_SZ: fewer, larger reads (Linux; best effort)

@@ -44,7 +44,10 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_s3, opsbook_controller]  # S3 options, action
+# S3 options, action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_s3
+  - opsbook.runbooks.opsbook_controller
 options:
   storage_url:
     description:
@@ -355,7 +358,7 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.opsbook_backup import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_backup import (
     BackupError,
     Catalog,
     RetentionCandidate,
@@ -369,8 +372,11 @@ from ansible.module_utils.opsbook_backup import (
     select_backup,
     verify_backup,
 )
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_storage import StorageError, open_storage
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage import (
+    StorageError,
+    open_storage,
+)
 
 SSE_CHOICES = ["none", "AES256", "aws:kms"]
 KEEP_OPTIONS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")

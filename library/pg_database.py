@@ -30,7 +30,9 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_pg]  # psycopg and the connection options
+# psycopg and the connection options
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_pg
 options:
   name:
     description:
@@ -165,7 +167,7 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.opsbook_pg import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
     PgConnectError,
     close_quietly,
     connect_params,
@@ -176,7 +178,9 @@ from ansible.module_utils.opsbook_pg import (
     sql,
     validate_connection_params,
 )
-from ansible.module_utils.opsbook_text import typed_confirmation_problem
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_text import (
+    typed_confirmation_problem,
+)
 
 NEVER_DROP = ("postgres", "template0", "template1")
 RESTORE_SCRATCH_INFIX = "__opsbook_restore_"

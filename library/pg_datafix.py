@@ -48,7 +48,9 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_pg]  # psycopg and the connection options
+# psycopg and the connection options
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_pg
 options:
   path:
     description:
@@ -293,7 +295,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from ansible.module_utils.opsbook_pg import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
     PgConnectError,
     close_quietly,
     connect_params,
@@ -302,7 +304,7 @@ from ansible.module_utils.opsbook_pg import (
     safe_error,
     validate_connection_params,
 )
-from ansible.module_utils.opsbook_sql import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_sql import (
     Comment,
     SqlParseError,
     Statement,

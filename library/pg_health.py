@@ -71,7 +71,9 @@ description:
 version_added: "0.1.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_pg]  # psycopg and the connection options
+# psycopg and the connection options
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_pg
 options:
   checks:
     description:
@@ -458,7 +460,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible.module_utils.opsbook_pg import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
     PgConnectError,
     pg_connection_argument_spec,
     pg_module,

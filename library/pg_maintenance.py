@@ -52,7 +52,9 @@ author:
   - opsbook maintainers
 requirements:
   - PostgreSQL 12 or later (C(REINDEX CONCURRENTLY))
-extends_documentation_fragment: [opsbook_pg]  # psycopg and the connection options
+# psycopg and the connection options
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_pg
 options:
   schemas:
     description:
@@ -286,7 +288,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ansible.module_utils.opsbook_pg import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
     PgConnectError,
     close_quietly,
     connect_params,

@@ -60,7 +60,9 @@ description:
 version_added: "0.2.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_pg]  # psycopg and the connection options
+# psycopg and the connection options
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_pg
 options:
   action:
     description:
@@ -375,7 +377,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from ansible.module_utils.opsbook_pg import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
     PgConnectError,
     close_quietly,
     connect_params,
@@ -385,8 +387,18 @@ from ansible.module_utils.opsbook_pg import (
     validate_connection_params,
     watch_the_client,
 )
-from ansible.module_utils.opsbook_proc import Interrupted, signals_held, stop_signals, watch_ansible
-from ansible.module_utils.opsbook_sql import SqlParseError, Statement, line_at, split_sql
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_proc import (
+    Interrupted,
+    signals_held,
+    stop_signals,
+    watch_ansible,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_sql import (
+    SqlParseError,
+    Statement,
+    line_at,
+    split_sql,
+)
 
 PRISMA_LOCK_KEY = 72707369
 NUMBERED = "numbered"

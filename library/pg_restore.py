@@ -56,7 +56,11 @@ requirements:
   - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
   - the PostgreSQL client tools (C(pg_restore); C(psql) for O(globals)), preferably of the
     server's major version, and C(zstd), on the host that runs the module
-extends_documentation_fragment: [opsbook_pg, opsbook_s3, opsbook_controller]  # connections, action
+# connections, action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_pg
+  - opsbook.runbooks.opsbook_s3
+  - opsbook.runbooks.opsbook_controller
 options:
   maintenance_db:
     description:
@@ -535,7 +539,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ansible.module_utils.opsbook_backup import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_backup import (
     BackupError,
     client_conninfo,
     fetch_decompress,
@@ -549,8 +553,11 @@ from ansible.module_utils.opsbook_backup import (
     tool_version,
     version_major,
 )
-from ansible.module_utils.opsbook_module import RunContext, finish_module
-from ansible.module_utils.opsbook_pg import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import (
+    RunContext,
+    finish_module,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
     HAS_PSYCOPG,
     PgConnectError,
     close_quietly,
@@ -565,7 +572,7 @@ from ansible.module_utils.opsbook_pg import (
     sql,
     validate_connection_params,
 )
-from ansible.module_utils.opsbook_proc import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_proc import (
     Interrupted,
     StageResult,
     run_pipeline,
@@ -575,7 +582,7 @@ from ansible.module_utils.opsbook_proc import (
     tool_env,
     watch_ansible,
 )
-from ansible.module_utils.opsbook_restore_names import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_restore_names import (
     MAX_IDENTIFIER_BYTES,
     PREVIOUS_INFIX,
     leftover_databases,
@@ -585,8 +592,14 @@ from ansible.module_utils.opsbook_restore_names import (
     scratch_database_name,
     truncate_utf8,  # noqa: F401 - the restore's names, as tests/unit/test_restore_unit.py reads them
 )
-from ansible.module_utils.opsbook_storage import StorageError, open_storage
-from ansible.module_utils.opsbook_text import human_bytes, typed_confirmation_problem
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage import (
+    StorageError,
+    open_storage,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_text import (
+    human_bytes,
+    typed_confirmation_problem,
+)
 
 WORK_PREFIX = "opsbook-restore-"  # the local work directory of a run
 WORK_LOCK = ".opsbook-lock"

@@ -27,7 +27,10 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_pg, opsbook_controller]  # connections, action
+# connections, action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_pg
+  - opsbook.runbooks.opsbook_controller
 options:
   older_than_days:
     description:
@@ -134,8 +137,11 @@ msg:
 from datetime import UTC, datetime
 from typing import Any
 
-from ansible.module_utils.opsbook_module import RunContext, finish_module
-from ansible.module_utils.opsbook_pg import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import (
+    RunContext,
+    finish_module,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
     HAS_PSYCOPG,
     PgConnectError,
     close_quietly,
@@ -149,7 +155,7 @@ from ansible.module_utils.opsbook_pg import (
     sql,
     validate_connection_params,
 )
-from ansible.module_utils.opsbook_restore_names import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_restore_names import (
     age_days,
     previous_databases,
     previous_older_than,

@@ -47,7 +47,10 @@ description:
 version_added: "0.3.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_pg, opsbook_controller]  # connections, action
+# connections, action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_pg
+  - opsbook.runbooks.opsbook_controller
 options:
   action:
     description:
@@ -257,8 +260,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ansible.module_utils.opsbook_module import finish_module
-from ansible.module_utils.opsbook_pg import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import finish_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
     HAS_PSYCOPG,
     PgConnectError,
     close_quietly,

@@ -31,8 +31,8 @@ version_added: "0.1.0"
 author:
   - opsbook maintainers
 extends_documentation_fragment:
-  - opsbook_s3  # boto3 and the S3 connection options
-  - opsbook_controller  # run in the task's worker on the controller
+  - opsbook.runbooks.opsbook_s3  # boto3 and the S3 connection options
+  - opsbook.runbooks.opsbook_controller  # run in the task's worker on the controller
 options:
   src:
     description:
@@ -163,9 +163,13 @@ import secrets
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_storage import NotFoundError, StorageError, open_storage
 from ansible.module_utils.urls import open_url
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage import (
+    NotFoundError,
+    StorageError,
+    open_storage,
+)
 
 CHUNK = 1 << 20
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

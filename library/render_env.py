@@ -31,7 +31,10 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
+# timeouts, retries; action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_rest
+  - opsbook.runbooks.opsbook_controller
 options:
   service_id:
     description:
@@ -163,8 +166,8 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_platform import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import (
     api_errors,
     api_options,
     both_given_errors,
@@ -176,7 +179,7 @@ from ansible.module_utils.opsbook_platform import (
     wanted_items,
     with_calls,
 )
-from ansible.module_utils.opsbook_render import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_render import (
     RENDER_API,
     TOKEN_ENV,
     auth_hint,
@@ -186,7 +189,11 @@ from ansible.module_utils.opsbook_render import (
     list_env_vars,
     put_env_var,
 )
-from ansible.module_utils.opsbook_rest import RestClient, RestError, rest_option_errors
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
+    RestClient,
+    RestError,
+    rest_option_errors,
+)
 
 NAME = "render_env"
 RULES: dict[str, Any] = {

@@ -53,7 +53,10 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
+# timeouts, retries; action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_rest
+  - opsbook.runbooks.opsbook_controller
 options:
   service_id:
     description:
@@ -248,15 +251,15 @@ msg:
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_platform import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import (
     api_errors,
     api_options,
     invalid_input,
     open_client,
     with_calls,
 )
-from ansible.module_utils.opsbook_render import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_render import (
     RENDER_API,
     SERVED_STATUSES,
     TOKEN_ENV,
@@ -279,7 +282,11 @@ from ansible.module_utils.opsbook_render import (
     summary,
     wait_deploy,
 )
-from ansible.module_utils.opsbook_rest import RestClient, RestError, rest_option_errors
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
+    RestClient,
+    RestError,
+    rest_option_errors,
+)
 
 NAME = "render_service"
 ACTIONS = ["list_deploys", "get_deploy", "wait", "deploy", "rollback", "restart", "scale"]

@@ -22,7 +22,9 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_controller]  # the action attribute
+# the action attribute
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_controller
 options:
   dir:
     description:
@@ -86,7 +88,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 

@@ -31,7 +31,9 @@ description:
 version_added: "0.5.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_controller]  # runs in the task's worker
+# runs in the task's worker
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_controller
 options:
   path:
     description:
@@ -142,8 +144,8 @@ entries:
   type: int
 """
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_schedules import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_schedules import (
     ScheduleError,
     awx_plan,
     read_schedules,

@@ -35,7 +35,10 @@ description:
 version_added: "0.3.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_s3, opsbook_controller]  # S3 options, action attribute
+# S3 options, action attribute
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_s3
+  - opsbook.runbooks.opsbook_controller
 options:
   action:
     description:
@@ -210,9 +213,11 @@ import json
 import os
 from typing import Any
 
-from ansible.module_utils.opsbook_deploy_state import login_name
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_rotation import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_deploy_state import (
+    login_name,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rotation import (
     RUN_STEPS,
     STEPS,
     RotationProblem,
@@ -236,7 +241,11 @@ from ansible.module_utils.opsbook_rotation import (
     uses_app_env,
     utcnow,
 )
-from ansible.module_utils.opsbook_storage import NotFoundError, StorageError, open_storage
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage import (
+    NotFoundError,
+    StorageError,
+    open_storage,
+)
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:

@@ -43,7 +43,9 @@ description:
 version_added: "0.3.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_controller]  # the action attribute
+# the action attribute
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_controller
 options:
   store:
     description:
@@ -250,8 +252,8 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_secret_store import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_secret_store import (
     ACTIONS,
     LABELS,
     STORE_TYPES,

@@ -21,7 +21,10 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_s3, opsbook_controller]  # S3 options, action attribute
+# S3 options, action attribute
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_s3
+  - opsbook.runbooks.opsbook_controller
 options:
   url:
     description:
@@ -107,8 +110,12 @@ msg:
 import json
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_storage import StorageError, normalize_key, open_storage
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage import (
+    StorageError,
+    normalize_key,
+    open_storage,
+)
 
 
 def argument_spec() -> dict[str, dict[str, Any]]:

@@ -28,7 +28,10 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
+# timeouts, retries; action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_rest
+  - opsbook.runbooks.opsbook_controller
 options:
   project_ref:
     description:
@@ -172,10 +175,13 @@ msg:
 import time
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_platform import invalid_input, open_client
-from ansible.module_utils.opsbook_rest import RestError
-from ansible.module_utils.opsbook_supabase import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import (
+    invalid_input,
+    open_client,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import RestError
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_supabase import (
     backup_summary,
     list_backups,
     refused_hint,

@@ -33,7 +33,10 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
+# timeouts, retries; action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_rest
+  - opsbook.runbooks.opsbook_controller
 options:
   project_ref:
     description:
@@ -152,8 +155,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_pg import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
     HAS_PSYCOPG,
     PgConnectError,
     close_quietly,
@@ -164,9 +167,12 @@ from ansible.module_utils.opsbook_pg import (
     safe_error,
     scrub_secrets,
 )
-from ansible.module_utils.opsbook_platform import open_client, refused_before_acting
-from ansible.module_utils.opsbook_rest import MASK, RestError
-from ansible.module_utils.opsbook_supabase import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import (
+    open_client,
+    refused_before_acting,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import MASK, RestError
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_supabase import (
     db_password_problem,
     password_path,
     refused_hint,
@@ -174,7 +180,7 @@ from ansible.module_utils.opsbook_supabase import (
     supabase_argument_spec,
     supabase_option_errors,
 )
-from ansible.module_utils.opsbook_text import fingerprint
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_text import fingerprint
 
 NAME = "supabase_db_password"
 MAX_VERIFY_WAIT_S = 10.0

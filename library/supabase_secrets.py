@@ -35,7 +35,10 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
+# timeouts, retries; action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_rest
+  - opsbook.runbooks.opsbook_controller
 options:
   project_ref:
     description:
@@ -193,16 +196,20 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_platform import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import (
     invalid_input,
     item_options,
     open_client,
     refused_before_acting,
     with_calls,
 )
-from ansible.module_utils.opsbook_rest import MASK, RestClient, RestError
-from ansible.module_utils.opsbook_supabase import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
+    MASK,
+    RestClient,
+    RestError,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_supabase import (
     SecretPlan,
     create_secrets,
     delete_secrets,

@@ -25,7 +25,9 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_controller]  # the action attribute
+# the action attribute
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_controller
 requirements:
   - cryptography (installed with ansible-core) to read the certificate
 options:
@@ -162,7 +164,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from ansible.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
 
 try:
     from cryptography import x509

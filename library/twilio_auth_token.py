@@ -48,7 +48,10 @@ description:
 version_added: "0.3.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
+# timeouts, retries; action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_rest
+  - opsbook.runbooks.opsbook_controller
 options:
   account_sid:
     description:
@@ -204,15 +207,15 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_rest import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
     RestClient,
     RestError,
     client_from_params,
     rest_argument_spec,
     rest_option_errors,
 )
-from ansible.module_utils.opsbook_text import fingerprint
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_text import fingerprint
 
 NAME = "twilio_auth_token"
 SECONDARY = "/v1/AuthTokens/Secondary"

@@ -42,7 +42,10 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
+# timeouts, retries; action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_rest
+  - opsbook.runbooks.opsbook_controller
 options:
   action:
     description:
@@ -243,8 +246,8 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_platform import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import (
     api_errors,
     api_options,
     invalid_input,
@@ -252,8 +255,11 @@ from ansible.module_utils.opsbook_platform import (
     refused_before_acting,
     with_calls,
 )
-from ansible.module_utils.opsbook_rest import RestError, rest_option_errors
-from ansible.module_utils.opsbook_vercel import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
+    RestError,
+    rest_option_errors,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_vercel import (
     PROMOTED,
     READY,
     STAGED,

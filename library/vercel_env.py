@@ -34,7 +34,10 @@ description:
 version_added: "0.4.0"
 author:
   - opsbook maintainers
-extends_documentation_fragment: [opsbook_rest, opsbook_controller]  # timeouts, retries; action
+# timeouts, retries; action
+extends_documentation_fragment:
+  - opsbook.runbooks.opsbook_rest
+  - opsbook.runbooks.opsbook_controller
 options:
   project:
     description:
@@ -210,8 +213,8 @@ msg:
 
 from typing import Any
 
-from ansible.module_utils.opsbook_module import run_module
-from ansible.module_utils.opsbook_platform import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import (
     api_errors,
     api_options,
     both_given_errors,
@@ -223,8 +226,12 @@ from ansible.module_utils.opsbook_platform import (
     wanted_items,
     with_calls,
 )
-from ansible.module_utils.opsbook_rest import MASK, RestError, rest_option_errors
-from ansible.module_utils.opsbook_vercel import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
+    MASK,
+    RestError,
+    rest_option_errors,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_vercel import (
     ENV_TYPES,
     TARGETS,
     TOKEN_ENV,

@@ -58,9 +58,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ansible.module_utils.opsbook_proc import signals_held, spawn
-from ansible.module_utils.opsbook_proc import stop as stop_children
-from ansible.module_utils.opsbook_storage_common import StorageError
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_proc import (
+    signals_held,
+    spawn,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_proc import (
+    stop as stop_children,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage_common import (
+    StorageError,
+)
 
 FORMAT_VERSION = 1
 DATA_OBJECT = "data.pgdump.zst"

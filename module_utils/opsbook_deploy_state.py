@@ -65,7 +65,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from ansible.module_utils.opsbook_storage import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage import (
     ConditionalWriteUnsupportedError,
     FileStorage,
     PreconditionFailedError,

@@ -48,7 +48,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ansible.module_utils.opsbook_rest import RestClient, RestError
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
+    RestClient,
+    RestError,
+)
 
 FLY_API = "https://api.machines.dev/v1"
 TOKEN_ENV = "FLY_API_TOKEN"

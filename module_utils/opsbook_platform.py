@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ansible.module_utils.common.parameters import env_fallback
-from ansible.module_utils.opsbook_rest import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
     MASK,
     RestClient,
     RestError,

@@ -34,8 +34,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from ansible.module_utils.opsbook_platform import masked_diff
-from ansible.module_utils.opsbook_rest import RestClient, RestError
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import masked_diff
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
+    RestClient,
+    RestError,
+)
 
 RENDER_API = "https://api.render.com/v1"
 TOKEN_ENV = "RENDER_API_KEY"

@@ -45,8 +45,11 @@ from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from ansible.module_utils.opsbook_http import describe_error, parse_json_body
 from ansible.module_utils.urls import open_url
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_http import (
+    describe_error,
+    parse_json_body,
+)
 
 MASK = "********"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})

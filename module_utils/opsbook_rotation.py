@@ -36,7 +36,7 @@ import string
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ansible.module_utils.opsbook_text import fingerprint
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_text import fingerprint
 
 FORMAT_VERSION = 1
 JOURNAL_PREFIX = "secrets"
@@ -875,7 +875,9 @@ def previous_in_env(spec: dict[str, Any]) -> bool:
 
 def _dsn_login(dsn: str | None) -> tuple[str, str]:
     """(user, password) of a DSN, as libpq reads it ("" when it has none)."""
-    from ansible.module_utils.opsbook_pg import dsn_settings  # psycopg: only when needed
+    from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
+        dsn_settings,  # psycopg: only when needed
+    )
 
     settings = dsn_settings(dsn or "")
     return settings.get("user") or "", settings.get("password") or ""
@@ -883,7 +885,9 @@ def _dsn_login(dsn: str | None) -> tuple[str, str]:
 
 def _with_login(dsn: str, like: str) -> str:
     """``dsn`` with the user and password of ``like`` (unchanged when they are the same)."""
-    from ansible.module_utils.opsbook_pg import dsn_with_credentials
+    from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
+        dsn_with_credentials,
+    )
 
     user, password = _dsn_login(like)
     if _dsn_login(dsn) == (user, password) or not password:
@@ -905,7 +909,9 @@ def db_twin(name: str, spec: dict[str, Any], user: str) -> str:
 def db_pending(name: str, spec: dict[str, Any], current: str) -> str:
     """The pending DSN of a database password: the current one with a new password (policy
     db_password) - for strategy ``alternating``, and the other login role."""
-    from ansible.module_utils.opsbook_pg import dsn_with_credentials
+    from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg import (
+        dsn_with_credentials,
+    )
 
     user, _ = _dsn_login(current)
     if not user:

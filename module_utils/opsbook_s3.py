@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from ansible.module_utils.opsbook_storage_common import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage_common import (
     GiB,
     MiB,
     StorageError,

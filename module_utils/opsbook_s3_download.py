@@ -8,19 +8,21 @@ import contextlib
 import io
 from typing import TYPE_CHECKING, Any
 
-from ansible.module_utils.opsbook_s3 import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_s3 import (
     BotoCoreError,
     ClientError,
     FlexibleChecksumError,
     is_stall_error,
     stream_errors,
 )
-from ansible.module_utils.opsbook_storage_common import MiB
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage_common import MiB
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Iterator
 
-    from ansible.module_utils.opsbook_storage_s3 import S3Storage
+    from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage_s3 import (
+        S3Storage,
+    )
 
 _READ_RESUMES = 3
 

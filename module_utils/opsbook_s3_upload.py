@@ -44,17 +44,23 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ansible.module_utils.opsbook_s3 import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_s3 import (
     MAX_PARTS,
     BotoCoreError,
     ClientError,
     is_stall_error,
     single_attempt,
 )
-from ansible.module_utils.opsbook_storage_common import StorageError, Writer, human_size
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage_common import (
+    StorageError,
+    Writer,
+    human_size,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ansible.module_utils.opsbook_storage_s3 import S3Storage
+    from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage_s3 import (
+        S3Storage,
+    )
 
 
 def _allocate_part(size: int) -> mmap.mmap | bytearray:

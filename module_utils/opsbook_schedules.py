@@ -31,7 +31,9 @@ from datetime import datetime
 from typing import Any
 
 try:  # in a module: Ansible ships the project's module_utils beside this file
-    from ansible.module_utils.opsbook_secret_names import is_secret_name
+    from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_secret_names import (
+        is_secret_name,
+    )
 except ImportError:  # in the opsbook package (opsbook._schedules)
     from opsbook._secret_names import is_secret_name
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ansible.module_utils.opsbook_text import fingerprint
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_text import fingerprint
 
 LABELS = ("current", "pending", "previous")
 STORE_TYPES = ("vault", "aws_secretsmanager", "aws_ssm")
@@ -251,12 +251,14 @@ def open_secret_store(
     checked = check_spec(spec)
     kind = checked.pop("type")
     if kind == "vault":
-        from ansible.module_utils.opsbook_secret_store_vault import VaultFileStore
+        from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_secret_store_vault import (  # noqa: E501
+            VaultFileStore,
+        )
 
         return VaultFileStore(
             checked["file"], checked["var"], vault_secrets=vault_secrets, check_mode=check_mode
         )
-    from ansible.module_utils.opsbook_secret_store_aws import (
+    from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_secret_store_aws import (
         SecretsManagerStore,
         SsmParameterStore,
     )

@@ -54,7 +54,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ansible.module_utils.opsbook_s3 import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_s3 import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_STALL_TIMEOUT,
     HAS_BOTO3,
@@ -66,7 +66,7 @@ from ansible.module_utils.opsbook_s3 import (
     is_stall_error,
     scrub_endpoint,
 )
-from ansible.module_utils.opsbook_secret_store import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_secret_store import (
     LABELS,
     SecretRecord,
     SecretStore,

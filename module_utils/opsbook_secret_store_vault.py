@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from ansible.module_utils.opsbook_secret_store import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_secret_store import (
     LABELS,
     TEMPLATE_MARKERS,
     SecretRecord,

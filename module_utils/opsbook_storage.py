@@ -66,7 +66,7 @@ the imports); it needs only the standard library, plus boto3 for ``s3://`` URLs
 
 from __future__ import annotations
 
-from ansible.module_utils.opsbook_s3 import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_s3 import (
     BOTO3_IMPORT_ERROR,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_ATTEMPTS,
@@ -85,8 +85,8 @@ from ansible.module_utils.opsbook_s3 import (
     part_size_for,
     single_attempt,
 )
-from ansible.module_utils.opsbook_s3_download import S3Reader
-from ansible.module_utils.opsbook_s3_upload import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_s3_download import S3Reader
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_s3_upload import (
     Part,
     PartBody,
     PartBuffer,
@@ -94,7 +94,7 @@ from ansible.module_utils.opsbook_s3_upload import (
     S3Writer,
     composite_crc32,
 )
-from ansible.module_utils.opsbook_storage_common import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage_common import (
     ConditionalWriteUnsupportedError,
     GiB,
     IncompleteUpload,
@@ -112,8 +112,15 @@ from ansible.module_utils.opsbook_storage_common import (
     normalize_key,
     parse_storage_url,
 )
-from ansible.module_utils.opsbook_storage_file import FileStorage, FileWriter, content_etag
-from ansible.module_utils.opsbook_storage_s3 import UPLOAD_MARKER_DIR, S3Storage
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage_file import (
+    FileStorage,
+    FileWriter,
+    content_etag,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage_s3 import (
+    UPLOAD_MARKER_DIR,
+    S3Storage,
+)
 
 __all__ = [
     "BOTO3_IMPORT_ERROR",

@@ -22,8 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from ansible.module_utils import opsbook_storage_common as common
-from ansible.module_utils.opsbook_storage_common import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils import (
+    opsbook_storage_common as common,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage_common import (
     ConditionalWriteUnsupportedError,
     NotFoundError,
     PreconditionFailedError,

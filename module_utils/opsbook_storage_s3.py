@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
-from ansible.module_utils import opsbook_storage_common as common
-from ansible.module_utils.opsbook_s3 import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils import (
+    opsbook_storage_common as common,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_s3 import (
     DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
     DEFAULT_STALL_TIMEOUT,
@@ -32,9 +34,13 @@ from ansible.module_utils.opsbook_s3 import (
     scrub_endpoint,
     stream_errors,
 )
-from ansible.module_utils.opsbook_s3_download import S3Reader
-from ansible.module_utils.opsbook_s3_upload import S3Writer, put_outcome, put_result
-from ansible.module_utils.opsbook_storage_common import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_s3_download import S3Reader
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_s3_upload import (
+    S3Writer,
+    put_outcome,
+    put_result,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage_common import (
     ConditionalWriteUnsupportedError,
     NotFoundError,
     PreconditionFailedError,

@@ -57,8 +57,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ansible.module_utils.opsbook_platform import api_options
-from ansible.module_utils.opsbook_rest import RestClient, RestError, rest_option_errors
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import api_options
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
+    RestClient,
+    RestError,
+    rest_option_errors,
+)
 
 DEFAULT_BASE_URL = "https://api.supabase.com"
 TOKEN_ENV = "SUPABASE_ACCESS_TOKEN"

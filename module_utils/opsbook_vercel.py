@@ -61,8 +61,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ansible.module_utils.opsbook_rest import MASK, RestClient, RestError
-from ansible.module_utils.opsbook_text import fingerprint
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_rest import (
+    MASK,
+    RestClient,
+    RestError,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_text import fingerprint
 
 VERCEL_API = "https://api.vercel.com"
 TOKEN_ENV = "VERCEL_TOKEN"

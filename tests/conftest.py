@@ -110,7 +110,14 @@ DEFAULT_FILE_SECONDS = 60
 
 # Where the controller imports the project's plugins from source (ansible-playbook loads them in
 # every run, in every forked worker): compiled once per session, see pytest_configure.
-PLUGIN_DIRS = ("action_plugins", "filter_plugins", "callback_plugins", "library", "module_utils")
+PLUGIN_DIRS = (
+    "action_plugins",
+    "filter_plugins",
+    "callback_plugins",
+    "library",
+    "module_utils",
+    "plugin_utils",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

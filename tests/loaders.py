@@ -1,13 +1,16 @@
 """Import the project's Ansible code in tests: modules, module_utils and plugins, by path.
 
-Ansible ships ``module_utils/opsbook_*.py`` with a module as
-``ansible.module_utils.opsbook_*``; :func:`load_module_utils` registers each
-file under that name so that a module loaded with :func:`load_library` imports
-the very same objects (one ``StorageError`` class for every test file).
+The project's code is the collection ``opsbook.runbooks`` (``collections/ansible_collections/
+opsbook/runbooks`` links to ``module_utils/``, ``library/``, ...): modules and plugins import
+``ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_*``. Ansible's collection
+loader is installed here on the project's ``collections/`` directory, as ansible-playbook installs
+it, so a module loaded with :func:`load_library` and a test that calls :func:`load_module_utils`
+import the very same objects (one ``StorageError`` class for every test file).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -15,11 +18,14 @@ from types import ModuleType
 from typing import Any
 
 import yaml
+from ansible.plugins.loader import init_plugin_loader
 
 from tests.harness import PROJECT_ROOT, VENV_BIN
 
 __all__ = [
+    "COLLECTIONS_DIR",
     "PROJECT_ROOT",
+    "PY_PREFIX",
     "VENV_BIN",
     "load_library",
     "load_module_utils",
@@ -27,49 +33,23 @@ __all__ = [
     "load_plugin",
 ]
 
-# In dependency order: each may import the ones before it.
-MODULE_UTILS = (
-    "opsbook_text",
-    "opsbook_module",
-    "opsbook_proc",
-    "opsbook_pg",
-    "opsbook_restore_names",
-    "opsbook_sql",
-    "opsbook_storage_common",
-    "opsbook_storage_file",
-    "opsbook_s3",
-    "opsbook_s3_upload",
-    "opsbook_s3_download",
-    "opsbook_storage_s3",
-    "opsbook_storage",
-    "opsbook_secret_store",
-    "opsbook_secret_store_vault",
-    "opsbook_secret_store_aws",
-    "opsbook_deploy_state",
-    "opsbook_backup",
-    "opsbook_http",
-    "opsbook_notify",
-    "opsbook_rotation",
-    "opsbook_rest",
-    "opsbook_platform",
-    "opsbook_supabase",
-    "opsbook_vercel",
-    "opsbook_render",
-    "opsbook_fly",
-    "opsbook_schedules",
-)
+#: the directory Ansible finds the collection in (ansible.cfg's collections_path)
+COLLECTIONS_DIR = PROJECT_ROOT / "collections"
+#: the Python package of the collection's plugins
+PY_PREFIX = "ansible_collections.opsbook.runbooks.plugins"
+
+if not any(type(f).__name__ == "_AnsibleCollectionFinder" for f in sys.meta_path):
+    init_plugin_loader([str(COLLECTIONS_DIR)])
+
+# Every module_util, imported by load_library before the module (any may be imported by it).
+MODULE_UTILS = tuple(sorted(p.stem for p in (PROJECT_ROOT / "module_utils").glob("opsbook_*.py")))
 
 
 def load_path(name: str, path: Path) -> ModuleType:
-    """Import the file at path as module name; a module already loaded from it is reused.
-    A module_util (``ansible.module_utils.<name>``) gets the module_utils before it first."""
+    """Import the file at path as module name; a module already loaded from it is reused."""
     loaded = sys.modules.get(name)
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "") == path:
         return loaded
-    util = name.removeprefix("ansible.module_utils.")
-    if util != name and util in MODULE_UTILS:
-        for dependency in MODULE_UTILS[: MODULE_UTILS.index(util)]:
-            load_path(f"ansible.module_utils.{dependency}", _module_utils_path(dependency))
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader, f"cannot import {path}"
     module = importlib.util.module_from_spec(spec)
@@ -79,8 +59,8 @@ def load_path(name: str, path: Path) -> ModuleType:
 
 
 def load_module_utils(name: str) -> ModuleType:
-    """module_utils/<name>.py as ansible.module_utils.<name> (its dependencies first)."""
-    return load_path(f"ansible.module_utils.{name}", _module_utils_path(name))
+    """module_utils/<name>.py, as the collection's modules import it."""
+    return importlib.import_module(f"{PY_PREFIX}.module_utils.{name}")
 
 
 def load_library(name: str) -> ModuleType:
@@ -100,13 +80,10 @@ def module_documentation(module: ModuleType) -> dict[str, Any]:
     ansible-doc shows it: the module's own options win over a fragment's."""
     doc = yaml.safe_load(module.DOCUMENTATION)
     for name in doc.get("extends_documentation_fragment") or []:
+        name = name.rpartition(".")[2]  # opsbook.runbooks.opsbook_pg
         fragment = load_path(
             f"opsbook_doc_fragment_{name}", PROJECT_ROOT / "doc_fragments" / f"{name}.py"
         )
         options = yaml.safe_load(fragment.ModuleDocFragment.DOCUMENTATION).get("options", {})
         doc["options"] = {**options, **(doc.get("options") or {})}
     return doc
-
-
-def _module_utils_path(name: str) -> Path:
-    return PROJECT_ROOT / "module_utils" / f"{name}.py"

@@ -32,7 +32,7 @@ PLAYBOOK = """\
   gather_facts: false
   tasks:
     - name: Change the env file
-      app_env:
+      opsbook.runbooks.app_env:
         deploy_root: "{{ deploy_root }}"
         set: "{{ app_env_test_set }}"
         remove: "{{ app_env_test_remove }}"

@@ -30,6 +30,7 @@ from tests.lab import MotoS3Server, app_table_checksums, write_inventory
 pytestmark = pytest.mark.integration
 
 BUCKET = "opsbook-test"
+PG_DATABASE = "opsbook.runbooks.pg_database"
 USERS, TASKS_PER_USER = 60, 4
 SOURCE_COUNTS = {"public.users": USERS, "public.tasks": USERS * TASKS_PER_USER}
 
@@ -667,22 +668,22 @@ def test_pg_database_drops_only_scratch_databases_unless_confirmed(
     pg.create_database(other)
     dsn = pg.dsn_for("app")
     tasks: list[dict[str, Any]] = [
-        {"pg_database": {"dsn": dsn, "name": scratch, "state": "present"}},
-        {"pg_database": {"dsn": dsn, "name": scratch, "state": "present"}},
-        {"pg_database": {"dsn": dsn, "name": other, "state": "absent"}},
-        {"pg_database": {"dsn": dsn, "name": other, "state": "absent", "confirm": "app"}},
+        {PG_DATABASE: {"dsn": dsn, "name": scratch, "state": "present"}},
+        {PG_DATABASE: {"dsn": dsn, "name": scratch, "state": "present"}},
+        {PG_DATABASE: {"dsn": dsn, "name": other, "state": "absent"}},
+        {PG_DATABASE: {"dsn": dsn, "name": other, "state": "absent", "confirm": "app"}},
         {
-            "pg_database": {
+            PG_DATABASE: {
                 "dsn": dsn,
                 "name": "template1",
                 "state": "absent",
                 "confirm": "template1",
             }
         },
-        {"pg_database": {"dsn": dsn, "name": scratch, "state": "absent"}, "check_mode": True},
-        {"pg_database": {"dsn": dsn, "name": scratch, "state": "absent"}},
-        {"pg_database": {"dsn": dsn, "name": scratch, "state": "absent"}},
-        {"pg_database": {"dsn": dsn, "name": other, "state": "absent", "confirm": other}},
+        {PG_DATABASE: {"dsn": dsn, "name": scratch, "state": "absent"}, "check_mode": True},
+        {PG_DATABASE: {"dsn": dsn, "name": scratch, "state": "absent"}},
+        {PG_DATABASE: {"dsn": dsn, "name": scratch, "state": "absent"}},
+        {PG_DATABASE: {"dsn": dsn, "name": other, "state": "absent", "confirm": other}},
     ]
     registered = ", ".join(f"r{i}" for i in range(len(tasks)))
     play = [

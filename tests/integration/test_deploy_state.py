@@ -86,7 +86,7 @@ def adhoc_argv(module: str, args: dict[str, Any], check: bool = False) -> list[s
         "-e",
         f"ansible_python_interpreter={PYTHON}",
         "-m",
-        module,
+        module if "." in module else f"opsbook.runbooks.{module}",
         "-a",
         json.dumps(args),
     ]
@@ -335,7 +335,7 @@ def lock_role_playbook(tmp_path: Path) -> Path:
                     {
                         "name": "Acquire",
                         "ansible.builtin.import_role": {
-                            "name": "deploy_lock",
+                            "name": "opsbook.runbooks.deploy_lock",
                             "tasks_from": "acquire",
                         },
                         "vars": {
@@ -365,7 +365,7 @@ def lock_role_playbook(tmp_path: Path) -> Path:
                     {
                         "name": "Release",
                         "ansible.builtin.import_role": {
-                            "name": "deploy_lock",
+                            "name": "opsbook.runbooks.deploy_lock",
                             "tasks_from": "release",
                         },
                         "vars": common,
@@ -415,7 +415,7 @@ def gate_playbook(tmp_path: Path) -> Path:
                     {
                         "name": "Record in the ledger when asked",
                         "ansible.builtin.include_role": {
-                            "name": "deploy_ledger",
+                            "name": "opsbook.runbooks.deploy_ledger",
                             "tasks_from": "record",
                         },
                         "vars": {
@@ -433,7 +433,7 @@ def gate_playbook(tmp_path: Path) -> Path:
                     {
                         "name": "Check the gate",
                         "ansible.builtin.import_role": {
-                            "name": "deploy_ledger",
+                            "name": "opsbook.runbooks.deploy_ledger",
                             "tasks_from": "check_staging_gate",
                         },
                         "vars": {
@@ -554,7 +554,7 @@ def notify_playbook(tmp_path: Path) -> Path:
                 "tasks": [
                     {
                         "name": "Post",
-                        "ansible.builtin.include_role": {"name": "notify"},
+                        "ansible.builtin.include_role": {"name": "opsbook.runbooks.notify"},
                         "vars": {
                             "notify_webhook_url": "{{ hook_url }}",
                             "notify_event": "{{ event }}",

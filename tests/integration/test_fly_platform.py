@@ -57,7 +57,7 @@ def local_vars(**extra: Any) -> dict[str, Any]:
 def fly(action: str, register: str, *, on: str = "fly", **args: Any) -> dict[str, Any]:
     return {
         "name": f"fly_machines {action} ({register})",
-        "fly_machines": {
+        "opsbook.runbooks.fly_machines": {
             "app": "opsbook-app",
             "token": f"{{{{ {on}_token }}}}",
             "base_url": f"{{{{ {on}_url }}}}",
@@ -74,7 +74,7 @@ def secrets_task(register: str, secrets_list: list[dict[str, Any]], *, on: str =
                  **args: Any) -> dict[str, Any]:  # fmt: skip
     return {
         "name": f"fly_secrets ({register})",
-        "fly_secrets": {
+        "opsbook.runbooks.fly_secrets": {
             "app": "opsbook-app",
             "token": f"{{{{ {on}_token }}}}",
             "base_url": f"{{{{ {on}_url }}}}",
@@ -246,7 +246,10 @@ def role_entry(name: str, register: str, **role_vars: Any) -> list[dict[str, Any
     return [
         {
             "name": f"platform_fly {name} ({register})",
-            "ansible.builtin.include_role": {"name": "platform_fly", "tasks_from": name},
+            "ansible.builtin.include_role": {
+                "name": "opsbook.runbooks.platform_fly",
+                "tasks_from": name,
+            },
             "vars": role_vars,
         },
         {"name": f"Keep {register}", "ansible.builtin.set_fact": {register: f"{{{{ {fact} }}}}"}},

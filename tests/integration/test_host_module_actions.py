@@ -24,7 +24,8 @@ def _oplog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def adhoc(module: str, args: dict[str, Any], *extra: str) -> tuple[int, dict[str, Any], str]:
     """Run one module on localhost (local connection); (rc, the host's result, all output)."""
     done = run_ansible(
-        ["localhost", "-i", "localhost,", "-c", "local", "-m", module, "-a", json.dumps(args),
+        ["localhost", "-i", "localhost,", "-c", "local", "-m", f"opsbook.runbooks.{module}",
+         "-a", json.dumps(args),
          "-e", f"ansible_python_interpreter={HOST_PYTHON}", *extra],
         env=ansible_env(extra={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}),
         timeout=120,

@@ -34,7 +34,7 @@ def probe(name: str, path: str, register: str, **args: Any) -> dict[str, Any]:
     """A jwt_probe task on the play's host's app, from the controller; never fails the play."""
     return {
         "name": name,
-        "jwt_probe": {"url": "{{ app_base_url }}" + path, **args},
+        "opsbook.runbooks.jwt_probe": {"url": "{{ app_base_url }}" + path, **args},
         "delegate_to": "localhost",
         "register": f"probe_{register}",  # not a name of the extra vars, which win
         "ignore_errors": True,
@@ -74,7 +74,8 @@ def playbook(tmp_path: Path) -> Path:
         {**probe("Too short, as a module process", "/api/me", "short_module",
                  secret="{{ new[:20] }}"), "environment": {"OPSBOOK_PROBE_TEST": "1"}},
         {**probe("Nobody answers", "/api/me", "refused", secret="{{ new }}"),
-         "jwt_probe": {"url": "{{ dead_url }}", "secret": "{{ new }}", "timeout_s": 2}},
+         "opsbook.runbooks.jwt_probe": {"url": "{{ dead_url }}", "secret": "{{ new }}",
+                                        "timeout_s": 2}},
     ]  # fmt: skip
     revoked = [
         probe("The old token is refused", "/api/me", "revoked", token="{{ old_token }}",

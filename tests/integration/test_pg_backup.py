@@ -146,11 +146,12 @@ def run_tasks(tmp_path: Path) -> ModuleRunner:
 def backup_task(dsn: str, storage_url: str, **options: Any) -> dict[str, Any]:
     """A pg_backup task; unverified unless verify=True is given (the tests of pg_backup_info's
     verify and retention start from unverified backups)."""
-    return {"pg_backup": {"dsn": dsn, "storage_url": storage_url, "verify": False, **options}}
+    args = {"dsn": dsn, "storage_url": storage_url, "verify": False, **options}
+    return {"opsbook.runbooks.pg_backup": args}
 
 
 def info_task(storage_url: str, **options: Any) -> dict[str, Any]:
-    return {"pg_backup_info": {"storage_url": storage_url, **options}}
+    return {"opsbook.runbooks.pg_backup_info": {"storage_url": storage_url, **options}}
 
 
 def ok(result: dict[str, Any]) -> dict[str, Any]:

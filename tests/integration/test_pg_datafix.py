@@ -421,7 +421,7 @@ def _module_playbook(work: Path) -> tuple[Path, Path]:
         args = {"dsn": dsn, "name": "data-fix-2025-10-01-test.sql", **case.args}
         tasks.append({
             "name": case.key,
-            "pg_datafix": args,
+            "opsbook.runbooks.pg_datafix": args,
             "register": f"r{i}",
             "ignore_errors": True,
             "check_mode": case.check_mode,

@@ -49,7 +49,7 @@ class Scenario:
 
 
 def task(name: str, args: dict[str, Any], **options: Any) -> dict[str, Any]:
-    return {"name": name, "pg_role_password": args, "register": name, **options}
+    return {"name": name, "opsbook.runbooks.pg_role_password": args, "register": name, **options}
 
 
 def login(login_dsn: str, **args: Any) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def api(render: RenderStandin) -> dict[str, Any]:
 def env_task(register: str, **args: Any) -> dict[str, Any]:
     return {
         "name": register,
-        "render_env": {
+        "opsbook.runbooks.render_env": {
             "service_id": "{{ service }}",
             "token": "{{ render_token }}",
             "base_url": "{{ render_url }}",
@@ -89,7 +89,7 @@ def env_task(register: str, **args: Any) -> dict[str, Any]:
 def service_task(register: str, **args: Any) -> dict[str, Any]:
     return {
         "name": register,
-        "render_service": {
+        "opsbook.runbooks.render_service": {
             "service_id": "{{ service }}",
             "token": "{{ render_token }}",
             "base_url": "{{ render_url }}",
@@ -192,7 +192,10 @@ def role_step(name: str, entry: str, fact: str, **role_vars: Any) -> list[dict[s
     return [
         {
             "name": f"{name} | {entry}",
-            "ansible.builtin.include_role": {"name": "platform_render", "tasks_from": entry},
+            "ansible.builtin.include_role": {
+                "name": "opsbook.runbooks.platform_render",
+                "tasks_from": entry,
+            },
             "vars": role_vars,
         },
         {"name": f"{name} | keep", "ansible.builtin.set_fact": {name: "{{ " + fact + " }}"}},

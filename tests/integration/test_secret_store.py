@@ -23,7 +23,7 @@ from ansible.parsing.vault import VaultLib, VaultSecret
 from tests.harness import ansible_env, run_ansible
 from tests.integration.canaries import encrypt_file, leaks
 from tests.lab import S3_CREDENTIALS, MotoS3Server
-from tests.loaders import PROJECT_ROOT, load_module_utils, load_path
+from tests.loaders import load_module_utils
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +33,9 @@ VAR = "vault_jwt_secret"
 
 
 def _load() -> ModuleType:
-    load_module_utils("opsbook_s3")
-    base = load_path(
-        "ansible.module_utils.opsbook_secret_store",
-        PROJECT_ROOT / "module_utils" / "opsbook_secret_store.py",
-    )
+    base = load_module_utils("opsbook_secret_store")
     for name in ("opsbook_secret_store_vault", "opsbook_secret_store_aws"):
-        load_path(f"ansible.module_utils.{name}", PROJECT_ROOT / "module_utils" / f"{name}.py")
+        load_module_utils(name)
     return base
 
 
@@ -345,7 +341,7 @@ PLAYBOOK = """
 
     # The loop items name the values, never hold them: a loop item is shown at -vvvv.
     - name: Put pending in every store
-      secret_store:
+      opsbook.runbooks.secret_store:
         store: "{{ lookup('vars', item.store) }}"
         action: put_pending
         value: "{{ lookup('vars', item.value) }}"

@@ -31,7 +31,7 @@ from botocore.awsrequest import AWSResponse
 
 from tests.harness import VENV_BIN, ansible_env, run_ansible, wait_for
 from tests.lab import S3_CREDENTIALS, MotoS3Server
-from tests.loaders import load_module_utils
+from tests.loaders import COLLECTIONS_DIR, load_module_utils
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -254,12 +254,11 @@ def test_writer_memory_is_bounded_streaming_100mib(
 RSS_SCRIPT = r"""
 import json, os, sys, threading, time
 
-import ansible.module_utils
-
-module_utils, url, endpoint, part_size, concurrency, total = sys.argv[1:7]
+collections_dir, url, endpoint, part_size, concurrency, total = sys.argv[1:7]
 part_size, concurrency, total = int(part_size), int(concurrency), int(total)
-ansible.module_utils.__path__.append(module_utils)  # found as Ansible ships module_utils
-from ansible.module_utils import opsbook_storage as st
+from ansible.plugins.loader import init_plugin_loader
+init_plugin_loader([collections_dir])  # the project's collections/
+from ansible_collections.opsbook.runbooks.plugins.module_utils import opsbook_storage as st
 MiB = 1024 * 1024
 
 def rss():
@@ -326,7 +325,7 @@ def test_writer_rss_stays_within_its_bound_streaming_150mib(
             str(VENV_BIN / "python"),
             "-c",
             RSS_SCRIPT,
-            str(PROJECT_ROOT / "module_utils"),
+            str(PROJECT_ROOT / "collections"),
             f"s3://{BUCKET}/{prefix}",
             s3.endpoint_url,
             str(part_size),
@@ -487,9 +486,9 @@ def test_missing_objects(open_s3: Callable[..., Any]) -> None:
 
 KILLED_WRITER = """
 import os, signal, sys
-import ansible.module_utils
-ansible.module_utils.__path__.append(sys.argv[1])  # module_utils/, found as Ansible ships it
-from ansible.module_utils import opsbook_storage as st
+from ansible.plugins.loader import init_plugin_loader
+init_plugin_loader([sys.argv[1]])  # the project's collections/
+from ansible_collections.opsbook.runbooks.plugins.module_utils import opsbook_storage as st
 storage = st.open_storage(sys.argv[2], endpoint_url=sys.argv[3], region="us-east-1",
                           part_size=5 << 20, concurrency=1)
 writer = storage.open_writer("db-1/data.pgdump.zst")
@@ -522,7 +521,7 @@ def test_incomplete_uploads_lists_only_what_opsbook_writers_left(
             str(VENV_BIN / "python"),
             "-c",
             KILLED_WRITER,
-            str(Path(st.__file__).parent),
+            str(COLLECTIONS_DIR),
             storage.url,
             s3.endpoint_url,
         ],
@@ -881,7 +880,11 @@ def test_check_writable_unreachable_endpoint() -> None:
 
 PROBE_MODULE = """#!/usr/bin/python
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.opsbook_storage import HAS_BOTO3, StorageError, open_storage
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage import (
+    HAS_BOTO3,
+    StorageError,
+    open_storage,
+)
 
 
 def main():

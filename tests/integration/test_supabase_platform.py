@@ -82,7 +82,10 @@ def the_work(tmp_path: Path) -> str:
         secrets_task("Remove it", "removed", [{"name": "API_KEY", "state": "absent"}]),
         {  # the token from the controller's environment (SUPABASE_ACCESS_TOKEN)
             "name": "List",
-            "supabase_secrets": {"project_ref": "{{ ref }}", "base_url": "{{ api }}"},
+            "opsbook.runbooks.supabase_secrets": {
+                "project_ref": "{{ ref }}",
+                "base_url": "{{ api }}",
+            },
             "register": "listed",
         },
         {**task("supabase_db_password", "Would reset", "pw_would", password=password),

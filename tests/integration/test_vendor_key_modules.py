@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 def twilio_task(name: str, register: str, **args: Any) -> dict[str, Any]:
     return {
         "name": name,
-        "twilio_auth_token": {
+        "opsbook.runbooks.twilio_auth_token": {
             "account_sid": "{{ sid }}",
             "auth_token": "{{ primary }}",
             "base_url": "{{ twilio_url }}",
@@ -39,7 +39,7 @@ def twilio_task(name: str, register: str, **args: Any) -> dict[str, Any]:
 def stripe_task(name: str, register: str, **args: Any) -> dict[str, Any]:
     return {
         "name": name,
-        "stripe_key_check": {"base_url": "{{ stripe_url }}", **args},
+        "opsbook.runbooks.stripe_key_check": {"base_url": "{{ stripe_url }}", **args},
         "register": register,
         "ignore_errors": True,
     }

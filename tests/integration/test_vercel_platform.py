@@ -387,7 +387,10 @@ def role_step(name: str, entry: str, fact: str, **role_vars: Any) -> list[dict[s
     return [
         {
             "name": f"{name} | {entry}",
-            "ansible.builtin.include_role": {"name": "platform_vercel", "tasks_from": entry},
+            "ansible.builtin.include_role": {
+                "name": "opsbook.runbooks.platform_vercel",
+                "tasks_from": entry,
+            },
             "vars": role_vars,
         },
         {"name": f"{name} | keep", "ansible.builtin.set_fact": {name: "{{ " + fact + " }}"}},

@@ -29,7 +29,7 @@ def expand(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     found = []
     for task in tasks or []:
         call = role_call(task)
-        if call and call[0] == "deploy" and "ansible.builtin.import_role" in task:
+        if call and call[0] == "opsbook.runbooks.deploy" and "ansible.builtin.import_role" in task:
             found += expand(yaml.safe_load((DEPLOY_TASKS / f"{call[1]}.yml").read_text()))
         else:
             found.append(task)
@@ -80,8 +80,8 @@ def safe(task: dict[str, Any], base: Path) -> bool:
     return False
 
 
-ACQUIRE = ("deploy_lock", "acquire")
-RELEASE = ("deploy_lock", "release")
+ACQUIRE = ("opsbook.runbooks.deploy_lock", "acquire")
+RELEASE = ("opsbook.runbooks.deploy_lock", "release")
 
 
 @pytest.mark.parametrize("name", ["deploy", "rollback"])
@@ -118,5 +118,6 @@ def test_the_plays_import_the_deploy_roles_entry_points() -> None:
         for play in yaml.safe_load((PLAYBOOKS / f"{name}.yml").read_text()):
             if name == "rollback" and "database" in play["name"]:
                 continue
-            assert len(play["tasks"]) == 1 and role_call(play["tasks"][0])[0] == "deploy"
+            assert len(play["tasks"]) == 1
+            assert role_call(play["tasks"][0])[0] == "opsbook.runbooks.deploy"
             assert play_tasks(play) != play["tasks"]

@@ -30,7 +30,7 @@ S3_MODULES = sorted(
 CONTROLLER_MODULES = sorted(
     p.stem
     for p in (PROJECT_ROOT / "action_plugins").glob("*.py")
-    if p.stem != "opsbook_controller_module" and '"opsbook_controller_module"' in p.read_text()
+    if "import ControllerModuleAction" in p.read_text()
 )
 
 
@@ -53,7 +53,7 @@ def test_the_fragment_documents_the_shared_spec() -> None:
 def test_every_postgres_module_uses_the_fragment(name: str) -> None:
     assert len(PG_MODULES) >= 7
     doc = yaml.safe_load(load_library(name).DOCUMENTATION)
-    assert "opsbook_pg" in doc["extends_documentation_fragment"]
+    assert "opsbook.runbooks.opsbook_pg" in doc["extends_documentation_fragment"]
     assert not {"dsn", "connect_timeout", "application_name"} & set(doc["options"])
 
 
@@ -62,7 +62,7 @@ def test_every_s3_module_uses_the_s3_fragment_and_it_documents_the_spec(name: st
     assert len(S3_MODULES) >= 6
     module = load_library(name)
     doc = yaml.safe_load(module.DOCUMENTATION)
-    assert "opsbook_s3" in doc["extends_documentation_fragment"]
+    assert "opsbook.runbooks.opsbook_s3" in doc["extends_documentation_fragment"]
     spec = module.argument_spec()
     fragment_options = fragment_documentation("opsbook_s3")["options"]
     assert set(fragment_options) <= set(spec)
@@ -80,6 +80,6 @@ def test_every_s3_module_uses_the_s3_fragment_and_it_documents_the_spec(name: st
 def test_every_module_run_in_the_worker_documents_it_through_the_fragment(name: str) -> None:
     assert len(CONTROLLER_MODULES) >= 6
     doc = yaml.safe_load(load_library(name).DOCUMENTATION)
-    assert "opsbook_controller" in doc["extends_documentation_fragment"]
+    assert "opsbook.runbooks.opsbook_controller" in doc["extends_documentation_fragment"]
     assert "action" not in doc["attributes"]
     assert fragment_documentation("opsbook_controller")["attributes"]["action"]["support"] == "full"

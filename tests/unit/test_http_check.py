@@ -362,7 +362,7 @@ def test_module_runs_in_check_mode_and_reports(server: str) -> None:
         "ansible",
         "localhost",
         "-m",
-        "http_check",
+        "opsbook.runbooks.http_check",
         "--check",
         "-a",
         f"url={server}/fail use_proxy=false",
@@ -377,13 +377,15 @@ def test_module_fails_on_problem_when_asked_and_on_bad_input(server: str) -> Non
         "ansible",
         "localhost",
         "-m",
-        "http_check",
+        "opsbook.runbooks.http_check",
         "-a",
         f"url={server}/fail use_proxy=false fail_on_problem=true",
     )
     assert proc.returncode != 0
     assert "status 500, expected 200" in proc.stdout
-    bad = run_tool("ansible", "localhost", "-m", "http_check", "-a", "url=notaurl timeout_s=0")
+    bad = run_tool(
+        "ansible", "localhost", "-m", "opsbook.runbooks.http_check", "-a", "url=notaurl timeout_s=0"
+    )
     assert bad.returncode != 0
     assert "http_check: invalid input: url must be" in bad.stdout
     assert "timeout_s must be > 0" in bad.stdout

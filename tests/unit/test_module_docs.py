@@ -1,4 +1,5 @@
-"""ansible-doc renders every module in library/, in one run of ansible-doc for all of them.
+"""ansible-doc renders every module in library/ by its FQCN (opsbook.runbooks.<name>, the
+collection's), in one run of ansible-doc for all of them.
 
 What is judged is opsbook's documentation: every option (doc fragments merged) and every
 return value is shown, the examples are YAML, and Ansible itself warns about nothing in it.
@@ -37,7 +38,7 @@ ANSIBLE_COMPLAINT = re.compile(r"^\s*\[(WARNING|DEPRECATION WARNING|ERROR)\]", r
 def rendered() -> subprocess.CompletedProcess[str]:
     """One ansible-doc run for every module, the way a user reads them."""
     return run_ansible(
-        ["-M", "library", *MODULES],
+        [f"opsbook.runbooks.{name}" for name in MODULES],
         env=ansible_env(oplog=Path(os.devnull)),
         timeout=120,
         tool="ansible-doc",
@@ -51,7 +52,7 @@ def pages(rendered: subprocess.CompletedProcess[str]) -> dict[str, str]:
         page = re.sub(r"\x1b\[[0-9;]*m", "", page)  # bold (required options) even with NOCOLOR
         match = re.match(r"> MODULE (\S+)", page)
         if match:
-            found[match.group(1)] = page
+            found[match.group(1).removeprefix("opsbook.runbooks.")] = page
     return found
 
 
@@ -97,7 +98,7 @@ def test_module_page_shows_its_options_returns_and_examples(
         assert f"{attribute}:" in page, f"{name}: attribute {attribute}"
     for text in EXTRA_TEXTS.get(name, []):
         assert text in page, f"{name}: {text}"
-    if "opsbook_pg" in (doc.get("extends_documentation_fragment") or []):
+    if "opsbook.runbooks.opsbook_pg" in (doc.get("extends_documentation_fragment") or []):
         assert "Shared by every opsbook Postgres module" in page
 
 

@@ -20,11 +20,11 @@ from tests.platform_standin import INSTANCE_HEADER
 from tests.standins_fly import FlyStandin
 
 load_module_utils("opsbook_rest")
-fly = load_path("ansible.module_utils.opsbook_fly", PROJECT_ROOT / "module_utils/opsbook_fly.py")
+fly = load_module_utils("opsbook_fly")
 rest = load_module_utils("opsbook_rest")
 filters = load_path(
     "opsbook_test_platform_fly_filters",
-    PROJECT_ROOT / "roles/platform_fly/filter_plugins/platform_fly.py",
+    PROJECT_ROOT / "filter_plugins/opsbook_platform_fly.py",
 )
 
 IMG = "registry.fly.io/app:{}"

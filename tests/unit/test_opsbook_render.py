@@ -19,9 +19,7 @@ from tests.loaders import PROJECT_ROOT, load_library, load_module_utils, load_pa
 from tests.standins_render import RenderStandin
 
 load_module_utils("opsbook_rest")
-render = load_path(
-    "ansible.module_utils.opsbook_render", PROJECT_ROOT / "module_utils" / "opsbook_render.py"
-)
+render = load_module_utils("opsbook_render")
 render_env = load_library("render_env")
 render_service = load_library("render_service")
 
@@ -395,7 +393,7 @@ def test_restart_and_scale(service: RenderStandin) -> None:
 
 role_filters = load_path(
     "opsbook_test_platform_render_filters",
-    PROJECT_ROOT / "roles" / "platform_render" / "filter_plugins" / "platform_render.py",
+    PROJECT_ROOT / "filter_plugins" / "opsbook_platform_render.py",
 )
 UNIT = "render:srv-1"
 LIVE = {"id": "dep-old", "source": SHA_A, "status": "live"}

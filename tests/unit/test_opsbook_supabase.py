@@ -16,14 +16,12 @@ from typing import Any
 import pytest
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from tests.loaders import PROJECT_ROOT, load_library, load_module_utils, load_path
+from tests.loaders import load_library, load_module_utils
 from tests.standins_supabase import SupabaseStandin
 
 load_module_utils("opsbook_rest")
 load_module_utils("opsbook_pg")
-sb = load_path(
-    "ansible.module_utils.opsbook_supabase", PROJECT_ROOT / "module_utils" / "opsbook_supabase.py"
-)
+sb = load_module_utils("opsbook_supabase")
 secrets_module = load_library("supabase_secrets")
 password_module = load_library("supabase_db_password")
 backups_module = load_library("supabase_backups")

@@ -24,7 +24,7 @@ vercel_env = load_library("vercel_env")
 vercel_deployment = load_library("vercel_deployment")
 facts = load_path(
     "opsbook_test_platform_vercel_filters",
-    PROJECT_ROOT / "roles" / "platform_vercel" / "filter_plugins" / "platform_vercel.py",
+    PROJECT_ROOT / "filter_plugins" / "opsbook_platform_vercel.py",
 )
 
 CANARY = "canary-" + "5ec7e7" * 4  # a secret value that must never be shown

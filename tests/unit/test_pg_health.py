@@ -375,7 +375,7 @@ def test_module_unreachable_database_is_a_result_and_never_shows_the_password() 
         "localhost",
         "-vvv",
         "-m",
-        "pg_health",
+        "opsbook.runbooks.pg_health",
         "--check",
         "-a",
         f"dsn={dsn} connect_timeout=2 retries=1 retry_delay_s=0.1",
@@ -394,7 +394,7 @@ def test_module_fail_on_problem_fails_without_the_password() -> None:
         "ansible",
         "localhost",
         "-m",
-        "pg_health",
+        "opsbook.runbooks.pg_health",
         "-a",
         f"dsn='{dsn}' fail_on_problem=true connect_timeout=2",
     )
@@ -408,7 +408,12 @@ def test_module_fail_on_problem_fails_without_the_password() -> None:
 
 def test_module_rejects_bad_input() -> None:
     proc = run_tool(
-        "ansible", "localhost", "-m", "pg_health", "-a", "dsn=host=x connections_warn_percent=150"
+        "ansible",
+        "localhost",
+        "-m",
+        "opsbook.runbooks.pg_health",
+        "-a",
+        "dsn=host=x connections_warn_percent=150",
     )
     assert proc.returncode != 0
     assert "pg_health: invalid input: connections_warn_percent must be > 0 and <= 100" in (

@@ -461,7 +461,7 @@ def test_the_rest_fragment_documents_the_shared_spec_and_every_rest_module_uses_
     assert {"twilio_auth_token", "stripe_key_check"} <= set(users)
     for name in users:
         doc = yaml.safe_load(load_library(name).DOCUMENTATION)
-        assert "opsbook_rest" in doc["extends_documentation_fragment"], name
+        assert "opsbook.runbooks.opsbook_rest" in doc["extends_documentation_fragment"], name
         assert not set(spec) & set(doc["options"]), name  # described once, in the fragment
     assert rest.rest_option_errors({"base_url": "api.stripe.com", "timeout_s": 0}) == [
         "base_url must be an http:// or https:// URL, got 'api.stripe.com'",

@@ -22,7 +22,7 @@ import yaml
 from ansible.parsing.utils.yaml import from_yaml
 from ansible.parsing.vault import VaultLib, VaultSecret
 
-from tests.loaders import PROJECT_ROOT, load_library, load_module_utils, load_path
+from tests.loaders import load_library, load_module_utils
 
 CANARY = "canary-Rot8-secret-4f1e9a77c2"  # a value that must never be seen
 OTHER = "other-vaulted-value-71b3"  # another secret in the same file
@@ -34,12 +34,8 @@ KEYS = (VAR, f"{VAR}_pending", f"{VAR}_previous")
 def load_secret_store_utils() -> tuple[ModuleType, ModuleType]:
     """module_utils/opsbook_secret_store{,_vault}.py as Ansible ships them (and _aws, which the
     module imports), so that load_library("secret_store") finds them."""
-    load_module_utils("opsbook_s3")
-    loaded = [
-        load_path(f"ansible.module_utils.{name}", PROJECT_ROOT / "module_utils" / f"{name}.py")
-        for name in ("opsbook_secret_store", "opsbook_secret_store_vault")
-    ]
-    return loaded[0], loaded[1]
+    store = load_module_utils("opsbook_secret_store")
+    return store, load_module_utils("opsbook_secret_store_vault")
 
 
 ss, sv = load_secret_store_utils()

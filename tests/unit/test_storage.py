@@ -29,7 +29,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from tests.loaders import load_module_utils
+from tests.loaders import COLLECTIONS_DIR, load_module_utils
 
 st = load_module_utils("opsbook_storage")
 # The parts of it some tests reach into (the facade above re-exports only public names).
@@ -908,9 +908,9 @@ def test_file_exception_or_abort_removes_the_temp_file(files: Any, tmp_path: Pat
 
 CRASH_SCRIPT = """
 import os, sys
-import ansible.module_utils
-ansible.module_utils.__path__.append(sys.argv[1])  # module_utils/, found as Ansible ships it
-from ansible.module_utils import opsbook_storage as st
+from ansible.plugins.loader import init_plugin_loader
+init_plugin_loader([sys.argv[1]])  # the project's collections/
+from ansible_collections.opsbook.runbooks.plugins.module_utils import opsbook_storage as st
 storage = st.open_storage(sys.argv[2])
 writer = storage.open_writer("db-1/data.pgdump.zst")
 writer.write(os.urandom(1 << 20))
@@ -925,7 +925,7 @@ def _age(path: Path, seconds: float) -> None:
 
 def test_file_crash_before_commit_leaves_no_final_file(files: Any, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", CRASH_SCRIPT, str(Path(st.__file__).parent), files.url],
+        [sys.executable, "-c", CRASH_SCRIPT, str(COLLECTIONS_DIR), files.url],
         capture_output=True,
         text=True,
         timeout=60,

@@ -119,7 +119,7 @@ PREFLIGHTS = ["pg_restore", "db_datafix", "db_maintenance", "db_health", "db_mig
 @pytest.mark.parametrize("role", PREFLIGHTS)
 def test_every_preflight_applies_the_one_rule(role: str) -> None:
     preflight = (PROJECT_ROOT / "roles" / role / "tasks" / "preflight.yml").read_text()
-    assert "| opsbook_confirmation(" in preflight
+    assert "| opsbook.runbooks.opsbook_confirmation(" in preflight
     assert "does not equal" not in preflight  # the rule's wording lives in opsbook_text only
 
 
@@ -163,15 +163,16 @@ def test_redaction_covers_a_backslash_escaped_password() -> None:
 # ------------------------------------------------- the filters from another directory
 
 
-@pytest.mark.parametrize("how", ["ansible.cfg", "filter path only"])
+@pytest.mark.parametrize("how", ["ansible.cfg", "collections path only"])
 def test_the_filters_find_module_utils_from_anywhere(how: str, tmp_path: Path) -> None:
-    """ansible-playbook run from another directory: with the project's ansible.cfg, or
-    with only the filter_plugins directory configured (module_utils found beside it)."""
+    """ansible-playbook run from another directory: with the project's ansible.cfg, or with
+    only the project's collections/ configured (module_utils found in the collection)."""
     playbook = tmp_path / "p.yml"
     playbook.write_text(
         "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
         "    - ansible.builtin.debug:\n"
-        "        msg: \"{{ 1536 | opsbook_bytes }} {{ 'postgresql://u:pw@h/db' | dsn_database }}\""
+        "        msg: \"{{ 1536 | opsbook.runbooks.opsbook_bytes }}"
+        " {{ 'postgresql://u:pw@h/db' | opsbook.runbooks.dsn_database }}\""
         "\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
@@ -180,7 +181,7 @@ def test_the_filters_find_module_utils_from_anywhere(how: str, tmp_path: Path) -
         env["ANSIBLE_CONFIG"] = str(PROJECT_ROOT / "ansible.cfg")
     else:
         env["ANSIBLE_CONFIG"] = str(tmp_path / "none.cfg")
-        env["ANSIBLE_FILTER_PLUGINS"] = str(PROJECT_ROOT / "filter_plugins")
+        env["ANSIBLE_COLLECTIONS_PATH"] = str(PROJECT_ROOT / "collections")
     proc = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)],
         cwd=tmp_path,

@@ -29,6 +29,15 @@ from ansible.plugins.action import ActionBase
 
 _SPECS: dict[str, dict[str, Any]] = {}
 
+#: the collection the modules are in: a short name (app_release) is looked up there, so the
+#: modules resolve the same from this project and from the installed collection
+COLLECTION = "opsbook.runbooks"
+
+
+def fqcn(name: str) -> str:
+    """The module's fully qualified name (``opsbook.runbooks.app_release``)."""
+    return name if "." in name else f"{COLLECTION}.{name}"
+
 #: set on the arguments the host module receives from here; without it the module refuses
 #: to run (it was called without its action plugin: nothing was validated)
 CHECKED_KEY = "_opsbook_checked"
@@ -57,7 +66,7 @@ class HostModuleAction(ActionBase):
         """argument_spec() of the module file (loaded once per controller process)."""
         name = name or self.MODULE
         if name not in _SPECS:
-            found = self._shared_loader_obj.module_loader.find_plugin_with_context(name)
+            found = self._shared_loader_obj.module_loader.find_plugin_with_context(fqcn(name))
             if not found.resolved or not found.plugin_resolved_path:
                 raise AnsibleActionFail(
                     f"{name}: the module file was not found in the library path"
@@ -91,7 +100,7 @@ class HostModuleAction(ActionBase):
     ) -> dict[str, Any]:
         """Run the host module with arguments already validated."""
         return self._execute_module(
-            module_name=name or self.MODULE,
+            module_name=fqcn(name or self.MODULE),
             module_args={**params, CHECKED_KEY: True},
             task_vars=task_vars,
         )
@@ -115,7 +124,3 @@ class HostModuleAction(ActionBase):
                 self._remove_tmp_path(self._connection._shell.tmpdir)
         return result
 
-
-# Found by the other action plugins through Ansible's loader:
-# action_loader.get("opsbook_host_module", class_only=True).
-ActionModule = HostModuleAction

@@ -8,22 +8,17 @@ set_facts. Pure functions of their inputs."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
-import ansible.module_utils
-
-# The rules every platform role shares are in the project's module_utils/opsbook_platform.py
-# (beside roles/), made importable here as they are in a module.
-_MODULE_UTILS = str(Path(__file__).resolve().parents[3] / "module_utils")
-if _MODULE_UTILS not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(_MODULE_UTILS)
-
-from ansible.module_utils.opsbook_platform import count_calls, deploy_fact, rollback_outcome
-from ansible.module_utils.opsbook_platform import msg as _msg
-from ansible.module_utils.opsbook_platform import ok as _ok
-from ansible.module_utils.opsbook_platform import part as _get
-from ansible.module_utils.opsbook_platform import ran as _ran
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import (
+    count_calls,
+    deploy_fact,
+    rollback_outcome,
+)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import msg as _msg
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import ok as _ok
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import part as _get
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_platform import ran as _ran
 
 TARGET = "vercel"
 

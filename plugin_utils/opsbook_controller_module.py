@@ -13,9 +13,8 @@ The module file stays the one source of its behaviour. Its ``argument_spec()`` i
 with Ansible's own validator (as AnsibleModule would), then its ``execute(params, check_mode)``
 runs - the function its ``main()`` calls when it runs as a module - and values of ``no_log``
 options are removed from the result, as AnsibleModule does. The module's imports of
-``ansible.module_utils.opsbook_*`` find the project's ``module_utils`` directory (the
-configured module_utils path is added to the package's search path, in this worker process
-only, which ends with the task).
+``ansible_collections.opsbook.runbooks.plugins.module_utils.*`` are found by Ansible's
+collection loader, which this worker process already has.
 
 A task that does not run on the controller's local connection (delegated to another host),
 sets ``environment``, or runs ``async`` gets the module the ordinary way, as an AnsiballZ
@@ -25,15 +24,12 @@ module run by that connection.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import traceback
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-import ansible.module_utils
-from ansible import constants as C
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.common.parameters import remove_values
@@ -41,22 +37,20 @@ from ansible.plugins.action import ActionBase
 
 _MODULES: dict[str, ModuleType] = {}
 
+#: the collection the modules are in: a short name (deploy_lock) is looked up there, so the
+#: modules resolve the same from this project and from the installed collection
+COLLECTION = "opsbook.runbooks"
 
-def module_utils_dirs() -> list[str]:
-    """The configured module_utils directories (ansible.cfg's module_utils) that exist."""
-    paths = C.config.get_config_value("DEFAULT_MODULE_UTILS_PATH") or []
-    if isinstance(paths, str):
-        paths = paths.split(os.pathsep)
-    return [os.path.abspath(os.path.expanduser(p)) for p in paths if p and os.path.isdir(p)]
+
+def fqcn(name: str) -> str:
+    """The module's fully qualified name (``opsbook.runbooks.deploy_lock``)."""
+    return name if "." in name else f"{COLLECTION}.{name}"
 
 
 def import_module_file(name: str, path: str) -> ModuleType:
     """A module file, importable with the project's module_utils (as AnsiballZ ships them)."""
     if name in _MODULES:
         return _MODULES[name]
-    for directory in module_utils_dirs():
-        if directory not in ansible.module_utils.__path__:
-            ansible.module_utils.__path__.append(directory)
     spec = importlib.util.spec_from_file_location(f"_opsbook_controller_module_{name}", path)
     if spec is None or spec.loader is None:
         raise AnsibleActionFail(f"{name}: cannot load {path}")
@@ -86,7 +80,7 @@ class ControllerModuleAction(ActionBase):
         )
 
     def module(self) -> ModuleType:
-        found = self._shared_loader_obj.module_loader.find_plugin_with_context(self.MODULE)
+        found = self._shared_loader_obj.module_loader.find_plugin_with_context(fqcn(self.MODULE))
         if not found.resolved or not found.plugin_resolved_path:
             raise AnsibleActionFail(f"{self.MODULE}: the module file was not found")
         return import_module_file(self.MODULE, found.plugin_resolved_path)
@@ -105,7 +99,9 @@ class ControllerModuleAction(ActionBase):
         if not self.in_process():
             result.update(
                 self._execute_module(
-                    module_name=self.MODULE, module_args=dict(self._task.args), task_vars=task_vars
+                    module_name=fqcn(self.MODULE),
+                    module_args=dict(self._task.args),
+                    task_vars=task_vars,
                 )
             )
             return result
@@ -131,7 +127,3 @@ class ControllerModuleAction(ActionBase):
         result.update(remove_values(outcome, checked._no_log_values))
         return result
 
-
-# Found by the other action plugins through Ansible's loader:
-# action_loader.get("opsbook_controller_module", class_only=True).
-ActionModule = ControllerModuleAction
