@@ -28,14 +28,14 @@ from tests.loaders import PROJECT_ROOT, load_plugin
 
 
 def doc_name(name: str) -> str:
-    """The name ansible-doc and playbooks know a filter or a role by. The one place to change
-    when the project becomes the collection: ``f"opsbook.runbooks.{name}"``."""
-    return name
+    """The name ansible-doc and playbooks know a filter or a role by: its FQCN in the
+    collection opsbook.runbooks."""
+    return f"opsbook.runbooks.{name}"
 
 
 #: Where ansible-doc finds the roles (ansible.cfg's roles_path is not read by ``-t role``);
 #: nothing once the roles are the collection's.
-ROLE_DOC_ARGS = ["-r", str(PROJECT_ROOT / "roles")]
+ROLE_DOC_ARGS: list[str] = []
 
 FILTER_DIR = PROJECT_ROOT / "filter_plugins"
 ROLES = sorted(p.parent.parent.name for p in PROJECT_ROOT.glob("roles/*/meta/argument_specs.yml"))
