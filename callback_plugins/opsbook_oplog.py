@@ -17,13 +17,35 @@ description:
     Impact = C(hosts) (per-host ok/changed/failed/...), Duration = C(duration_s),
     Issues = C(status) and C(failures), Follow-up = C(outputs) (the run's set_stats data)."
   - "Record fields: C(id) (env E(OPSBOOK_RUN_ID), else a UUID4), C(started), C(finished)
-    (ISO 8601, UTC), C(duration_s), C(operator) (env E(OPSBOOK_OPERATOR), else the login name),
+    (ISO 8601, UTC), C(duration_s), C(operator) (the AWX user who launched the job, else env
+    E(OPSBOOK_OPERATOR), else the login name),
     C(playbook) (file stem), C(env) (variable C(opsbook_env)), C(reason) (variable
     C(opsbook_reason), normally given with C(-e)), C(check_mode), C(limit), C(extra_var_keys)
     (names only, never values), C(status) (successful, failed or unreachable; failed wins
     when both happen; canceled or timeout for a run stopped by a signal), C(interrupted) (the
     signal that stopped it, or null), C(hosts), C(failures) (list of C(host), C(task),
     C(msg)) and C(outputs)."
+  - "B(Under AWX) (the extra var C(awx_job_id) or C(tower_job_id) is set, as AWX sets it for
+    every job) the record also has C(awx_job_id), C(awx_job_template_name) and, for a
+    scheduled job, C(awx_schedule_name), after C(limit); C(operator) is C(awx_user_name) (a
+    scheduled job - C(schedule:<name>)); AWX's own C(awx_*) and C(tower_*) extra vars are left
+    out of C(extra_var_keys); notifications carry an C(awx job) field. AWX runs the job in a
+    copy of the project that it throws away, so the default file is not written there: the
+    record is printed in the job output (option O(stdout), on by default under AWX) and sent to
+    the webhook, and goes to a file only when one is configured (O(path) or the variable
+    C(opsbook_oplog_path)) - a warning says so once per run when none is."
+  - "B(Where the record goes.) A file - O(path) (E(OPSBOOK_OPLOG), ansible.cfg), else the
+    variable C(opsbook_oplog_path) (the inventory, the job template's extra vars; relative to
+    the project), else C(<project>/.opsbook/oplog.jsonl) (not under AWX). The run's output -
+    with O(stdout) (else the variable C(opsbook_oplog_stdout)) the same line, prefixed
+    C(OPSBOOK_OPLOG ), printed through Ansible's display when the record is written, so it
+    lands in AWX's job output and ansible-runner's C(stdout) artifact. The webhook - see
+    B(Notifications). All three carry the same redacted record."
+  - "B(Host keys.) ansible-runner, and AWX through it, set E(ANSIBLE_HOST_KEY_CHECKING=False)
+    unless the environment has it. When that leaves SSH host keys unchecked in a run (no
+    C(-o StrictHostKeyChecking=yes) in the ssh connection's C(ssh_args), which ssh reads before
+    Ansible's C(StrictHostKeyChecking=no)) and a play reaches a host over SSH, one warning says
+    so in the run's output."
   - "Secrets never reach the log. Only the names of extra vars are kept. Values under secret
     names become C(***) - the rules of C(module_utils/opsbook_secret_names.py), shared with
     C(opsbook run)'s own scrubber (password, passphrase, secret, token, api_key, private_key,
@@ -79,22 +101,37 @@ requirements:
   - C(module_utils/opsbook_secret_names.py) in the C(module_utils) directory beside this
     plugin's directory (or in a configured module_utils path); without it no record is written
     (a warning says so). C(module_utils/opsbook_notify.py) beside it, for the notifications.
-  - enabled in C(ansible.cfg) (C(callbacks_enabled = opsbook_oplog)); under ansible-runner the
-    directory holding this plugin must also be in E(ANSIBLE_CALLBACK_PLUGINS), because
-    ansible-runner sets that variable and it overrides C(callback_plugins) in C(ansible.cfg).
+  - "enabled in C(ansible.cfg): C(callbacks_enabled = opsbook.runbooks.opsbook_oplog), the
+    collection found through C(collections_path) or the C(collections) directory beside the
+    playbooks - which also works under ansible-runner, AWX and ansible-navigator, whatever they
+    set E(ANSIBLE_CALLBACK_PLUGINS) and E(ANSIBLE_COLLECTIONS_PATH) to."
 options:
   path:
     description:
       - File the operation log is appended to (JSON lines).
-      - When not set, C(<project>/.opsbook/oplog.jsonl), where C(<project>) is the parent of the
-        playbook's directory when that directory is named C(playbooks), else the playbook's
-        directory.
+      - When not set, the variable C(opsbook_oplog_path) (relative to C(<project>)), else
+        C(<project>/.opsbook/oplog.jsonl), where C(<project>) is the parent of the playbook's
+        directory when that directory is named C(playbooks), else the playbook's directory.
+      - Under AWX, when neither this nor C(opsbook_oplog_path) is set, no file is written (the
+        project is AWX's throw-away copy); a warning says where the record went.
     type: path
     env:
       - name: OPSBOOK_OPLOG
     ini:
       - section: callback_opsbook_oplog
         key: path
+  stdout:
+    description:
+      - Also print the record, as one line C(OPSBOOK_OPLOG {...}), in the run's output (AWX's job
+        output, ansible-runner's C(stdout) artifact) - redacted like the file's.
+      - When not set, the variable C(opsbook_oplog_stdout); when neither is set, on under AWX
+        and off otherwise.
+    type: bool
+    env:
+      - name: OPSBOOK_OPLOG_STDOUT
+    ini:
+      - section: callback_opsbook_oplog
+        key: stdout
   notify_webhook_url:
     description:
       - The Slack-compatible incoming webhook every run is announced to; wins over the variable
@@ -381,6 +418,9 @@ class RunInfo:
     reason: str | None = None
     extra_var_keys: list[str] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set)
+    #: the AWX job's fields (awx_job_id, awx_job_template_name, awx_schedule_name) when AWX
+    #: started the run, in record order; empty otherwise
+    awx: dict[str, Any] = field(default_factory=dict)
 
 
 def iso_utc(moment: datetime) -> str:
@@ -530,6 +570,7 @@ def build_record(
         "finished": iso_utc(finished),
         "duration_s": round(max(duration_s, 0.0), 3),
         **{name: known[name] for name in KNOWN_AT_START},
+        **redact(run.awx, run.secrets),
         "extra_var_keys": sorted(run.extra_var_keys),
         "status": interrupted[0] if interrupted else run_status(hosts),
         "interrupted": interrupted[1] if interrupted else None,
@@ -618,6 +659,66 @@ def cli_args() -> Mapping[str, Any]:
     return context.CLIARGS or {}
 
 
+# AWX passes these extra vars to every job (awx_*, and the older tower_* names as aliases).
+AWX_PREFIXES = ("awx_", "tower_")
+#: record field -> the AWX extra vars that give it, first found wins
+AWX_FIELDS = {
+    "awx_job_id": ("awx_job_id", "tower_job_id"),
+    "awx_job_template_name": ("awx_job_template_name", "tower_job_template_name"),
+    "awx_schedule_name": ("awx_schedule_name", "tower_schedule_name"),
+}
+AWX_USER = ("awx_user_name", "tower_user_name")
+
+
+def _first_given(extra_vars: Mapping[str, Any], names: Iterable[str]) -> Any:
+    for name in names:
+        value = extra_vars.get(name)
+        if value is not None and value != "" and isinstance(value, str | int):
+            return value
+    return None
+
+
+def awx_meta(extra_vars: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """(the record's AWX fields, the launching user) from AWX's extra vars; ({}, None) when
+    the run is not an AWX job (no awx_job_id / tower_job_id). awx_schedule_name only for a
+    scheduled job; the job id as an integer when it is one."""
+    job_id = _first_given(extra_vars, AWX_FIELDS["awx_job_id"])
+    if job_id is None:
+        return {}, None
+    fields: dict[str, Any] = {}
+    for name, sources in AWX_FIELDS.items():
+        value = _first_given(extra_vars, sources)
+        if isinstance(value, str) and value.strip().isdigit() and name == "awx_job_id":
+            value = int(value)
+        if value is not None or name != "awx_schedule_name":
+            fields[name] = value
+    user = _first_given(extra_vars, AWX_USER)
+    if user is None and fields.get("awx_schedule_name"):
+        user = f"schedule:{fields['awx_schedule_name']}"
+    return fields, None if user is None else str(user)
+
+
+_STRICT_YES_RE = re.compile(r"(?i)StrictHostKeyChecking[= ]\s*(yes|true)\b")
+
+
+def host_key_checking_off() -> bool:
+    """True when SSH host keys go unchecked in this run: host_key_checking false (ansible-runner
+    and AWX set ANSIBLE_HOST_KEY_CHECKING=False) and no StrictHostKeyChecking=yes in the ssh
+    connection's ssh_args, which ssh reads before Ansible's StrictHostKeyChecking=no."""
+    try:
+        if C.config.get_config_value("HOST_KEY_CHECKING"):
+            return False
+        from ansible.plugins.loader import connection_loader
+
+        connection_loader.get("ssh", class_only=True)  # its options are known once it is loaded
+        ssh_args = C.config.get_config_value(
+            "ssh_args", plugin_type="connection", plugin_name="ssh"
+        )
+    except Exception:
+        return False
+    return not _STRICT_YES_RE.search(str(ssh_args or ""))
+
+
 # ---------------------------------------------------------------------------
 # Notifications (the payload and the POST are module_utils/opsbook_notify.py's)
 # ---------------------------------------------------------------------------
@@ -633,6 +734,24 @@ MISSING_NOTIFY = (
     f"{NOTIFY_FILE} is neither in the module_utils directory beside this plugin's directory"
     " nor in a configured module_utils path"
 )
+
+
+STDOUT_MARK = "OPSBOOK_OPLOG"
+
+
+@dataclass
+class LogSettings:
+    """Where a run's record goes, from the first play's variables (the options win)."""
+
+    path: str = ""
+    stdout: bool | None = None
+
+
+def awx_job_label(awx: Mapping[str, Any]) -> str:
+    """AWX job 42 (opsbook-production-backup): the notifications' field."""
+    label = str(awx.get("awx_job_id"))
+    name = awx.get("awx_job_template_name")
+    return f"{label} ({name})" if name else label
 
 
 @dataclass
@@ -741,6 +860,8 @@ class CallbackModule(CallbackBase):
         self._written = False
         self._notify = NotifySettings()
         self._notify_settled = False
+        self._log = LogSettings()
+        self._host_keys_checked = False
 
     def _warn(self, event: str, exc: Exception) -> None:
         effect = "not written" if event == "v2_playbook_on_stats" else "incomplete"
@@ -771,6 +892,8 @@ class CallbackModule(CallbackBase):
         self._written = False
         self._notify = NotifySettings()
         self._notify_settled = False
+        self._log = LogSettings()
+        self._host_keys_checked = False
         self._watch_stop_signals()
 
     @_guarded
@@ -786,16 +909,28 @@ class CallbackModule(CallbackBase):
         host = _first_host(play, manager)
         variables = manager.get_vars(play=play, host=host, include_hostvars=False)
         run = self._run
-        run.extra_var_keys = [str(key) for key in extra_vars]
+        if not run.awx:
+            run.awx, awx_user = awx_meta(extra_vars)
+            run.operator = awx_user or run.operator  # the user who launched the AWX job
+        run.extra_var_keys = [
+            str(key)
+            for key in extra_vars
+            if not (run.awx and str(key).startswith(AWX_PREFIXES))  # AWX's own, every job
+        ]
         run.secrets |= secret_values(extra_vars) | secret_values(variables)
         run.env = run.env or _text_var(variables, "opsbook_env", manager)
         run.reason = run.reason or _text_var(variables, "opsbook_reason", manager)
-        if not self._notify_settled:
-            # the first play with a host sees the inventory's variables: settled there
+        if not self._notify_settled and not _loads_secrets(play):
+            # the first play with a host sees the inventory's variables: settled there (not in
+            # playbooks/_vault.yml's, whose secrets - a webhook URL - the next plays see)
+            self._log = self._log_settings(variables, manager)
             self._notify = self._notify_settings(variables, manager)
             self._notify_settled = host is not None
             if self._notify_settled:
                 self._notify_start()
+        if not self._host_keys_checked and host is not None:
+            self._host_keys_checked = True
+            self._warn_unchecked_host_keys(play, manager)
 
     @_guarded
     def v2_runner_on_failed(self, result: Any, ignore_errors: bool = False) -> None:
@@ -867,10 +1002,92 @@ class CallbackModule(CallbackBase):
             interrupted,
         )
         self._written = True
+        line = record_line(record)
+        failed: Exception | None = None
         try:
-            append_line(self._log_path(), record_line(record))
-        finally:
-            self._notify_end(record, stopped=interrupted is not None)
+            path = self._log_path()
+            if path is None:
+                self._warn_no_log_file()
+            else:
+                append_line(path, line)
+        except Exception as exc:
+            failed = exc  # said once the record is printed and announced
+        if self._stdout_wanted():
+            self._display.display(f"{STDOUT_MARK} {line.decode('ascii').rstrip()}")
+        self._notify_end(record, stopped=interrupted is not None)
+        if failed is not None:
+            raise failed
+
+    # -- where the record goes ------------------------------------------------
+
+    def _log_settings(self, variables: Mapping[str, Any], manager: Any) -> LogSettings:
+        """The variables opsbook_oplog_path and opsbook_oplog_stdout of the run's first play
+        that has a host (the options, E(OPSBOOK_OPLOG) / E(OPSBOOK_OPLOG_STDOUT), win)."""
+        path = _var(variables, "opsbook_oplog_path", manager)
+        return LogSettings(
+            path=str(path).strip() if isinstance(path, str) else "",
+            stdout=as_bool(_var(variables, "opsbook_oplog_stdout", manager)),
+        )
+
+    def _log_path(self) -> Path | None:
+        """The file the record is appended to: the option (E(OPSBOOK_OPLOG), ansible.cfg), else
+        opsbook_oplog_path (relative to the project), else <project>/.opsbook/oplog.jsonl -
+        except under AWX, where the project is a copy thrown away after the job: None."""
+        configured = self._option("path")
+        if configured:
+            return Path(configured)
+        playbook = self._playbook_path or "playbook.yml"
+        if self._log.path:
+            path = Path(os.path.expanduser(self._log.path))
+            return path if path.is_absolute() else project_dir(playbook) / path
+        if self._run is not None and self._run.awx:
+            return None
+        return default_log_path(playbook)
+
+    def _stdout_wanted(self) -> bool:
+        """Print the record as one line (OPSBOOK_OPLOG {json}) in the run's output: the option,
+        else opsbook_oplog_stdout, else on under AWX (its job output is kept), off otherwise."""
+        wanted = as_bool(self._option("stdout"))
+        if wanted is None:
+            wanted = self._log.stdout
+        if wanted is None:
+            wanted = self._run is not None and bool(self._run.awx)
+        return wanted
+
+    def _warn_no_log_file(self) -> None:
+        assert self._run is not None
+        where = [
+            name
+            for name, wanted in (
+                (f"the job output (the {STDOUT_MARK} line)", self._stdout_wanted()),
+                ("the webhook", bool(self._notify.webhook_url)),
+            )
+            if wanted
+        ]
+        self._display.warning(
+            f"opsbook_oplog: AWX job {self._run.awx.get('awx_job_id')}: no operation log file is"
+            " configured (OPSBOOK_OPLOG, [callback_opsbook_oplog] path in ansible.cfg or the"
+            " variable opsbook_oplog_path, outside the job's copy of the project, which AWX"
+            " throws away): the record goes to "
+            + (" and ".join(where) if where else "nowhere (opsbook_oplog_stdout is false)")
+            + " only"
+        )
+
+    def _warn_unchecked_host_keys(self, play: Any, manager: Any) -> None:
+        """One warning, in the run's output, when SSH hosts are reached with host key checking
+        off (what ansible-runner and AWX do unless ANSIBLE_HOST_KEY_CHECKING is set)."""
+        if not host_key_checking_off():
+            return
+        host = _first_ssh_host(play, manager)
+        if host is None:
+            return
+        self._display.warning(
+            f"opsbook_oplog: SSH host key checking is off in this run (host {host}):"
+            " ANSIBLE_HOST_KEY_CHECKING=False, which ansible-runner and AWX set when it is not"
+            " set, and no -o StrictHostKeyChecking=yes in ansible.cfg's ssh_args - the hosts'"
+            " identities are not verified. Set ANSIBLE_HOST_KEY_CHECKING=True (AWX: Settings >"
+            " Jobs > Extra Environment Variables; ansible-runner: env/envvars) - docs/awx.md"
+        )
 
     # -- notifications --------------------------------------------------------
 
@@ -892,12 +1109,15 @@ class CallbackModule(CallbackBase):
         if len(url) >= MIN_SECRET_LEN:
             self._run.secrets.add(url)
         events, unknown = as_events(setting("on"))
+        fields = notify_fields(setting("fields"), self._run.secrets)
+        if self._run.awx:  # which AWX job, first
+            fields = {"awx job": awx_job_label(self._run.awx), **fields}
         return NotifySettings(
             webhook_url=url,
             file=str(setting("file") or ""),
             start=bool(as_bool(setting("start"))),
             events=events,
-            fields=notify_fields(setting("fields"), self._run.secrets),
+            fields=fields,
             unknown_events=unknown,
         )
 
@@ -984,12 +1204,6 @@ class CallbackModule(CallbackBase):
             self._baseline[host] = totals
         return {host: counts for host, counts in hosts.items() if any(counts.values())}
 
-    def _log_path(self) -> Path:
-        configured = self.get_option("path") if self.has_option("path") else None
-        if configured:
-            return Path(configured)
-        return default_log_path(self._playbook_path or "playbook.yml")
-
 
 def _plain_limit(subset: Any) -> str | None:
     if not subset:
@@ -997,6 +1211,30 @@ def _plain_limit(subset: Any) -> str | None:
     if isinstance(subset, list | tuple):
         return ",".join(str(item) for item in subset)
     return str(subset)
+
+
+def _loads_secrets(play: Any) -> bool:
+    """True for the play of playbooks/_vault.yml (play var opsbook_loads_secrets)."""
+    play_vars = getattr(play, "vars", None)
+    return (
+        isinstance(play_vars, Mapping) and as_bool(play_vars.get("opsbook_loads_secrets")) is True
+    )
+
+
+def _first_ssh_host(play: Any, manager: Any, limit: int = 20) -> str | None:
+    """The name of one of the play's first hosts reached over SSH (not ansible_connection
+    local), or None."""
+    inventory = getattr(manager, "_inventory", None)
+    if inventory is None:
+        return None
+    for host in inventory.get_hosts(play.hosts)[:limit]:
+        if getattr(host, "implicit", False):
+            continue  # the implicit localhost: local
+        variables = manager.get_vars(play=play, host=host, include_hostvars=False)
+        connection = str(variables.get("ansible_connection") or "ssh").rsplit(".", 1)[-1]
+        if connection in ("ssh", "paramiko", "paramiko_ssh", "smart"):
+            return str(host.get_name())
+    return None
 
 
 def _first_host(play: Any, manager: Any) -> Any:

@@ -101,6 +101,8 @@ FILE_SECONDS = {
     "tests/integration/test_vendor_key_modules.py": 4,
     "tests/integration/test_history.py": 4,
     "tests/integration/test_run_handle.py": 12,
+    "tests/integration/test_awx.py": 25,
+    "tests/integration/test_collection_install.py": 15,
     "tests/integration/test_runner_vault.py": 3,
     "tests/integration/test_maintenance_nginx.py": 2,
     "tests/integration/test_schedule_cron.py": 1,

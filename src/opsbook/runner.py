@@ -371,6 +371,13 @@ def vault_decryptor(path: Path | None) -> tuple[Decrypt | None, set[str]]:
     return decrypt, {password} if password else set()
 
 
+def job_time_vault_files(project: Path, env: str) -> list[Path]:
+    """``vault/<env>.yml`` of the project when it exists: the vault file an inventory names with
+    ``opsbook_vault_file`` (read by playbooks/_vault.yml), whose values the scrubber must know."""
+    path = project / "vault" / f"{env}.yml"
+    return [path] if path.is_file() else []
+
+
 def configured_callback_dirs(project: Path, environ: Mapping[str, str]) -> list[str]:
     """``callback_plugins`` of the project's ansible.cfg, as absolute paths.
 
@@ -820,7 +827,8 @@ class RunbookRunner:
             | vault_password(vault_file)
             | vault_secret
         )
-        for path in files:
+        # the environment's vault file, read at job time (playbooks/_vault.yml; docs/awx.md)
+        for path in [*files, *job_time_vault_files(self.project_dir, env)]:
             known |= secrets_in_vars_file(path, decrypt, problems)
         warnings += problems
         return RunPlan(

@@ -161,7 +161,8 @@ def test_role_inputs_of_the_wrong_type_are_refused_before_anything_is_touched(
         "pg_backup_keep_last='-1' is out of range: the role input pg_backup_keep_last takes a "
         "whole number of at least 0" in out
     )
-    assert "TASK [pg_backup : backup | Dump, store" not in out  # the module never ran
+    # the module never ran
+    assert "TASK [opsbook.runbooks.pg_backup : backup | Dump, store" not in out
     assert list(store.iterdir()) == []
 
     before = databases(pg)
@@ -181,5 +182,5 @@ def test_role_inputs_of_the_wrong_type_are_refused_before_anything_is_touched(
         "pg_restore_stale_after_minutes='-5' is out of range: the role input "
         "pg_restore_stale_after_minutes takes a whole number of at least 0" in out
     )
-    assert "TASK [pg_restore : restore | Restore the backup" not in out
+    assert "TASK [opsbook.runbooks.pg_restore : restore | Restore the backup" not in out
     assert databases(pg) == before

@@ -109,7 +109,7 @@ class ModuleRunner:
                 "tasks": [
                     {
                         "name": f"Run {module}",
-                        module: args,
+                        f"opsbook.runbooks.{module}": args,
                         "register": "out",
                         "ignore_errors": True,
                         "check_mode": check,

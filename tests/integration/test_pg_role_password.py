@@ -59,9 +59,9 @@ def login(login_dsn: str, **args: Any) -> dict[str, Any]:
 
 def tasks() -> list[dict[str, Any]]:
     a, b, adm = "{{ role_a }}", "{{ role_b }}", "{{ role_adm }}"
-    new_a = "{{ a_dsn | dsn_with_credentials(new_password) }}"
-    twin = "{{ kv_dsn | dsn_with_credentials(twin_password, role_b) }}"
-    closed = "{{ closed_dsn | dsn_with_credentials(new_password) }}"
+    new_a = "{{ a_dsn | opsbook.runbooks.dsn_with_credentials(new_password) }}"
+    twin = "{{ kv_dsn | opsbook.runbooks.dsn_with_credentials(twin_password, role_b) }}"
+    closed = "{{ closed_dsn | opsbook.runbooks.dsn_with_credentials(new_password) }}"
     ensure = {"action": "ensure_role", "dsn": "{{ adm_dsn }}", "role": b, "like": a}
     ensure["password"] = "{{ twin_password }}"
     retire = {"action": "retire", "dsn": "{{ adm_dsn }}", "role": a}

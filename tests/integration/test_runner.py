@@ -179,7 +179,9 @@ def _ansible_cfg() -> str:
     text = (REPO / "ansible.cfg").read_text()
     text = re.sub(r"(?m)^callbacks_enabled\s*=.*$", "callbacks_enabled = opsbook_test_marker", text)
     assert "opsbook_test_marker" in text
-    return text
+    # a project's own callback_plugins directory (runner's ANSIBLE_CALLBACK_PLUGINS hides it;
+    # opsbook run gives it back: configured_callback_dirs)
+    return text.replace("[defaults]\n", "[defaults]\ncallback_plugins = callback_plugins\n", 1)
 
 
 def _inventory() -> str:
@@ -593,17 +595,13 @@ def test_cli_list(proj: Path) -> None:
 def test_real_oplog_records_the_run(
     proj: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real ansible.cfg and callback_plugins/opsbook_oplog.py, unchanged: the
-    runner must not hide the project's callbacks, and the log gets our run id."""
-    plugin = REPO / "callback_plugins" / "opsbook_oplog.py"
-    assert plugin.is_file()
+    """The real ansible.cfg and the collection's opsbook.runbooks.opsbook_oplog, unchanged:
+    runner's ANSIBLE_CALLBACK_PLUGINS must not hide it, and the log gets our run id."""
+    assert (REPO / "callback_plugins" / "opsbook_oplog.py").is_file()
     real = tmp_path / "real"
-    (real / "callback_plugins").mkdir(parents=True)
+    real.mkdir()
     (real / "ansible.cfg").write_text((REPO / "ansible.cfg").read_text())
-    (real / "callback_plugins" / "opsbook_oplog.py").write_text(plugin.read_text())
-    rules = REPO / "module_utils" / "opsbook_secret_names.py"  # the plugin's secret-name rules
-    (real / "module_utils").mkdir()
-    (real / "module_utils" / rules.name).write_text(rules.read_text())
+    (real / "collections").symlink_to(REPO / "collections")  # collections_path = collections:...
     (real / "playbooks").mkdir()
     (real / "playbooks" / "ok.yml").write_text(PLAYBOOKS["ok"])
     oplog = tmp_path / "oplog.jsonl"

@@ -54,7 +54,7 @@ CARELESS = """\
 """  # noqa: E501
 
 LINKED = ("callback_plugins", "module_utils", "library", "action_plugins", "filter_plugins",
-          "doc_fragments")  # fmt: skip
+          "doc_fragments", "plugin_utils", "collections")  # fmt: skip
 
 
 @pytest.fixture

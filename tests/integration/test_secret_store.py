@@ -336,7 +336,7 @@ PLAYBOOK = """
       no_log: true
 
     - name: Read
-      secret_store: {store: "{{ vault_store }}"}
+      opsbook.runbooks.secret_store: {store: "{{ vault_store }}"}
       register: read
 
     # The loop items name the values, never hold them: a loop item is shown at -vvvv.
@@ -353,34 +353,35 @@ PLAYBOOK = """
       register: put
 
     - name: Again - nothing changes
-      secret_store: {store: "{{ vault_store }}", action: put_pending, value: "{{ new_vault }}"}
+      opsbook.runbooks.secret_store:
+        {store: "{{ vault_store }}", action: put_pending, value: "{{ new_vault }}"}
       register: again
 
     - name: Promote (skipped in check mode - nothing is pending there)
-      secret_store: {store: "{{ item }}", action: promote}
+      opsbook.runbooks.secret_store: {store: "{{ item }}", action: promote}
       loop: ["{{ vault_store }}", "{{ sm_store }}", "{{ ssm_store }}"]
       loop_control: {label: "{{ item.type }}"}
       register: promote
       when: not ansible_check_mode
 
     - name: Read the values (no_log)
-      secret_store: {store: "{{ vault_store }}", return_values: true}
+      opsbook.runbooks.secret_store: {store: "{{ vault_store }}", return_values: true}
       register: values
       no_log: true
 
     - name: Values without no_log are refused
-      secret_store: {store: "{{ vault_store }}", return_values: true}
+      opsbook.runbooks.secret_store: {store: "{{ vault_store }}", return_values: true}
       register: refused
       ignore_errors: true
 
     # With `environment:` the module runs as a module process, without the run's vault secrets.
     - name: As a module process, the AWS store is read
-      secret_store: {store: "{{ sm_store }}"}
+      opsbook.runbooks.secret_store: {store: "{{ sm_store }}"}
       environment: {OPSBOOK_TEST: "1"}
       register: as_module
 
     - name: As a module process, the encrypted vault file is refused with what to do
-      secret_store: {store: "{{ vault_store }}"}
+      opsbook.runbooks.secret_store: {store: "{{ vault_store }}"}
       environment: {OPSBOOK_TEST: "1"}
       register: vault_as_module
       ignore_errors: true

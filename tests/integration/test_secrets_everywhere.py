@@ -183,6 +183,7 @@ def run_env(homes: Path, name: str, tmp_path: Path, oplog: Path) -> dict[str, st
         "OPSBOOK_PROJECT_DIR": str(PROJECT_ROOT),
         "OPSBOOK_RUNS_DIR": str(tmp_path / "runs"),
         "OPSBOOK_INVENTORY_ROOT": str(tmp_path / "inventories"),
+        "OPSBOOK_OPLOG_STDOUT": "1",  # each record printed too (OPSBOOK_OPLOG {...}): scanned
     })  # fmt: skip
 
 
@@ -218,6 +219,7 @@ def test_every_runbook_at_vvvv_leaves_no_canary_anywhere(
     every_s = time.monotonic() - started
     (tmp_path / "every.log").write_text(every.stdout + every.stderr)  # scanned too
     assert every.returncode == 0, every.stdout[-6000:] + every.stderr[-3000:]
+    assert every.stdout.count("\nOPSBOOK_OPLOG {") == len(RUNBOOKS_AT_ONCE)  # the records
 
     started = time.monotonic()
     check = subprocess.run(

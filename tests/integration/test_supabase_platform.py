@@ -37,7 +37,7 @@ def task(module: str, name: str, register: str, **args: Any) -> dict[str, Any]:
     options = {"project_ref": "{{ ref }}", "base_url": "{{ api }}", "token": "{{ token }}"}
     return {
         "name": name,
-        module: {**options, **args},
+        f"opsbook.runbooks.{module}": {**options, **args},
         "register": register,
         "ignore_errors": True,
     }

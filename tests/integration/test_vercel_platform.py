@@ -71,7 +71,7 @@ def write_playbook(
 def task(module: str, register: str, **args: Any) -> dict[str, Any]:
     return {
         "name": register,
-        module: {
+        f"opsbook.runbooks.{module}": {
             "project": "opsbook-app",
             "team_id": TEAM,
             "base_url": "{{ vercel_url }}",

@@ -364,9 +364,13 @@ def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
 class _Display:
     def __init__(self) -> None:
         self.warnings: list[str] = []
+        self.lines: list[str] = []
 
     def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
         self.warnings.append(msg)
+
+    def display(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.lines.append(msg)
 
 
 def _callback() -> tuple[Any, _Display]:
@@ -465,3 +469,66 @@ def test_callback_metadata() -> None:
     assert oplog.CallbackModule.CALLBACK_TYPE == "aggregate"
     assert oplog.CallbackModule.CALLBACK_NAME == "opsbook_oplog"
     assert oplog.CallbackModule.CALLBACK_NEEDS_ENABLED is True
+
+
+# -- under AWX ----------------------------------------------------------------------------
+
+
+def test_awx_meta_from_awx_extra_vars() -> None:
+    fields, user = oplog.awx_meta(
+        {"awx_job_id": "42", "awx_job_template_name": "opsbook-production-backup",
+         "awx_user_name": "alice", "tower_job_id": 42}
+    )  # fmt: skip
+    assert (fields, user) == (
+        {"awx_job_id": 42, "awx_job_template_name": "opsbook-production-backup"}, "alice",
+    )  # fmt: skip
+    # older names only; a scheduled job has no launching user: the schedule is named
+    fields, user = oplog.awx_meta({"tower_job_id": 7, "tower_schedule_name": "nightly-backup"})
+    assert fields == {"awx_job_id": 7, "awx_job_template_name": None,
+                      "awx_schedule_name": "nightly-backup"}  # fmt: skip
+    assert user == "schedule:nightly-backup"
+    assert oplog.awx_meta({"awx_user_name": "alice"}) == ({}, None)  # no job id: not AWX
+
+
+def test_awx_fields_follow_limit_in_the_record() -> None:
+    run = _run()
+    run.awx = {"awx_job_id": 42, "awx_job_template_name": "t"}
+    record = oplog.build_record(run, datetime.now(UTC), 1.0, {}, [], {})
+    keys = list(record)
+    assert keys[keys.index("limit") + 1 : keys.index("extra_var_keys")] == [
+        "awx_job_id", "awx_job_template_name",
+    ]  # fmt: skip
+
+
+def test_under_awx_the_record_is_printed_not_written_into_the_project(tmp_path: Path) -> None:
+    from ansible.executor.stats import AggregateStats
+
+    callback, display = _callback()
+    callback.v2_playbook_on_start(SimpleNamespace(_file_name=str(tmp_path / "playbooks/x.yml")))
+    callback._run.awx = {"awx_job_id": 42, "awx_job_template_name": "t"}
+    callback._run.secrets.add("hunter22")
+    callback._run.reason = "with hunter22 inside"
+    callback.v2_playbook_on_stats(AggregateStats())
+
+    assert not (tmp_path / ".opsbook").exists()
+    [line] = display.lines
+    assert line.startswith("OPSBOOK_OPLOG {")
+    record = json.loads(line.removeprefix("OPSBOOK_OPLOG "))
+    assert (record["awx_job_id"], record["reason"]) == (42, "with *** inside")
+    [warning] = display.warnings
+    assert "AWX job 42: no operation log file is configured" in warning
+    assert "the record goes to the job output (the OPSBOOK_OPLOG line) only" in warning
+
+
+def test_the_path_and_stdout_variables(tmp_path: Path) -> None:
+    from ansible.executor.stats import AggregateStats
+
+    callback, display = _callback()
+    callback.v2_playbook_on_start(SimpleNamespace(_file_name=str(tmp_path / "playbooks/x.yml")))
+    callback._run.awx = {"awx_job_id": 42, "awx_job_template_name": "t"}
+    callback._log = oplog.LogSettings(path="records/oplog.jsonl", stdout=False)
+    callback.v2_playbook_on_stats(AggregateStats())
+
+    [record] = [json.loads(x) for x in (tmp_path / "records/oplog.jsonl").read_text().splitlines()]
+    assert record["awx_job_id"] == 42
+    assert display.lines == [] and display.warnings == []  # asked: a file, no line
