@@ -96,7 +96,7 @@ description:
     once, waiting at most 2 s. With C(-vv) a delivery is shown."
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 requirements:
   - C(module_utils/opsbook_secret_names.py) in the C(module_utils) directory beside this
     plugin's directory (or in a configured module_utils path); without it no record is written
@@ -988,7 +988,8 @@ class CallbackModule(CallbackBase):
         custom: Mapping[str, Any],
         interrupted: tuple[str, str] | None = None,
     ) -> None:
-        assert self._run is not None
+        if self._run is None:
+            raise AssertionError("the run was not started")
         if _NAMES is None:
             self._written = True  # said once
             raise RuntimeError(MISSING_RULES)
@@ -1055,7 +1056,8 @@ class CallbackModule(CallbackBase):
         return wanted
 
     def _warn_no_log_file(self) -> None:
-        assert self._run is not None
+        if self._run is None:
+            raise AssertionError("the run was not started")
         where = [
             name
             for name, wanted in (
@@ -1096,7 +1098,8 @@ class CallbackModule(CallbackBase):
 
     def _notify_settings(self, variables: Mapping[str, Any], manager: Any) -> NotifySettings:
         """The options (E(OPSBOOK_NOTIFY_*)) win over the play's opsbook_notify_* variables."""
-        assert self._run is not None
+        if self._run is None:
+            raise AssertionError("the run was not started")
 
         def setting(name: str) -> Any:
             value = self._option(f"notify_{name}")
@@ -1122,7 +1125,8 @@ class CallbackModule(CallbackBase):
         )
 
     def _notify_start(self) -> None:
-        assert self._run is not None
+        if self._run is None:
+            raise AssertionError("the run was not started")
         if self._notify.unknown_events:
             names = ", ".join(self._notify.unknown_events)
             self._display.warning(
@@ -1165,7 +1169,8 @@ class CallbackModule(CallbackBase):
             )
 
     def _notify_webhook(self, message: Mapping[str, Any], stopped: bool) -> None:
-        assert _NOTIFY is not None and self._run is not None
+        if _NOTIFY is None or self._run is None:
+            raise AssertionError("the run was not started")
         event, url = message["event"], self._notify.webhook_url
         if _NOTIFY.check_url(url):
             self._display.warning(

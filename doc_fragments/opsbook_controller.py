@@ -24,6 +24,7 @@ attributes:
     support: none
     description: No diff is produced.
   platform:
+    support: full
     platforms: posix
     description: Runs on the controller (C(delegate_to) C(localhost)).
 """

@@ -182,7 +182,7 @@ def deploy_summary(
         "status": status,
         "ok": status in ("succeeded", "unchanged"),
         "hosts": {host: dict(state) for host, state in states.items()},
-        **{name: hosts for name, hosts in by.items()},
+        **by,
         "lines": lines,
     }
 

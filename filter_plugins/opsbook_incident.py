@@ -122,7 +122,7 @@ def _sections(stdout: str) -> dict[str, list[str]]:
             current.append(line)
         elif line.startswith(MARKER):
             name = line[len(MARKER) :].strip()
-            key, _, rest = name.partition(" ")
+            key, _unused, rest = name.partition(" ")
             current = sections.setdefault(key, [])
             if rest:
                 current.append(rest)
@@ -161,7 +161,7 @@ def _parse_df(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
 def _parse_meminfo(lines: list[str]) -> dict[str, Any] | None:
     values = {}
     for line in lines:
-        name, _, rest = line.partition(":")
+        name, _unused, rest = line.partition(":")
         words = rest.split()
         if words and words[0].isdigit():
             values[name.strip()] = int(words[0])
@@ -761,7 +761,7 @@ def incident_assess(
     if not app_out and platform_out is None:
         found.add("unknown", "app", "no app host to check (group app is empty or outside --limit)")
 
-    units = {h: a for h, a in app_out.items()}
+    units = dict(app_out)
     if platform_out is not None:
         units[platform_out["unit"]] = platform_out
     failing = [

@@ -43,7 +43,7 @@ description:
   - Python standard library only (runs on the app hosts' C(/usr/bin/python3)).
 version_added: "0.3.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 options:
   deploy_root:
     description:
@@ -109,15 +109,18 @@ attributes:
       runs on the host with the Python standard library only (no AnsiballZ), and refuses to
       run without its action plugin.
   platform:
+    support: full
+    description: The app hosts (their Python 3 standard library only).
     platforms: posix
 notes:
   - A file the module creates gets the owner and group of its directory when the module runs
     as root (the app user that owns C(shared/) can read it), else the user's own.
-  - The app reads its env file when it starts; restart it (M(app_process), M(app_service))
+  - The app reads its env file when it starts; restart it (M(opsbook.runbooks.app_process),
+    M(opsbook.runbooks.app_service))
     for a change to take effect.
 seealso:
-  - module: app_process
-  - module: app_service
+  - module: opsbook.runbooks.app_process
+  - module: opsbook.runbooks.app_service
 """
 
 EXAMPLES = r"""

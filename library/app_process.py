@@ -20,7 +20,8 @@ description:
     O(resolve_current=true) each argument of O(command) under C(<deploy_root>/current) is
     rewritten to the release directory C(current) resolves to (C(releases/<id>/...)), so the
     process cannot pick up a link switched half-way, and its command line names its release. The
-    restart holds the deploy root's lock (C(.opsbook/lock), the one M(app_release) takes), so
+    restart holds the deploy root's lock (C(.opsbook/lock), the one M(opsbook.runbooks.app_release)
+    takes), so
     C(current) cannot move during it. RV(release) is that directory; RV(verified) says the new
     process's command line names it."
   - "O(state=started) starts the app when the pid file names no live process. When it does and
@@ -34,7 +35,7 @@ description:
   - Python standard library only (runs on the app hosts' C(/usr/bin/python3)).
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 options:
   state:
     description:
@@ -118,6 +119,7 @@ attributes:
     description: Reports what would be stopped or started (RV(old_pid), RV(release)); signals
       and starts nothing.
   diff_mode:
+    description: No diff is produced.
     support: none
   action:
     support: full
@@ -125,6 +127,7 @@ attributes:
       against this module's spec. The module itself runs on the host with the Python standard
       library only (no AnsiballZ), and refuses to run without its action plugin.
   platform:
+    support: full
     platforms: linux
     description: Reads C(/proc) to find live processes, their sessions and command lines.
 notes:
@@ -133,7 +136,7 @@ notes:
   - On a host with systemd prefer a unit (role C(app_service), method C(systemd)); with
     C(KillMode=control-group) systemd gives the same guarantee for the old process.
 seealso:
-  - module: app_release
+  - module: opsbook.runbooks.app_release
 """
 
 EXAMPLES = r"""
@@ -325,7 +328,7 @@ class Supervisor:
         """The release id the process's command line names (None when it names none)."""
         prefix = os.path.realpath(self.releases) + os.sep
         for arg in cmdline(pid):
-            for candidate in {arg, os.path.abspath(arg)}:
+            for candidate in (arg, os.path.abspath(arg)):
                 if candidate.startswith(prefix):
                     return candidate[len(prefix) :].split(os.sep, 1)[0]
         return None

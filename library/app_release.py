@@ -49,7 +49,7 @@ description:
     runs on one host cannot interleave. Runs on the host with the Python standard library only."
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 options:
   deploy_root:
     description:
@@ -154,12 +154,13 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Every action reports what it would do (RV(changed), RV(msg), RV(removed),
+    description: Every action reports what it would do (C(changed), RV(msg), RV(removed),
       RV(from)/RV(to)) and writes nothing. O(action=install) verifies the archive's sha256 when
       the archive is already on the host. O(action=activate) and O(action=mark) of a release
       that is not installed report the change with a warning (an earlier task of the same
       run would have installed it) instead of failing.
   diff_mode:
+    description: No diff is produced.
     support: none
   action:
     support: full
@@ -168,6 +169,8 @@ attributes:
       the Python standard library only (no AnsiballZ), and refuses to run without its action
       plugin.
   platform:
+    support: full
+    description: The app hosts (their Python 3 standard library only).
     platforms: posix
 notes:
   - Idempotent - installing the same release id and sha256 again, activating the current
@@ -176,9 +179,9 @@ notes:
     (each one goes one release further back); use O(to) to name the target.
   - C(current) is a relative symlink (C(releases/<id>)), so the deploy root can move.
 seealso:
-  - module: app_process
+  - module: opsbook.runbooks.app_process
     description: Restart the app so that it runs the release C(current) points at.
-  - module: release_artifact
+  - module: opsbook.runbooks.release_artifact
     description: Fetch and verify the artifact on the controller.
 """
 

@@ -10,7 +10,8 @@ module: app_service
 short_description: Start, restart or stop the app so that it runs the release current points at
 description:
   - "One task for the three ways an app is run: O(method=supervisor) runs the module
-    M(app_process) on the host (a pid file: the old process and what is left of its session
+    M(opsbook.runbooks.app_process) on the host (a pid file: the old process and what is left of its
+    session
     are stopped, the new one is started on the release C(current) resolves to, and checked to
     run it); O(method=systemd) runs C(ansible.builtin.systemd_service) on the unit O(name);
     O(method=command) runs your argv for the state asked (no shell)."
@@ -22,7 +23,7 @@ description:
     a restart then stops every process of the old release."
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 options:
   method:
     description: How the app is run (the inventory's C(app_service_method)).
@@ -100,8 +101,8 @@ attributes:
 notes:
   - Use C(become) on the task for a systemd unit that needs root.
 seealso:
-  - module: app_process
-  - module: app_release
+  - module: opsbook.runbooks.app_process
+  - module: opsbook.runbooks.app_release
 """
 
 EXAMPLES = r"""

@@ -24,7 +24,7 @@ description:
     returns the O(limit) newest entries of the environment.
 version_added: "0.2.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # S3 options, action attribute
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_s3
@@ -116,7 +116,7 @@ notes:
   - Entries are never modified or deleted by opsbook. To retract one by hand, delete both its
     object under C(ledger/) and its copy under C(ledger-index/).
 seealso:
-  - module: deploy_lock
+  - module: opsbook.runbooks.deploy_lock
     description: One deploy at a time per environment.
 """
 

@@ -33,7 +33,7 @@ description:
     hold the lock; a run that loses a race reads the lock again and decides again.
 version_added: "0.2.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # S3 options, action attribute
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_s3
@@ -133,6 +133,7 @@ attributes:
       writes nothing - not even the S3 capability probe. A lock that a real run could not
       take fails the task in check mode too.
   platform:
+    support: full
     platforms: posix
     description: Runs on the controller (C(delegate_to) C(localhost)), where the state URL is
       reachable.
@@ -144,7 +145,7 @@ notes:
   - The intent protocol needs strongly consistent reads and lists (AWS S3 since December 2020,
     MinIO); it refuses to proceed when a freshly written object is not listed.
 seealso:
-  - module: deploy_ledger
+  - module: opsbook.runbooks.deploy_ledger
     description: The record of what was deployed where.
 """
 

@@ -53,7 +53,7 @@ description:
     destroyed (its data would go), and the count is at least 1.
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # timeouts, retries; action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_rest
@@ -118,7 +118,8 @@ options:
   min_secrets_version:
     description:
       - O(action=update) - boot the machines with at least this app secrets version (what
-        M(fly_secrets) returns as C(version)), recorded as C(opsbook_secrets_version). A
+        M(opsbook.runbooks.fly_secrets) returns as C(version)), recorded as
+        C(opsbook_secrets_version). A
         machine that recorded this version or a later one is unchanged.
     type: int
   rollback_to:
@@ -169,7 +170,8 @@ options:
   gate_base_url:
     description:
       - The app's public URL (the inventory's C(app_base_url)). When given, RV(gate_targets)
-        holds one M(http_gate) target per machine now serving what was asked (per machine
+        holds one M(opsbook.runbooks.http_gate) target per machine now serving what was asked (per
+        machine
         read, with O(action=list) and O(action=get)), sent to that machine with Fly's
         C(fly-force-instance-id) header.
     type: str
@@ -179,7 +181,6 @@ options:
         environment variable C(FLY_API_TOKEN) when not given.
     type: str
     required: true
-    no_log: true
   base_url:
     description:
       - The Machines API, the inventory's C(fly_api_url) (a stand-in's URL in tests).
@@ -203,8 +204,8 @@ notes:
     machine creation and a lease are not repeated after a 5xx (the first may have been done).
     An update whose answer is lost is found out by reading the machine.
 seealso:
-  - module: fly_secrets
-  - module: http_gate
+  - module: opsbook.runbooks.fly_secrets
+  - module: opsbook.runbooks.http_gate
   - name: Fly.io Machines API - machines
     description: Update, leases, wait.
     link: https://fly.io/docs/machines/api/machines-resource/
@@ -285,7 +286,8 @@ results:
   type: list
   elements: dict
 gate_targets:
-  description: With O(gate_base_url) - M(http_gate) targets, one per machine serving what was
+  description: With O(gate_base_url) - M(opsbook.runbooks.http_gate) targets, one per machine
+    serving what was
     asked (every machine read, with O(action=list) and O(action=get)) - C(name) C(fly:<id>),
     C(base_url), C(version), C(headers) C({fly-force-instance-id - <id>}).
   returned: when gate_base_url is given (a failed task - for the machines it changed)
@@ -370,7 +372,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "version": {"type": "str", "default": ""},
         "release": {"type": "str", "default": ""},
         "metadata": {"type": "dict", "default": {}},
-        "min_secrets_version": {"type": "int"},
+        "min_secrets_version": {"type": "int", "no_log": False},  # a version number
         "rollback_to": {"type": "str", "default": ""},
         "canary": {"type": "int", "default": 1},
         "batch": {"type": "str", "default": "50%"},
@@ -743,7 +745,7 @@ def _scale_up(
     if check:
         results = [
             {**_entry(source, "would_create", changed=True), "id": ""}
-            for _ in range(count - before)
+            for _unused in range(count - before)
         ]
         return {
             **base,
@@ -754,7 +756,7 @@ def _scale_up(
             f"{source['id']} ({before} -> {count})",
         }
     try:
-        for _ in range(count - before):
+        for _unused in range(count - before):
             created = create_machine(client, app, body)
             entry = _entry(created, "created", changed=True)
             results.append(entry)

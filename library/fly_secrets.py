@@ -17,19 +17,19 @@ description:
     cannot decrypt secret values" (Fly's docs). What it gives is a C(digest) of the value.
     So whether an existing secret already holds O(value) B(cannot be known before writing) -
     with O(update=always) (the default) the value is written again and the digest Fly
-    returns is compared with the one it had - RV(changed) is true only when it moved, so a
+    returns is compared with the one it had - C(changed) is true only when it moved, so a
     rerun with the same values reports no change (the write itself is repeated, and Fly
     counts a new secrets version). With O(update=on_create) an existing secret is left alone
     without a write (its value is not compared). In check mode an existing secret with
     O(update=always) is reported as a possible change.
   - B(A change reaches the app only when its machines boot again) - Fly injects secrets
     "into your Machine as environment variables at boot time". Follow a change with
-    M(fly_machines) C(action=update min_secrets_version=<RV(version)>) (what the
+    M(opsbook.runbooks.fly_machines) C(action=update min_secrets_version=<RV(version)>) (what the
     C(platform_fly) role's C(env) and C(maintenance) entry points do); a machine restart
     does not load new secrets.
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # timeouts, retries; action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_rest
@@ -49,7 +49,6 @@ options:
     description:
       - The value O(name) must have, with O(state=present).
     type: str
-    no_log: true
   state:
     description:
       - C(present) - O(name) is set to O(value); C(absent) - the app has no secret O(name).
@@ -69,7 +68,6 @@ options:
       value:
         description: Its value (with O(secrets[].state=present)).
         type: str
-        no_log: true
       state:
         description: C(present) or C(absent).
         type: str
@@ -77,7 +75,7 @@ options:
         default: present
   update:
     description:
-      - C(always) - write the value of a secret that exists (see above - RV(changed) compares
+      - C(always) - write the value of a secret that exists (see above - C(changed) compares
         the digests before and after).
       - C(on_create) - only create missing secrets; an existing one is kept as it is.
     type: str
@@ -89,7 +87,6 @@ options:
         environment variable C(FLY_API_TOKEN) when not given.
     type: str
     required: true
-    no_log: true
   base_url:
     description:
       - The Machines API, the inventory's C(fly_api_url) (a stand-in's URL in tests).
@@ -111,7 +108,7 @@ notes:
     (C(Retry-After) honoured) until O(deadline_s); setting or deleting one secret is safe to
     repeat.
 seealso:
-  - module: fly_machines
+  - module: opsbook.runbooks.fly_machines
   - name: Fly.io - secrets and Fly Apps
     description: How secrets reach the machines (at boot).
     link: https://fly.io/docs/apps/secrets/
@@ -167,8 +164,9 @@ secrets:
   sample: {"MAINTENANCE_MODE": {"state": "present", "changed": true, "existed": false,
            "known": true}}
 version:
-  description: The app's secrets version after the last write (for M(fly_machines)'s
-    O(fly_machines#module:min_secrets_version)); null when nothing was written.
+  description: The app's secrets version after the last write (for
+    M(opsbook.runbooks.fly_machines)'s
+    O(opsbook.runbooks.fly_machines#module:min_secrets_version)); null when nothing was written.
   returned: always
   type: int
   sample: 7

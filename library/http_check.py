@@ -27,7 +27,7 @@ description:
     of the last attempt.
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # run in the task's worker on the controller
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_controller
@@ -119,11 +119,12 @@ attributes:
     support: none
     description: Nothing is changed, so there is nothing to diff.
   platform:
+    support: full
     platforms: posix
     description: Runs wherever Python runs; usually on the controller.
 notes:
   - Redirects are followed for GET, like a browser; RV(url) is the final URL.
-  - Read-only; RV(changed) is always false.
+  - Read-only; C(changed) is always false.
 seealso:
   - module: ansible.builtin.uri
 """
@@ -215,7 +216,8 @@ msg:
 
 from typing import Any
 
-from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_http import (  # noqa: F401  (re-exported for tests)
+# re-exported for tests (ruff's F401 and pylint's unused-import told so)
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_http import (  # noqa: F401  # pylint: disable=unused-import
     BODY_EXCERPT_CHARS,
     Response,
     describe_error,
@@ -237,7 +239,8 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "expect_status": {"type": "list", "elements": "int", "default": [200]},
         "latency_threshold_ms": {"type": "float"},
         "parse_json": {"type": "bool", "default": True},
-        "expect_json_keys": {"type": "list", "elements": "str", "default": []},
+        # names of JSON keys, not secrets (no_log=False tells ansible-test's no-log-needed so)
+        "expect_json_keys": {"type": "list", "elements": "str", "default": [], "no_log": False},
         "expect_json": {"type": "dict", "default": {}},
         "headers": {"type": "dict", "default": {}, "no_log": True},
         "validate_certs": {"type": "bool", "default": True},

@@ -13,7 +13,7 @@ description:
     C(delegate_to: localhost) and C(run_once: true)): C(GET <base_url><health_path>) must
     answer 200, then C(GET <base_url><version_path>) must be a JSON object whose
     O(version_key) equals the target's C(version). Both checks are retried until they pass
-    or O(retries) run out, like M(http_check)."
+    or O(retries) run out, like M(opsbook.runbooks.http_check)."
   - The targets are checked concurrently (one thread each), so a batch of 16 hosts takes as
     long as its slowest host, and the whole batch costs one module run on the controller
     instead of two per host. C(deploy.yml) and C(rollback.yml) use it once per batch; each
@@ -22,7 +22,7 @@ description:
     O(fail_on_problem=true) when a target fails).
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # the action, diff_mode, platform attributes
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_controller
@@ -96,7 +96,7 @@ attributes:
 notes:
   - Redirects are followed; proxies from the environment are used.
 seealso:
-  - module: http_check
+  - module: opsbook.runbooks.http_check
 """
 
 EXAMPLES = r"""
@@ -175,7 +175,7 @@ def argument_spec() -> dict[str, Any]:
         },
         "health_path": {"type": "str", "default": "/health"},
         "version_path": {"type": "str", "default": "/api/version"},
-        "version_key": {"type": "str", "default": "version"},
+        "version_key": {"type": "str", "default": "version", "no_log": False},  # a JSON key's name
         "retries": {"type": "int", "default": 20},
         "retry_delay_s": {"type": "float", "default": 0.5},
         "timeout_s": {"type": "float", "default": 5.0},

@@ -27,7 +27,7 @@ description:
     the status judged. Proxies from the environment are used.
 version_added: "0.3.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # the action, diff_mode, platform attributes
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_controller
@@ -99,7 +99,7 @@ notes:
   - The token is judged by the app only; the module does not decode the app's answer beyond
     returning it (RV(json)).
 seealso:
-  - module: http_check
+  - module: opsbook.runbooks.http_check
 """
 
 EXAMPLES = r"""

@@ -24,7 +24,7 @@ description:
     returns RV(delivered=false) with a warning. An empty O(url) sends nothing.
 version_added: "0.2.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # the action, diff_mode, platform attributes
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_controller

@@ -47,7 +47,7 @@ description:
     deploy lock quotes them, the exact command that breaks a dead run's lock).
 version_added: "0.3.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 options:
   runbook:
     description:
@@ -80,6 +80,7 @@ attributes:
     support: none
     description: Nothing is changed.
   platform:
+    support: full
     platforms: posix
     description: The controller.
 notes:
@@ -89,7 +90,7 @@ notes:
   - Defaults stay with the roles (C(roles/deploy/defaults/main.yml) for deploy and rollback);
     the declaration's C(default) documents them, and a unit test keeps both equal.
 seealso:
-  - module: deploy_lock
+  - module: opsbook.runbooks.deploy_lock
     description: Quotes RV(rerun) when another run holds the lock.
 """
 

@@ -63,7 +63,7 @@ description:
     without writing anything to storage.
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 requirements:
   - pg_dump (and pg_dumpall with O(globals)) of the server's major version or newer
   - the C(zstd) command line tool (package C(zstd))
@@ -189,8 +189,8 @@ options:
         its size and sha256 with the manifest. RV(verification) says which (C(method))."
       - A failed verification fails the task; the backup is kept for inspection (never
         selected as latest) and retention does not run.
-      - M(pg_backup_info) O(pg_backup_info#module:state=verify) re-reads a backup in full at
-        any time (a routine check).
+      - M(opsbook.runbooks.pg_backup_info) O(opsbook.runbooks.pg_backup_info#module:state=verify)
+        re-reads a backup in full at any time (a routine check).
     type: bool
     default: true
   retention:
@@ -237,6 +237,7 @@ attributes:
     support: none
     description: A backup adds objects; there is nothing to diff.
   platform:
+    support: full
     platforms: posix
     description: Runs where the client tools are and the database is reachable (group
       C(dbadmin) in opsbook, by default the controller's local connection).
@@ -250,9 +251,10 @@ notes:
     pg_dump dumps; extension member tables, views, materialized views and foreign tables
     are not counted. Each count is SELECT count(*) FROM ONLY the table."
   - A backup's objects appear in storage before its manifest; the catalog
-    (M(pg_backup_info)) reports such objects as orphans and never lists them as backups.
+    (M(opsbook.runbooks.pg_backup_info)) reports such objects as orphans and never lists them as
+    backups.
 seealso:
-  - module: pg_backup_info
+  - module: opsbook.runbooks.pg_backup_info
     description: List, select, verify backups and apply retention.
   - name: pg_dump
     description: PostgreSQL documentation of pg_dump.

@@ -9,7 +9,8 @@ DOCUMENTATION = r"""
 module: pg_backup_info
 short_description: List, select and verify opsbook backups, and apply retention
 description:
-  - Works on the backups M(pg_backup) writes to O(storage_url) (C(s3://bucket/prefix) or
+  - Works on the backups M(opsbook.runbooks.pg_backup) writes to O(storage_url)
+    (C(s3://bucket/prefix) or
     C(file:///path)). A backup exists only when its C(<backup_id>/manifest.json) exists
     and is valid; objects without one are reported as orphans (an interrupted or
     running backup, or the remains of a half-deleted one) and never listed, selected
@@ -34,16 +35,18 @@ description:
     database nothing of it is deleted, with a warning: verify backups (as C(backup.yml)
     does after each one) to let retention prune."
   - "O(state=stale_uploads) removes the unfinished uploads that interrupted backups left (a
-    SIGKILLed M(pg_backup) cannot abort its own - an S3 multipart upload, whose parts are
+    SIGKILLed M(opsbook.runbooks.pg_backup) cannot abort its own - an S3 multipart upload, whose
+    parts are
     billed until it is aborted, or a partial file) once they have not moved for
     O(stale_after_minutes) - only what opsbook's own writer started, never an upload or object
-    of anyone else. M(pg_backup) does the same before each backup; C(routine_checks.yml) does
+    of anyone else. M(opsbook.runbooks.pg_backup) does the same before each backup;
+    C(routine_checks.yml) does
     it daily, so that they go even when no backup runs."
   - A backup is deleted manifest B(first), then the rest of its C(<backup_id>/) prefix, so
     an interrupted deletion leaves orphans, never a backup that looks restorable.
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # S3 options, action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_s3
@@ -125,6 +128,7 @@ attributes:
     support: none
     description: No diff is produced.
   platform:
+    support: full
     platforms: posix
     description: Runs where the storage is reachable (group C(dbadmin) in opsbook).
 notes:
@@ -135,7 +139,7 @@ notes:
     cleanup removes them. Unfinished uploads are not objects - O(state=stale_uploads)
     removes opsbook's own.
 seealso:
-  - module: pg_backup
+  - module: opsbook.runbooks.pg_backup
     description: Take a backup.
 """
 
@@ -239,7 +243,7 @@ backups:
       type: str
       sample: "2024-05-01T12:01:02.000Z"
     manifest:
-      description: Its manifest (format_version 1, see M(pg_backup)).
+      description: Its manifest (format_version 1, see M(opsbook.runbooks.pg_backup)).
       type: dict
 count:
   description: Number of RV(backups).

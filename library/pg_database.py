@@ -24,12 +24,12 @@ description:
     guard as O(name).
   - Open sessions on a database to drop are an error naming how many, unless O(force=true)
     (C(DROP DATABASE ... WITH (FORCE)), which ends them).
-  - Idempotent - an absent database stays absent (RV(changed=false)), a present one is not
+  - Idempotent - an absent database stays absent (C(changed=false)), a present one is not
     altered (its owner is not changed).
   - The password never appears in any message.
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # psycopg and the connection options
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_pg
@@ -90,6 +90,7 @@ attributes:
     support: none
     description: Databases are not diffed.
   platform:
+    support: full
     platforms: posix
     description: Runs where the database is reachable (group C(dbadmin) in opsbook).
 notes:
@@ -98,7 +99,7 @@ notes:
   - C(pg_restore) creates, replaces and verifies restored databases; this module only makes
     or removes an (empty) database, for scratch work such as restore drills.
 seealso:
-  - module: pg_restore
+  - module: opsbook.runbooks.pg_restore
     description: Restore a backup into a new database, or replace one.
 """
 

@@ -34,7 +34,7 @@ description:
     psql meta-commands (lines starting with a backslash) are refused before anything runs."
   - The file is split into statements as psql splits it (quotes, C(E'') strings, dollar
     quotes, nested comments and the C(BEGIN ATOMIC ... END) body of a SQL-standard function),
-    by the splitter M(pg_migrate) uses too (C(module_utils/opsbook_sql.py)).
+    by the splitter M(opsbook.runbooks.pg_migrate) uses too (C(module_utils/opsbook_sql.py)).
   - The verify query is O(verify), or the single statement that follows a line
     C(-- opsbook:verify) in the file (a fix file can carry its own verification). With
     O(require_verify=true) a fix without a verify query is refused before anything runs.
@@ -47,7 +47,7 @@ description:
     verify query, name) and does not connect.
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # psycopg and the connection options
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_pg
@@ -127,11 +127,12 @@ attributes:
     support: none
     description: The report lists the rows affected per statement and per table instead.
   platform:
+    support: full
     platforms: posix
     description: Runs on the host that can reach the database (group C(dbadmin) in opsbook).
 notes:
   - O(dsn) is not used with O(parse_only=true), but is still required.
-  - RV(changed) is true when the transaction committed (in check mode - would commit) and a
+  - C(changed) is true when the transaction committed (in check mode - would commit) and a
     counted statement affected rows or a statement other than a query or C(SET) ran. A
     re-run of a fix written with precise C(WHERE) clauses affects no rows and reports no
     change; O(min_rows) makes such a re-run fail instead.
@@ -622,7 +623,7 @@ class FixRun:
         return self.rows_affected > 0 or self.other_commands
 
     def result(self) -> dict[str, Any]:
-        reason = "; ".join(words for _, words in self.failures) or None
+        reason = "; ".join(words for _unused, words in self.failures) or None
         if self.check_mode and not self.failures and self.outcome == "rolled_back":
             reason = None
         result: dict[str, Any] = {
@@ -639,7 +640,7 @@ class FixRun:
             "would_commit": self.would_commit,
             "check_mode": self.check_mode,
             "failed_check": self.failures[0][0] if self.failures else None,
-            "failed_checks": [check for check, _ in self.failures],
+            "failed_checks": [check for check, _unused in self.failures],
             "reason": reason,
             "statements": self.statements,
             "rows_affected": self.rows_affected,
@@ -819,7 +820,8 @@ def execute_fix(conn: Any, run: FixRun, dsn: str) -> None:
 def _execute_body(cur: Any, run: FixRun, dsn: str) -> None:
     """Settings, statements, deferred constraints, per-table counts, bounds, verify."""
     plan = run.plan
-    assert plan is not None
+    if plan is None:
+        raise AssertionError("plan is not None")
     params = run.params
     try:
         if plan.transaction_modes:
@@ -860,7 +862,8 @@ def close_tx(conn: Any, commit: bool) -> None:
 def _run_statements(cur: Any, run: FixRun, dsn: str) -> bool:
     """Run every statement, checking bounds as it goes; False when it stopped early."""
     params = run.params
-    assert run.plan is not None
+    if run.plan is None:
+        raise AssertionError("run.plan is not None")
     for stmt in run.plan.statements:
         entry: dict[str, Any] = {
             "index": stmt.index,
@@ -913,7 +916,8 @@ def _run_statements(cur: Any, run: FixRun, dsn: str) -> bool:
 
 
 def _run_verify(cur: Any, run: FixRun, dsn: str) -> None:
-    assert run.plan is not None
+    if run.plan is None:
+        raise AssertionError("run.plan is not None")
     if not run.plan.verify:
         return
     show = max(0, int(run.params.get("verify_show_rows") or 0))

@@ -70,7 +70,7 @@ description:
     C(db_health) role prints it).
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # psycopg and the connection options
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_pg
@@ -178,10 +178,11 @@ attributes:
     support: none
     description: No data is changed, so there is nothing to diff.
   platform:
+    support: full
     platforms: posix
     description: Runs on the host that can reach the database (group C(dbadmin) in opsbook).
 notes:
-  - RV(changed) is true only when O(long_query_action) cancelled or terminated a session.
+  - C(changed) is true only when O(long_query_action) cancelled or terminated a session.
   - For an exact connection count, and to see other roles' queries and waits, grant a role
     that is not a superuser C(pg_read_all_stats); to cancel or terminate their sessions,
     C(pg_signal_backend).

@@ -49,7 +49,7 @@ description:
     C(_ccnew) leftover dropped right away.
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 requirements:
   - PostgreSQL 12 or later (C(REINDEX CONCURRENTLY))
 # psycopg and the connection options
@@ -161,6 +161,7 @@ attributes:
     support: none
     description: The report lists sizes before and after instead.
   platform:
+    support: full
     platforms: posix
     description: Runs on the host that can reach the database (group C(dbadmin) in opsbook).
 notes:

@@ -59,7 +59,7 @@ description:
     settings), so a migration behaves the same whether it runs alone or after others.
 version_added: "0.2.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # psycopg and the connection options
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_pg
@@ -165,6 +165,7 @@ attributes:
     support: none
     description: The result lists what was applied or reverted; there is no diff.
   platform:
+    support: full
     platforms: posix
     description: Runs where the migrations directory is and the database is reachable (group
       C(dbadmin) in opsbook).
@@ -942,12 +943,12 @@ def strip_prisma_params(dsn: str) -> tuple[str, str | None]:
     """Remove Prisma-only URI parameters libpq rejects; return (dsn, ?schema= value)."""
     if not dsn.startswith(("postgres://", "postgresql://")) or "?" not in dsn:
         return dsn, None
-    head, _, rest = dsn.partition("?")
+    head, _unused, rest = dsn.partition("?")
     query, hash_sign, fragment = rest.partition("#")
     kept = []
     schema = None
     for item in query.split("&"):
-        key, _, value = item.partition("=")
+        key, _unused, value = item.partition("=")
         name = unquote(key)
         if name in PRISMA_ONLY_PARAMS:
             if name == "schema":
@@ -1428,7 +1429,8 @@ class Migrator:
 
     def down_one(self, migration: Migration, record: Record) -> dict[str, Any]:
         script = migration.down
-        assert script is not None
+        if script is None:
+            raise AssertionError("script is not None")
         self.reset_session()
         started = time.monotonic()
         if script.transactional:
@@ -1473,7 +1475,8 @@ class Migrator:
         }
 
     def mark_reverted(self, migration: Migration) -> None:
-        assert migration.down is not None
+        if migration.down is None:
+            raise AssertionError("migration.down is not None")
         self.conn.execute(
             f"UPDATE {TRACKING_SCHEMA}.{TRACKING_TABLE} SET status = 'reverted',"
             " reverted_at = now(), down_checksum = %s, applied_by = %s WHERE version = %s",
@@ -1866,8 +1869,8 @@ class Run:
             )
         if self.check_mode:
             self.finish(analysis)
-            self.result["checked"] = self.m.check([(m, m.down) for m, _ in steps])  # type: ignore[misc]
-            return self.check_outcome("down", [m for m, _ in steps])  # type: ignore[misc]
+            self.result["checked"] = self.m.check([(m, m.down) for m, _unused in steps])  # type: ignore[misc]
+            return self.check_outcome("down", [m for m, _unused in steps])  # type: ignore[misc]
         if not steps:
             self.finish(analysis)
             self.result["msg"] = (
@@ -1877,7 +1880,8 @@ class Run:
             return self.result
         started = time.monotonic()
         for migration, record in steps:
-            assert migration is not None and migration.down is not None
+            if migration is None or migration.down is None:
+                raise AssertionError("migration is not None and migration.down is not None")
             self.running = (migration, migration.down)
             try:
                 self.result["reverted"].append(self.m.down_one(migration, record))

@@ -9,7 +9,8 @@ DOCUMENTATION = r"""
 module: pg_restore
 short_description: Restore an opsbook backup into a new database or in place of an existing one
 description:
-  - Restores a backup taken by M(pg_backup) (a C(pg_dump) custom-format archive compressed by
+  - Restores a backup taken by M(opsbook.runbooks.pg_backup) (a C(pg_dump) custom-format archive
+    compressed by
     zstd, described by its C(manifest.json)) from O(storage_url) into the PostgreSQL server
     that O(dsn) reaches.
   - "Safe by default, in this order: (1) select the backup by its manifest (O(backup),
@@ -51,7 +52,7 @@ description:
     by a later restore (O(stale_after_minutes)). Temporary files are always removed."
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 requirements:
   - psycopg >= 3.1 (psycopg 3) for the Python interpreter that runs the module
   - the PostgreSQL client tools (C(pg_restore); C(psql) for O(globals)), preferably of the
@@ -136,7 +137,8 @@ options:
   verify_counts:
     description:
       - Compare the exact row count of every table in the manifest's C(table_counts) with the
-        restored copy (C(count(*) FROM ONLY), as M(pg_backup) counts); any difference fails
+        restored copy (C(count(*) FROM ONLY), as M(opsbook.runbooks.pg_backup) counts); any
+        difference fails
         the restore.
     type: bool
     default: true
@@ -216,7 +218,7 @@ options:
     description:
       - Select the backup and run the read-only preflight on the server (target existence for
         O(mode), privileges, open sessions, tools, free space, the typed confirmation), then
-        stop - nothing is fetched, created or touched (RV(changed) false). C(restore.yml) runs
+        stop - nothing is fetched, created or touched (C(changed) false). C(restore.yml) runs
         it before maintenance mode goes on, so that a restore it would refuse never takes the
         app down.
     type: bool
@@ -260,6 +262,7 @@ attributes:
     support: none
     description: Databases are not diffed.
   platform:
+    support: full
     platforms: posix
     description: Runs on the host that has the PostgreSQL client tools (group C(dbadmin), by
       default the controller's local connection).
@@ -277,8 +280,8 @@ notes:
   - Writes made to the target while O(mode=replace) restores are not in the restored copy; they
     stay in the kept previous database. C(restore.yml) puts the app in maintenance first.
 seealso:
-  - module: pg_backup
-  - module: pg_backup_info
+  - module: opsbook.runbooks.pg_backup
+  - module: opsbook.runbooks.pg_backup_info
 """
 
 EXAMPLES = r"""
@@ -582,7 +585,7 @@ from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_proc impo
     tool_env,
     watch_ansible,
 )
-from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_restore_names import (
+from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_restore_names import (  # pylint: disable=unused-import
     MAX_IDENTIFIER_BYTES,
     PREVIOUS_INFIX,
     leftover_databases,
@@ -1008,7 +1011,7 @@ def parse_toc(text: str) -> ArchiveInfo:
             if " TABLE DATA " in line:
                 info.table_data += 1
             continue
-        key, _, value = line.lstrip(";").strip().partition(":")
+        key, _unused, value = line.lstrip(";").strip().partition(":")
         key, value = key.strip(), value.strip()
         if key == "Format":
             info.format = value
@@ -1248,7 +1251,7 @@ def run_on_connections(
 
     threads = []
     try:
-        for _ in range(jobs):
+        for _unused in range(jobs):
             conns.append(connect_one())
         threads = [threading.Thread(target=work, args=(conn,), daemon=True) for conn in conns]
         for thread in threads:
@@ -1465,7 +1468,7 @@ class RestoreRun:
                 "user": user,
                 "superuser": bool(superuser),
                 "version_num": int(version_num),
-                "version": str(version).split(" ")[0],
+                "version": str(version).split(" ", maxsplit=1)[0],
             }
             if not (superuser or createdb):
                 raise RestoreError(f"role {user!r} may not create databases (it needs CREATEDB)")
@@ -1639,7 +1642,8 @@ class RestoreRun:
         jobs=1 keeps the fetched (verified) compressed object and later streams it through
         ``zstd -dc`` into pg_restore. jobs > 1 needs a seekable archive: the data object is
         fetched, hashed and decompressed to a file in one pass (``fetch_decompress``)."""
-        assert self.tmp is not None
+        if self.tmp is None:
+            raise AssertionError("self.tmp is not None")
         data = self.manifest["objects"]["data"]
         if self.jobs > 1:
             archive = self.tmp / "data.pgdump"
@@ -1708,7 +1712,8 @@ class RestoreRun:
 
     def read_toc(self, archive: Path, compressed: bool = True) -> None:
         """``[zstd -dc |] pg_restore --list``: the archive is readable by this pg_restore."""
-        assert self.tmp is not None
+        if self.tmp is None:
+            raise AssertionError("self.tmp is not None")
         toc = self.tmp / "toc.txt"
         stages = [[self.tools["pg_restore"], "--list", "--", str(archive)]]
         if compressed:
@@ -1730,7 +1735,8 @@ class RestoreRun:
 
     def restore(self) -> None:
         """(Globals,) CREATE DATABASE <scratch>, then pg_restore into it."""
-        assert self.tmp is not None
+        if self.tmp is None:
+            raise AssertionError("self.tmp is not None")
         with self.timed("restore_s"):
             if self.params["globals"]:
                 self.apply_globals()
@@ -1766,7 +1772,8 @@ class RestoreRun:
     def apply_globals(self) -> None:
         """Apply the globals script with psql; failing statements (a role that exists) become
         warnings. Statements about the connecting role are left out."""
-        assert self.tmp is not None
+        if self.tmp is None:
+            raise AssertionError("self.tmp is not None")
         zstd = spawn(
             [self.tools["zstd"], "-dcq", "--", str(self.tmp / "globals.sql.zst")],
             stdout=subprocess.PIPE,
@@ -1931,7 +1938,8 @@ class RestoreRun:
     def after_switch(self) -> None:
         """Keep the previous database (connections allowed again) or drop it; only warns."""
         previous = self.report.previous
-        assert previous is not None
+        if previous is None:
+            raise AssertionError("previous is not None")
         keep = self.params["keep_previous"]
         try:
             with self.cursor() as cur:

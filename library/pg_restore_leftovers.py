@@ -9,14 +9,17 @@ DOCUMENTATION = r"""
 module: pg_restore_leftovers
 short_description: List the databases restore replaces kept, and drop those past their age
 description:
-  - A restore that replaces a database (M(pg_restore) with C(mode=replace), C(restore.yml -e
+  - A restore that replaces a database (M(opsbook.runbooks.pg_restore) with C(mode=replace),
+    C(restore.yml -e
     restore_mode=replace)) keeps the database it replaced, renamed
     C(<target>__opsbook_old_<UTC time>), as a safety net. This module lists them on the server
     O(dsn) reaches - B(only) databases whose name has exactly that shape, the rule
-    M(pg_restore) names them by (C(module_utils/opsbook_restore_names.py)) - and, with
+    M(opsbook.runbooks.pg_restore) names them by (C(module_utils/opsbook_restore_names.py)) - and,
+    with
     O(older_than_days), drops the ones replaced more than that many days ago that no session
     uses.
-  - It is what M(pg_restore)'s C(drop_previous_after_days) does at the end of a replace, without
+  - It is what M(opsbook.runbooks.pg_restore)'s C(drop_previous_after_days) does at the end of a
+    replace, without
     a restore - C(routine_checks.yml) runs it daily, so that the copies go once their age is
     past, whether or not another replace happens.
   - A database in use (a session opened on it) is never dropped - it is kept and named in
@@ -26,7 +29,7 @@ description:
     The password never appears in any message.
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # connections, action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_pg
@@ -55,13 +58,14 @@ attributes:
     support: none
     description: Databases are not diffed.
   platform:
+    support: full
     platforms: posix
     description: Runs where the database is reachable (group C(dbadmin) in opsbook).
 notes:
   - The role of O(dsn) must own the databases (or be a superuser) to drop them - the role that
     ran the replace does.
 seealso:
-  - module: pg_restore
+  - module: opsbook.runbooks.pg_restore
     description: Restore a backup into a new database, or replace one (and keep the replaced one).
 """
 

@@ -40,13 +40,13 @@ description:
     NOLOGIN). Idempotent - when the O(dsn)'s role may read C(pg_authid) (a superuser), the
     stored password is checked (C(rolpassword IS NULL)); otherwise a login with O(password)
     (the retired password) must be refused (C(28P01)). Without either, the password is removed
-    again and RV(changed) is true, with a warning. Refused for the role the O(dsn) logs in as -
+    again and C(changed) is true, with a warning. Refused for the role the O(dsn) logs in as -
     it would lock this runbook out.
   - Nothing this module returns or says contains a password or a SCRAM verifier. The
     passwords of O(dsn) and O(login_dsn) are masked wherever Ansible prints.
 version_added: "0.3.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # connections, action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_pg
@@ -102,12 +102,13 @@ attributes:
     support: full
     description: Connects, reads the roles, tries the logins and runs the statements in a
       transaction that is rolled back (so that a missing privilege shows), and reports what it
-      would change (RV(changed)); changes nothing.
+      would change (C(changed)); changes nothing.
   diff_mode:
     support: full
     description: The role before and after - existence, C(LOGIN), memberships, and whether a
       password is set or is the one given (never a value).
   platform:
+    support: full
     platforms: posix
     description: Runs where the database is reachable (group C(dbadmin) in opsbook, by default
       the controller's local connection, where it runs in the task's worker process).
@@ -121,7 +122,7 @@ notes:
     language (C(lc_messages)) then gives no SQLSTATE and O(expect=failure) fails, never
     succeeds wrongly.
   - A role without C(LOGIN) cannot prove a password by logging in - O(action=set) on one sets
-    the password every time (RV(changed=true)).
+    the password every time (C(changed=true)).
   - O(action=ensure_role) copies memberships only - not C(ADMIN OPTION), not the privileges
     granted to O(like) directly, not the objects it owns, not its settings (C(ALTER ROLE ...
     SET)). Grant the application's privileges to a group role both logins are members of. On

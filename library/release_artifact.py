@@ -29,7 +29,7 @@ description:
     always hashed (the module delivers what the path holds)."
 version_added: "0.1.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_s3  # boto3 and the S3 connection options
   - opsbook.runbooks.opsbook_controller  # run in the task's worker on the controller
@@ -85,14 +85,16 @@ attributes:
       written; RV(path) is where it would be cached. The C(release) role runs this module
       with C(check_mode=false) so that a dry run proves the artifact and its checksum.
   diff_mode:
+    description: No diff is produced.
     support: none
   platform:
+    support: full
     platforms: posix
     description: Runs on the controller.
 notes:
-  - RV(changed) is true when a new file was put in the cache.
+  - C(changed) is true when a new file was put in the cache.
 seealso:
-  - module: app_release
+  - module: opsbook.runbooks.app_release
 """
 
 EXAMPLES = r"""

@@ -20,17 +20,18 @@ description:
     missing one variable deletes it; it has wiped teams' variables. This module has no code
     that calls it.
   - Render's API returns the values, so a rerun compares them exactly - a second run with the
-    same values changes nothing (RV(changed=false)).
+    same values changes nothing (C(changed=false)).
   - B(A change is not seen by the running app until the next deploy) - Render applies
     environment changes when the service is deployed again (its dashboard offers "Save,
-    rebuild, and deploy"; the API only saves). Follow a change with M(render_service)
+    rebuild, and deploy"; the API only saves). Follow a change with
+    M(opsbook.runbooks.render_service)
     C(action=deploy force=true) of the live source (what the C(platform_render) role's C(env)
     and C(maintenance) entry points do).
   - Variables of a linked environment group are not reached by these calls (Render's
     document - they apply to variables set directly on the service).
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # timeouts, retries; action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_rest
@@ -49,7 +50,6 @@ options:
     description:
       - The value O(key) must have, with O(state=present).
     type: str
-    no_log: true
   state:
     description:
       - C(present) - O(key) has O(value); C(absent) - the service has no variable O(key).
@@ -70,7 +70,6 @@ options:
       value:
         description: Its value (with O(env_vars[].state=present)).
         type: str
-        no_log: true
       state:
         description: C(present) or C(absent).
         type: str
@@ -82,7 +81,6 @@ options:
         environment variable C(RENDER_API_KEY) when not given.
     type: str
     required: true
-    no_log: true
   base_url:
     description:
       - Render's API, the inventory's C(render_api_url) (a stand-in's URL in tests).
@@ -91,7 +89,7 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Only the reads are sent; RV(changed) and RV(changed_keys) say what a run
+    description: Only the reads are sent; C(changed) and RV(changed_keys) say what a run
       would change.
   diff_mode:
     support: full
@@ -103,7 +101,7 @@ notes:
   - 429 and 5xx answers, timeouts and refused connections are retried with backoff
     (C(Retry-After) honoured) until O(deadline_s); a PUT or DELETE of one key is safe to repeat.
 seealso:
-  - module: render_service
+  - module: opsbook.runbooks.render_service
   - name: Render API - add or update an environment variable
     description: PUT /services/{serviceId}/env-vars/{envVarKey}.
     link: https://api-docs.render.com/reference/update-env-var

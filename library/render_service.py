@@ -25,7 +25,7 @@ description:
     (neither - the latest commit of the service's branch), then waits (O(wait)). Render answers
     C(201) with the deploy or C(202) "Queued" without one; after a 202 the new deploy is found
     in the list (the newest that was not there before and runs that source). When the live
-    deploy already runs that source nothing is sent (RV(changed=false)) unless O(force) - what
+    deploy already runs that source nothing is sent (C(changed=false)) unless O(force) - what
     a change of environment variables needs, since Render applies them on the next deploy.
     With O(known_deploys) (what an O(action=list_deploys) task just returned) the deploys are
     not listed again before the POST.
@@ -52,7 +52,7 @@ description:
     what may have happened.
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # timeouts, retries; action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_rest
@@ -138,7 +138,6 @@ options:
         environment variable C(RENDER_API_KEY) when not given.
     type: str
     required: true
-    no_log: true
   base_url:
     description:
       - Render's API, the inventory's C(render_api_url) (a stand-in's URL in tests).
@@ -147,7 +146,7 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Only reads are sent (the deploy list, a deploy); RV(changed) and RV(msg) say
+    description: Only reads are sent (the deploy list, a deploy); C(changed) and RV(msg) say
       what a run would do. O(action=wait) waits in check mode too (it only reads).
   diff_mode:
     support: partial
@@ -157,7 +156,7 @@ notes:
   - The token never appears in a result or a message; Render's own error text is quoted with
     it masked.
 seealso:
-  - module: render_env
+  - module: opsbook.runbooks.render_env
   - name: Render API - deploys
     description: Trigger, retrieve, list and roll back deploys.
     link: https://api-docs.render.com/reference/create-deploy

@@ -16,12 +16,12 @@ description:
     the same second gets C(-2), C(-3), ... before C(.md)).
   - The path is returned (RV(path)) for the runbook to publish with C(set_stats).
   - A report is the run's B(output), not a change to what the runbook manages - it is written in
-    check mode too, and RV(changed) is always false (a second run of a runbook that changes
+    check mode too, and C(changed) is always false (a second run of a runbook that changes
     nothing still reports changed=0).
   - The content must never hold a secret; the module writes what it is given.
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # the action attribute
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_controller
@@ -51,7 +51,7 @@ attributes:
     support: full
     description: Writes the report in check mode too - it is the run's output (see above).
 seealso:
-  - module: state_document
+  - module: opsbook.runbooks.state_document
     description: What a runbook keeps between its runs (under opsbook_state_url).
 """
 

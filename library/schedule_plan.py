@@ -5,9 +5,6 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 DOCUMENTATION = r"""
 module: schedule_plan
 short_description: Read schedules.yml and plan the AWX job templates and schedules of an env
@@ -30,7 +27,7 @@ description:
     C(module_utils/opsbook_schedules.py).
 version_added: "0.5.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # runs in the task's worker
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_controller
@@ -143,6 +140,9 @@ entries:
   returned: success
   type: int
 """
+
+import os
+from typing import Any
 
 from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_module import run_module
 from ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_schedules import (

@@ -10,7 +10,8 @@ module: secret_rotation
 short_description: Plan a staged secret rotation, decide what each secret needs, keep its journal
 description:
   - The controller's part of C(rotate_secrets.yml) and C(secrets_report.yml). The stores
-    (M(secret_store)), the app hosts' env files (M(app_env)), the database (M(pg_role_password))
+    (M(opsbook.runbooks.secret_store)), the app hosts' env files (M(opsbook.runbooks.app_env)), the
+    database (M(opsbook.runbooks.pg_role_password))
     and the vendors do the work; this module decides it and records it.
   - The catalog of secrets is opsbook's (C(jwt), C(nextauth), C(encryption_key),
     C(db_password), C(twilio), C(stripe), C(stripe_webhook), with the runbooks' schedule) with
@@ -30,11 +31,11 @@ description:
     given, or made by the vendor), C(undo) or C(finish) (a rotation a killed run left - undone
     before its test passed, finished after), C(revoke), or C(none) - and writes the journal
     step C(created) of every rotation before any target changes. Its result holds the pending
-    values it generated (RV(decisions[].generated)): the task must be C(no_log)."
+    values it generated (C(generated) in RV(decisions)): the task must be C(no_log)."
   - O(action=journal) writes the next step of each entry of O(entries).
 version_added: "0.3.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # S3 options, action attribute
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_s3
@@ -124,8 +125,8 @@ options:
   store_dates:
     description:
       - O(action=plan) - per secret, when its store says the current value was set (ISO 8601 UTC,
-        from M(secret_store)'s RV(meta)); the age of a secret opsbook never rotated comes from it
-        (without it, that age is unknown and the secret counts as due).
+        from RV(opsbook.runbooks.secret_store#module:meta)); the age of a secret opsbook never
+        rotated comes from it (without it, that age is unknown and the secret counts as due).
     type: dict
     default: {}
   entries:
@@ -254,7 +255,8 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         "url": {"type": "str", "required": True},
         "env": {"type": "str", "required": True},
         "catalog": {"type": "dict", "default": {}},
-        "secrets": {"type": "list", "elements": "str", "default": []},
+        # names of secrets, not secrets (no_log=False tells ansible-test's no-log-needed so)
+        "secrets": {"type": "list", "elements": "str", "default": [], "no_log": False},
         "run_step": {"type": "str", "choices": list(RUN_STEPS), "default": "rotate"},
         "force_revoke": {"type": "bool", "default": False},
         "report": {"type": "bool", "default": False},
@@ -366,7 +368,7 @@ def check_hosts_hold_the_store(
     lost, not kept as previous. The problem names each host and what it holds (fingerprints)."""
     if (journal or {}).get("step") in ("created", "setting", "tested"):
         return  # an open rotation: the hosts may hold its pending value; decide() sorts it out
-    _, by_host = pool_from_hosts(env_reads or {}, spec)
+    _unused, by_host = pool_from_hosts(env_reads or {}, spec)
     current = fingerprint(record.get("current"))
     wrong = {host: held["current"] for host, held in by_host.items() if held["current"] != current}
     if wrong:

@@ -42,7 +42,7 @@ description:
     boto3's usual chain (environment, profile, instance or task role).
 version_added: "0.3.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # the action attribute
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_controller
@@ -140,6 +140,7 @@ attributes:
     support: full
     description: The diff shows each value's fingerprint before and after, never a value.
   platform:
+    support: full
     platforms: posix
     description: Runs on the controller (C(delegate_to) C(localhost)). A vault file that is
       encrypted needs the run's vault secrets, which the action plugin hands to the module on
@@ -276,7 +277,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
                 "file": {"type": "str"},
                 "var": {"type": "str"},
                 "secret_id": {"type": "str"},
-                "json_key": {"type": "str"},
+                "json_key": {"type": "str", "no_log": False},  # a key's name, not a secret
                 "parameter": {"type": "str"},
                 "pending_parameter": {"type": "str"},
                 "kms_key_id": {"type": "str"},

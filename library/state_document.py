@@ -20,7 +20,7 @@ description:
   - The document is JSON and small (at most O(max_bytes)); it must never hold a secret.
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # S3 options, action attribute
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_s3
@@ -58,7 +58,7 @@ attributes:
     description: O(state=write) reports what it would write (RV(bytes)) and writes nothing;
       O(state=read) only reads.
 seealso:
-  - module: deploy_ledger
+  - module: opsbook.runbooks.deploy_ledger
     description: The ledger of deploys, under the same URL.
 """
 

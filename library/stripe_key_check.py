@@ -32,7 +32,7 @@ description:
     (C(Retry-After) honoured) until O(deadline_s).
 version_added: "0.3.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # timeouts, retries; action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_rest
@@ -43,7 +43,6 @@ options:
       - The key or webhook secret to check.
     type: str
     required: true
-    no_log: true
   kind:
     description:
       - What O(api_key) must be.

@@ -27,7 +27,7 @@ description:
     (an C(assert), a notification). Restoring is not offered by this module.
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # timeouts, retries; action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_rest
@@ -45,7 +45,6 @@ options:
         controller's environment variable C(SUPABASE_ACCESS_TOKEN) is used.
     type: str
     required: true
-    no_log: true
   max_age_h:
     description:
       - The oldest the newest restore point may be, in hours, for RV(fresh) to be true (a daily
@@ -64,6 +63,7 @@ attributes:
     support: none
     description: Nothing changes, so there is no diff.
   platform:
+    support: full
     platforms: posix
     description: Runs on the controller (C(delegate_to) C(localhost)).
 notes:

@@ -17,7 +17,7 @@ description:
     it; the rotation installs the new one everywhere right after.
   - B(Not idempotent, by necessity.) Nothing in the API reads the password or a digest of
     it, so a reset cannot be compared with what is set - every run sends it and reports
-    RV(changed=true). Running it twice with the same O(password) is harmless (the same value
+    C(changed=true). Running it twice with the same O(password) is harmless (the same value
     is set again); a rerun after a failure is how an unknown outcome is settled.
   - The password must have at least 16 characters (and 4 distinct ones, no leading or
     trailing space). Supabase's document accepts 4 characters; opsbook refuses anything
@@ -32,7 +32,7 @@ description:
     password again sets the same password.
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # timeouts, retries; action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_rest
@@ -51,21 +51,18 @@ options:
         C(environment), which C(-vvvv) prints.
     type: str
     required: true
-    no_log: true
   password:
     description:
       - The new database password (at least 16 characters). Never returned; its fingerprint
         is (RV(password_fingerprint)).
     type: str
     required: true
-    no_log: true
   verify_dsn:
     description:
       - A libpq DSN or URI of the project's database to prove the new password with, e.g.
         C(postgresql://postgres@db.<ref>.supabase.co:5432/postgres?sslmode=require) (or the
         pooler's). Its password, if it has one, is replaced by O(password). Unset - no proof.
     type: str
-    no_log: true
   verify_timeout_s:
     description:
       - Seconds to keep trying to connect with the new password (O(verify_dsn)).
@@ -80,11 +77,12 @@ attributes:
   check_mode:
     support: full
     description: Nothing is sent (the API has no read of the password to check against);
-      RV(changed) is true - a real run always resets - and RV(msg) says what would be sent.
+      C(changed) is true - a real run always resets - and RV(msg) says what would be sent.
   diff_mode:
     support: partial
     description: The password before and after, both shown as C(********).
   platform:
+    support: full
     platforms: posix
     description: Runs on the controller (C(delegate_to) C(localhost)).
 notes:

@@ -17,7 +17,7 @@ description:
   - The module lists the secrets first, then sends one C(POST) with every secret of
     O(secrets) that is missing or holds another value, and one C(DELETE) with every secret
     marked C(absent) that exists. A second run with the same input sends no change
-    (RV(changed=false)). With an empty O(secrets) it only lists (RV(secrets)).
+    (C(changed=false)). With an empty O(secrets) it only lists (RV(secrets)).
   - B(What can be compared, and what cannot.) Supabase never returns a secret's value - the
     list gives the hex SHA-256 digest of it (the C(DIGEST) column of C(supabase secrets list);
     Supabase's Terraform provider compares the same digest). A secret is unchanged when the
@@ -34,7 +34,7 @@ description:
     names and values again sets the same secrets.
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # timeouts, retries; action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_rest
@@ -53,7 +53,6 @@ options:
         not a task's C(environment), which C(-vvvv) prints.
     type: str
     required: true
-    no_log: true
   secrets:
     description:
       - The secrets to set or remove. Empty - only list.
@@ -85,13 +84,14 @@ options:
 attributes:
   check_mode:
     support: full
-    description: The secrets are listed (a read); nothing is created or deleted. RV(changed),
+    description: The secrets are listed (a read); nothing is created or deleted. C(changed),
       RV(created), RV(updated), RV(deleted) and the diff say what a run would do.
   diff_mode:
     support: full
     description: The secrets the task names, before and after, values shown as C(********)
       (a changed value as C(******** (new value))); secrets it does not name are left out.
   platform:
+    support: full
     platforms: posix
     description: Runs on the controller (C(delegate_to) C(localhost)).
 notes:
@@ -232,6 +232,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
             "type": "list",
             "elements": "dict",
             "default": [],
+            "no_log": False,  # the names are not secret; each value is (no_log in item_options)
             "options": item_options("name"),
         }
     )

@@ -24,7 +24,7 @@ description:
     verdict); invalid input does.
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # the action attribute
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_controller
@@ -65,7 +65,7 @@ notes:
   - The host name checked is the URL's; an IP address is matched against the certificate's IP
     subject alternative names.
 seealso:
-  - module: http_check
+  - module: opsbook.runbooks.http_check
     description: The app's /health (over https, with certificate validation).
 """
 

@@ -47,7 +47,7 @@ description:
     second promotion answers 404 (read as done, above), a second DELETE 404.
 version_added: "0.3.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # timeouts, retries; action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_rest
@@ -66,7 +66,6 @@ options:
         returned as RV(previous_fingerprint)).
     type: str
     required: true
-    no_log: true
   secondary_token:
     description:
       - The secondary token an earlier task or run created and stored (the rotation's pending
@@ -74,7 +73,6 @@ options:
         O(state=secondary) it is kept - nothing is sent, the module returns its fingerprint
         (RV(created=false)). Refused with O(state=check).
     type: str
-    no_log: true
   state:
     description:
       - C(secondary) - a secondary token exists (created unless O(secondary_token) is given).
@@ -92,7 +90,7 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Nothing is sent - no POST, no DELETE. RV(changed) says what a run would do
+    description: Nothing is sent - no POST, no DELETE. C(changed) says what a run would do
       where it can be known; where it depends on whether a secondary token exists (promoted,
       secondary_absent), which no call can read, it is reported as a change. O(state=check)
       proves nothing in check mode (RV(authenticated) is null).

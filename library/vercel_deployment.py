@@ -25,7 +25,7 @@ description:
     ERROR or CANCELED; a READY one that Vercel left STAGED - after an Instant Rollback Vercel
     stops assigning production to new deployments until one is promoted - is promoted; then
     the list is read until it serves. Nothing is done when the deployment serving production
-    already holds every pair of O(skip_if_serving) in its meta (RV(changed=false)).
+    already holds every pair of O(skip_if_serving) in its meta (C(changed=false)).
   - O(action=promote) - C(POST /v10/projects/{projectId}/promote/{deploymentId}) - point
     production at an existing READY production deployment without a rebuild (ends a paused
     state after a rollback). Nothing is done when it serves already.
@@ -41,7 +41,7 @@ description:
     deployment ends ERROR or CANCELED or is not READY within O(wait_timeout_s).
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # timeouts, retries; action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_rest
@@ -135,7 +135,6 @@ options:
         environment variable C(VERCEL_TOKEN) when not given.
     type: str
     required: true
-    no_log: true
   base_url:
     description:
       - Vercel's API, the inventory's C(vercel_api_url) (a stand-in's URL in tests).
@@ -144,7 +143,7 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Only reads are sent; RV(changed) and RV(msg) say what a run would do.
+    description: Only reads are sent; C(changed) and RV(msg) say what a run would do.
   diff_mode:
     support: full
     description: The deployment serving production before and after (id and version).
@@ -156,7 +155,7 @@ notes:
   - C(GET /v13/deployments/{idOrUrl}) may answer the public variant of a deployment (no
     C(projectId)); the project's id is taken from the list.
 seealso:
-  - module: vercel_env
+  - module: opsbook.runbooks.vercel_env
   - name: Vercel - promoting deployments
     description: Instant Rollback, promotion, staged production deployments.
     link: https://vercel.com/docs/deployments/promoting-a-deployment

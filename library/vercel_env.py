@@ -28,12 +28,13 @@ description:
     nothing. A variable that cannot be read and was not written by this module is written once
     (RV(notes) says so); any comment it had is replaced.
   - B(A change is not seen by the running app until the next deployment) - Vercel reads the
-    variables when it builds. Follow a change with M(vercel_deployment) C(action=redeploy) of
+    variables when it builds. Follow a change with M(opsbook.runbooks.vercel_deployment)
+    C(action=redeploy) of
     the deployment serving production (what the C(platform_vercel) role's C(env) and
     C(maintenance) entry points do).
 version_added: "0.4.0"
 author:
-  - opsbook maintainers
+  - opsbook maintainers (@opsbook)
 # timeouts, retries; action
 extends_documentation_fragment:
   - opsbook.runbooks.opsbook_rest
@@ -58,7 +59,6 @@ options:
     description:
       - The value O(key) must have, with O(state=present).
     type: str
-    no_log: true
   state:
     description:
       - C(present) - O(key) holds O(value) on O(targets); C(absent) - O(key) is not set on any
@@ -81,7 +81,6 @@ options:
       value:
         description: Its value (with O(env_vars[].state=present)).
         type: str
-        no_log: true
       state:
         description: C(present) or C(absent).
         type: str
@@ -107,7 +106,6 @@ options:
         environment variable C(VERCEL_TOKEN) when not given.
     type: str
     required: true
-    no_log: true
   base_url:
     description:
       - Vercel's API, the inventory's C(vercel_api_url) (a stand-in's URL in tests).
@@ -116,7 +114,7 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Only the list is read; RV(changed), RV(changed_keys) and RV(changes) say what a
+    description: Only the list is read; C(changed), RV(changed_keys) and RV(changes) say what a
       run would do.
   diff_mode:
     support: full
@@ -131,7 +129,7 @@ notes:
     safe to repeat.
   - Vercel answers an invalid, expired or revoked token with 403 (C(invalidToken)).
 seealso:
-  - module: vercel_deployment
+  - module: opsbook.runbooks.vercel_deployment
   - name: Vercel REST API - create one or more environment variables
     description: POST /v10/projects/{idOrName}/env.
     link: https://vercel.com/docs/rest-api/reference/endpoints/projects/create-one-or-more-environment-variables
@@ -351,7 +349,7 @@ def apply(
             "targets": targets if step.op == "create" else (step.entry or {}).get("targets", []),
             "why": step.why,
         }
-        for _, steps in plans
+        for _unused, steps in plans
         for step in steps
     ]
     changed_keys = [var["key"] for var, steps in plans if steps]

@@ -667,7 +667,8 @@ def fetch_decompress(
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile() as err:
             proc = spawn(decompress_argv, stdin=subprocess.PIPE, stdout=out, stderr=err, env=env)
-            assert proc.stdin is not None
+            if proc.stdin is None:
+                raise AssertionError("proc.stdin is not None")
             thread.start()
             feeding = True
             while True:
@@ -1182,7 +1183,7 @@ def _day(moment: datetime) -> str:
 
 
 def _iso_week(moment: datetime) -> str:
-    year, week, _ = moment.astimezone(UTC).isocalendar()
+    year, week, _unused = moment.astimezone(UTC).isocalendar()
     return f"{year}-W{week:02d}"
 
 

@@ -511,10 +511,12 @@ class DeployLock:
             now = self.clock()
             action = decide_acquire(current, run_id, now, break_lock, refresh)
             if action == "refuse":
-                assert current is not None
+                if current is None:
+                    raise AssertionError("current is not None")
                 raise self._held_error(current, now)
             if action == "reenter":
-                assert current is not None
+                if current is None:
+                    raise AssertionError("current is not None")
                 return self._acquired(action, current, None, changed=False)
             new = LockRecord(
                 owner=owner,
@@ -637,7 +639,8 @@ class DeployLock:
             if action == "none":
                 result["msg"] = f"{self.env} was not locked; nothing to release"
                 return result
-            assert current is not None
+            if current is None:
+                raise AssertionError("current is not None")
             if action == "leave":
                 note = (
                     f"the deploy lock of {self.env} is held by {current.describe(now)}, not by "

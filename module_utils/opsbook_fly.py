@@ -254,7 +254,7 @@ def summarize(machine: Mapping[str, Any]) -> dict[str, Any]:
     metadata = {str(k): str(v) for k, v in (config.get("metadata") or {}).items()}
     image = str(config.get("image") or "")
     recorded = metadata.get(META_VERSION)
-    on_record = any(known == image for known, _ in history(metadata))
+    on_record = any(known == image for known, _unused in history(metadata))
     version = recorded if recorded and on_record else image_tag(image)
     previous = metadata.get(META_PREVIOUS, "")
     return {
@@ -299,7 +299,7 @@ def from_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------- config changes
 
 #: A change: the machine's config -> the new config, or None when there is nothing to change.
-Change = Callable[[Mapping[str, Any]], dict[str, Any] | None]
+Change = Callable[[Mapping[str, Any]], "dict[str, Any] | None"]  # quoted: evaluated at import
 
 
 def deploy_change(
@@ -357,9 +357,9 @@ def rollback_change(target: str, target_version: str) -> Change:
         meta = {str(k): str(v) for k, v in (new.get("metadata") or {}).items()}
         pairs = history(meta)
         old_image = str(new.get("image") or "")
-        if old_image and all(image != old_image for image, _ in pairs):
+        if old_image and all(image != old_image for image, _unused in pairs):
             pairs = pushed(pairs, old_image, summarize({"config": config})["version"])
-        images = [image for image, _ in pairs]
+        images = [image for image, _unused in pairs]
         if target not in images:
             pairs = [*pairs, (target, target_version)]
             images.append(target)
@@ -382,9 +382,9 @@ def rollback_target(summary: Mapping[str, Any], rollback_to: str) -> tuple[str, 
     """(image, version) a machine rolls back to, or the reason it cannot (naming what exists).
     ``''``: its previous image; an image reference: that image; else a version: the image
     with that version among the machine's current and recorded images."""
-    known = [(summary["image"], summary["version"])] + [
-        (image, version) for image, version in reversed(summary["images"])
-    ]
+    known = [(summary["image"], summary["version"])]
+    for image, version in reversed(summary["images"]):
+        known.append((image, version))
     if not rollback_to:
         previous = summary.get("previous_image") or ""
         if not previous:

@@ -209,7 +209,7 @@ def run_check(
         )
         parsed = None
         if params["parse_json"] or params["expect_json_keys"] or params["expect_json"]:
-            parsed, _ = parse_json_body(response.body)
+            parsed, _unused = parse_json_body(response.body)
         problems = evaluate(
             response,
             parsed,

@@ -30,8 +30,10 @@ from typing import Any
 
 try:
     import psycopg
-    from psycopg import sql
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    # sql and make_conninfo: re-exported, the Postgres modules import them from here
+    from psycopg import sql  # pylint: disable=unused-import
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo  # pylint: disable=unused-import
 
     HAS_PSYCOPG = True
     PSYCOPG_IMPORT_ERROR: str | None = None
@@ -251,13 +253,13 @@ def _uri_with_credentials(scheme: str, rest: str, wanted: dict[str, str]) -> str
     in_query: set[str] = set()
     params = []
     for param in query.split("&") if mark else []:
-        key, equals, _ = param.partition("=")
+        key, equals, _unused = param.partition("=")
         name = unquote(key)
         if equals and name in wanted:
             param = f"{key}={quote(wanted[name], safe='')}"
             in_query.add(name)
         params.append(param)
-    old_user, colon, _ = (userinfo or "").partition(":")
+    old_user, colon, _unused = (userinfo or "").partition(":")
     user_part = old_user
     if "user" in wanted and (old_user or "user" not in in_query):
         user_part = quote(wanted["user"], safe="")

@@ -78,9 +78,11 @@ def open_client(params: Mapping[str, Any], **client_kw: Any) -> RestClient:
 
 
 def item_options(one: str, **one_extra: Any) -> dict[str, dict[str, Any]]:
-    """The suboptions of an item: ``<one>`` (its name), ``value`` (secret) and ``state``."""
+    """The suboptions of an item: ``<one>`` (its name), ``value`` (secret) and ``state``.
+    The name is not secret: ``no_log=False`` says so (ansible-test's no-log-needed reads
+    ``key``/``secret`` in an option name as a possible secret)."""
     return {
-        one: {"type": "str", "required": True, **one_extra},
+        one: {"type": "str", "required": True, "no_log": False, **one_extra},
         "value": {"type": "str", "no_log": True},
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
     }
@@ -88,13 +90,19 @@ def item_options(one: str, **one_extra: Any) -> dict[str, dict[str, Any]]:
 
 def one_or_many_options(one: str, many: str, **one_extra: Any) -> dict[str, dict[str, Any]]:
     """``<one>`` with ``value`` and ``state`` (one item), or ``<many>`` (a list of items;
-    ``one_extra``: more of the item name's spec, e.g. ``aliases``)."""
+    ``one_extra``: more of the item name's spec, e.g. ``aliases``). Neither the name nor the
+    list is secret (``no_log=False``); each ``value`` is (``no_log=True``, in the list too)."""
     single = item_options(one)
     return {
-        one: {"type": "str"},
+        one: {"type": "str", "no_log": False},
         "value": single["value"],
         "state": single["state"],
-        many: {"type": "list", "elements": "dict", "options": item_options(one, **one_extra)},
+        many: {
+            "type": "list",
+            "elements": "dict",
+            "no_log": False,
+            "options": item_options(one, **one_extra),
+        },
     }
 
 

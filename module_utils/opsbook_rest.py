@@ -125,7 +125,7 @@ class Response:
     def json(self) -> Any:
         """The body as JSON (None when empty or not JSON)."""
         if self._parsed is None and self.body.strip():
-            self._parsed, _ = parse_json_body(self.body)
+            self._parsed, _unused = parse_json_body(self.body)
         return self._parsed
 
 
@@ -342,7 +342,7 @@ class RestClient:
         base_query = dict(query or {})
         current_path, current_query = path, base_query
         seen: set[str] = set()
-        for _ in range(max_pages):
+        for _unused in range(max_pages):
             key = json.dumps(
                 [current_path, sorted((str(k), str(v)) for k, v in current_query.items())]
             )
@@ -448,7 +448,7 @@ class RestClient:
         attempts: int,
         elapsed: float,
     ) -> RestError:
-        parsed, _ = parse_json_body(data) if data else (None, None)
+        parsed, _unused = parse_json_body(data) if data else (None, None)
         message, code = vendor_message(parsed)
         if not message and data and not isinstance(parsed, (dict, list)):
             message = " ".join(data[:300].decode("utf-8", "replace").split())[:200]

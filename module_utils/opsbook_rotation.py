@@ -118,7 +118,7 @@ def _policy_stripe_webhook(value: str, spec: dict[str, Any]) -> str | None:
 
 def _generate_urlsafe(spec: dict[str, Any]) -> str:
     length = int(spec.get("length") or 64)
-    return "".join(secrets.choice(_URLSAFE) for _ in range(length))
+    return "".join(secrets.choice(_URLSAFE) for _unused in range(length))
 
 
 def _generate_encryption_key(spec: dict[str, Any]) -> str:
@@ -127,7 +127,7 @@ def _generate_encryption_key(spec: dict[str, Any]) -> str:
 
 def _generate_db_password(spec: dict[str, Any]) -> str:
     length = int(spec.get("length") or 32)
-    return "".join(secrets.choice(_ALNUM) for _ in range(length))
+    return "".join(secrets.choice(_ALNUM) for _unused in range(length))
 
 
 #: kind -> (how the pending value is obtained, policy check, one-line description)
@@ -407,7 +407,7 @@ def journal_entry(
             "updated_at": iso(now),
         }
     )
-    record.update({key: value for key, value in fields.items()})
+    record.update(fields)
     history = list(record.get("history") or [])
     history.append({"at": iso(now), "step": step, "run_id": run_id, "note": note})
     record["history"] = history[-HISTORY_KEEP:]
@@ -913,7 +913,7 @@ def db_pending(name: str, spec: dict[str, Any], current: str) -> str:
         dsn_with_credentials,
     )
 
-    user, _ = _dsn_login(current)
+    user, _unused = _dsn_login(current)
     if not user:
         raise RotationProblem(
             f"{name}: the current {spec['env_var']} names no user (the login whose password is "

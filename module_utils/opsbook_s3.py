@@ -39,7 +39,8 @@ try:
     # client configuration and urllib3 - 0.1 to 0.15 s of CPU in every process that imports the
     # storage layer, for file:// URLs too (each deploy lock and ledger task) - are imported when
     # S3 is used (make_s3_client, stream_errors, _is_timeout).
-    from botocore.exceptions import (
+    # FlexibleChecksumError: re-exported (opsbook_s3_download imports it from here)
+    from botocore.exceptions import (  # pylint: disable=unused-import
         BotoCoreError,
         ClientError,
         ConnectionClosedError,

@@ -245,7 +245,8 @@ class _Splitter:
 
     def _word(self) -> None:
         match = _WORD_RE.match(self.text, self.i)
-        assert match is not None
+        if match is None:
+            raise AssertionError("match is not None")
         word = match.group(0)
         self.words.append(word.upper())
         if _is_routine(self.words):

@@ -376,7 +376,8 @@ class FileWriter(common.Writer):
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._check_open()
-        assert self._file is not None
+        if self._file is None:
+            raise AssertionError("self._file is not None")
         try:
             self._file.write(data)
         except OSError as exc:
@@ -387,7 +388,8 @@ class FileWriter(common.Writer):
 
     def commit(self) -> dict[str, Any]:
         self._check_open()
-        assert self._file is not None
+        if self._file is None:
+            raise AssertionError("self._file is not None")
         try:
             self._file.flush()
             os.fsync(self._file.fileno())

@@ -180,7 +180,7 @@ class S3Storage(common.Storage):
         for algorithm in ("CRC32", "CRC32C", "CRC64NVME", "SHA256", "SHA1"):
             raw = resp.get(f"Checksum{algorithm}")
             if raw:
-                value, _, parts = str(raw).partition("-")
+                value, _unused, parts = str(raw).partition("-")
                 return {
                     "algorithm": algorithm,
                     "value": value,

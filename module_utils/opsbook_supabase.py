@@ -346,7 +346,7 @@ def backup_summary(
     written and counted in ``unreadable``."""
     rows = [b for b in answer.get("backups") or [] if isinstance(b, dict)]
     dated = [(parse_time(b.get("inserted_at")), b) for b in rows]
-    unreadable = sum(1 for moment, _ in dated if moment is None)
+    unreadable = sum(1 for moment, _unused in dated if moment is None)
     epoch = datetime.fromtimestamp(0, timezone.utc)  # noqa: UP017
     dated.sort(key=lambda pair: pair[0] or epoch, reverse=True)
     backups = [

@@ -455,7 +455,8 @@ def plan_env(
     steps: list[EnvStep] = []
     note = ""
     if state == "present":
-        assert value is not None
+        if value is None:
+            raise AssertionError("value is not None")
         exact = next((e for e in overlapping if set(e.get("targets") or []) == wanted), None)
         if exact is not None:
             same = value_matches(exact, value)

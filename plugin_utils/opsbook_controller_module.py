@@ -126,4 +126,3 @@ class ControllerModuleAction(ActionBase):
         outcome.setdefault("changed", False)
         result.update(remove_values(outcome, checked._no_log_values))
         return result
-

@@ -38,6 +38,7 @@ def fqcn(name: str) -> str:
     """The module's fully qualified name (``opsbook.runbooks.app_release``)."""
     return name if "." in name else f"{COLLECTION}.{name}"
 
+
 #: set on the arguments the host module receives from here; without it the module refuses
 #: to run (it was called without its action plugin: nothing was validated)
 CHECKED_KEY = "_opsbook_checked"
@@ -123,4 +124,3 @@ class HostModuleAction(ActionBase):
             if self._connection._shell.tmpdir:
                 self._remove_tmp_path(self._connection._shell.tmpdir)
         return result
-

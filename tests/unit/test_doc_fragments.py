@@ -30,7 +30,7 @@ S3_MODULES = sorted(
 CONTROLLER_MODULES = sorted(
     p.stem
     for p in (PROJECT_ROOT / "action_plugins").glob("*.py")
-    if "import ControllerModuleAction" in p.read_text()
+    if "(ControllerModuleAction)" in p.read_text()
 )
 
 
