@@ -36,7 +36,8 @@ Sections:
   password reaches pg_dump/pg_restore in their own environment, ``opsbook_proc.tool_env``:
   never a file, never argv). Child processes are started and stopped by ``opsbook_proc``.
 
-Modules import it as ``ansible.module_utils.opsbook_backup``.
+Modules import it as
+``ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_backup``.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ so that:
   in ``pg_stat_activity``;
 * connections are always closed, including on error (``pg_session``).
 
-Modules import it as ``ansible.module_utils.opsbook_pg`` (ansible.cfg sets
-``module_utils = module_utils``).
+Modules import it as ``ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_pg``
+(the collection opsbook.runbooks).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ opsbook_rest, and the outcome rules of the platform roles' filters.
 - Results: ``invalid_input`` (nothing was sent), ``left_after`` (what a failed call left),
   ``masked_diff`` (names only, every value ``********``), ``with_calls`` (``api_calls``: every
   attempt the client made).
-- The roles' filters (roles/platform_*/filter_plugins/): ``ran``, ``ok``, ``msg``, ``part``,
-  ``count_calls``, ``missing_inventory``, ``rollback_outcome`` (a failed gate: roll back,
+- The platform roles' filters (filter_plugins/opsbook_platform_*.py): ``ran``, ``ok``, ``msg``,
+  ``part``, ``count_calls``, ``missing_inventory``, ``rollback_outcome`` (a failed gate: roll back,
   gate again) and ``deploy_fact``.
 
 Plain Python over opsbook_rest: no Ansible state.

@@ -23,7 +23,9 @@ leave behind is decided here, once:
   child's ``PGPASSWORD`` only, never in a file, on a command line or in a message.
 * ``run_pipeline()``: ``a | b | c`` to completion, each stage's stderr kept in a file.
 
-Modules import it as ``ansible.module_utils.opsbook_proc``. Python standard library only.
+Modules import it as
+``ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_proc``. Python standard library
+only.
 """
 
 from __future__ import annotations

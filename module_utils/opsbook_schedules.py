@@ -9,8 +9,8 @@ long at most and with which extra variables. Two installers read it:
   ``opsbook`` process, where this file is ``opsbook._schedules``: a symlink, so that a built
   wheel carries a copy) writes the crontab lines that call ``opsbook run``;
 * ``playbooks/awx_setup.yml`` (the ``schedule_plan`` module, where this file is
-  ``ansible.module_utils.opsbook_schedules``) creates the AWX job templates and schedules, each
-  cron expression turned into the rrule AWX takes.
+  ``opsbook_schedules`` of the collection's module_utils) creates the AWX job templates and
+  schedules, each cron expression turned into the rrule AWX takes.
 
 The rules live here only: what an entry may hold, what a cron expression may say (Debian's
 cron, ``man 5 crontab``: five fields, ranges, steps, lists, month and day names, the ``@daily``

@@ -13,7 +13,8 @@ error here, as an unterminated quote or comment is.
 What a module does with the statements - refusing transaction control, counting rows,
 running a file outside a transaction - is that module's policy, built on this output.
 
-Modules import it as ``ansible.module_utils.opsbook_sql``.
+Modules import it as
+``ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_sql``.
 """
 
 from __future__ import annotations

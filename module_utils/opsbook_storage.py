@@ -58,10 +58,10 @@ Where each part lives (this module re-exports their public names):
 * ``opsbook_s3_upload``: S3Writer and its part buffers (the memory bound, the
   stall and abort timings); ``opsbook_s3_download``: S3Reader.
 
-Modules import it as ``ansible.module_utils.opsbook_storage`` (ansible.cfg sets
-``module_utils = module_utils``; Ansible ships the modules above with it, following
-the imports); it needs only the standard library, plus boto3 for ``s3://`` URLs
-(``HAS_BOTO3``).
+Modules import it as
+``ansible_collections.opsbook.runbooks.plugins.module_utils.opsbook_storage`` (the collection
+opsbook.runbooks; Ansible ships the modules above with it, following the imports); it needs only
+the standard library, plus boto3 for ``s3://`` URLs (``HAS_BOTO3``).
 """
 
 from __future__ import annotations
