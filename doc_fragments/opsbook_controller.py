@@ -1,10 +1,10 @@
 # Copyright: opsbook contributors
 # Apache-2.0
 """Documentation of the attributes the opsbook modules share that an action plugin of the same
-name runs in the task's worker on the controller (action_plugins/opsbook_controller_module.py):
-extends_documentation_fragment: [opsbook_controller]. A module's own entry for an attribute is
-merged over the fragment's, key by key (the Postgres ones say where they run and what a diff
-would be)."""
+name runs in the task's worker on the controller (plugin_utils/opsbook_controller_module.py):
+extends_documentation_fragment: [opsbook.runbooks.opsbook_controller]. A module's own entry for
+an attribute is merged over the fragment's, key by key (the Postgres ones say where they run and
+what a diff would be)."""
 
 from __future__ import annotations
 

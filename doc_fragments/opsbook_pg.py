@@ -2,7 +2,7 @@
 # Apache-2.0
 """Documentation of the connection options every opsbook Postgres module takes, and of psycopg
 which they need (module_utils/opsbook_pg.py defines them in code):
-extends_documentation_fragment: [opsbook_pg]."""
+extends_documentation_fragment: [opsbook.runbooks.opsbook_pg]."""
 
 from __future__ import annotations
 

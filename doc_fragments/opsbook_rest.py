@@ -2,8 +2,9 @@
 # Apache-2.0
 """Documentation of the options every opsbook module that calls a vendor's REST API takes
 (module_utils/opsbook_rest.py's rest_argument_spec and client_from_params):
-extends_documentation_fragment: [opsbook_rest]. A module's own entry for one of them is merged
-over the fragment's, key by key; each module documents its own base_url (the vendor's API)."""
+extends_documentation_fragment: [opsbook.runbooks.opsbook_rest]. A module's own entry for one of
+them is merged over the fragment's, key by key; each module documents its own base_url (the
+vendor's API)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 # Apache-2.0
 """Documentation of the S3 connection options every opsbook module that reads or writes S3 takes
 (module_utils/opsbook_storage.py's open_storage uses them), and of boto3 which they need:
-extends_documentation_fragment: [opsbook_s3]. A module's own entry for one of them is merged
-over the fragment's, key by key."""
+extends_documentation_fragment: [opsbook.runbooks.opsbook_s3]. A module's own entry for one of
+them is merged over the fragment's, key by key."""
 
 from __future__ import annotations
 

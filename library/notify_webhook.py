@@ -117,7 +117,7 @@ attributes:
 notes:
   - The task reports C(changed=false) - a notification changes nothing on the managed systems.
   - Every runbook already announces its start (when asked), success and failure through the
-    operation log (C(ansible-doc -t callback opsbook_oplog), variable
+    operation log (C(ansible-doc -t callback opsbook.runbooks.opsbook_oplog), variable
     C(opsbook_notify_webhook_url)), with the same payload and POST
     (C(module_utils/opsbook_notify.py)). This module is for a message of a playbook's own,
     mid-run.

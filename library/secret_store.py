@@ -62,7 +62,7 @@ options:
       file:
         description:
           - O(store.type=vault) - the vault file, e.g.
-            C({{ inventory_dir }}/group_vars/all/vault.yml) (a relative path is taken from
+            C({{ playbook_dir }}/../vault/production.yml) (a relative path is taken from
             the controller's working directory; a symbolic link is followed and its target
             rewritten).
         type: str
@@ -170,7 +170,7 @@ EXAMPLES = r"""
   secret_store:
     store:
       type: vault
-      file: "{{ inventory_dir }}/group_vars/all/vault.yml"
+      file: "{{ opsbook_vault_file }}"  # vault/<env>.yml, named by the inventory
       var: vault_jwt_secret
   delegate_to: localhost
   run_once: true
@@ -237,7 +237,7 @@ store:
   description: The store, in words.
   returned: always
   type: str
-  sample: vault file inventories/production/group_vars/all/vault.yml (vault_jwt_secret)
+  sample: vault file vault/production.yml (vault_jwt_secret)
 action:
   description: The action done (or, in check mode, that would be).
   returned: always
@@ -247,7 +247,7 @@ msg:
   description: A one-line summary, or what failed and what was left unchanged.
   returned: always
   type: str
-  sample: "vault file inventories/production/group_vars/all/vault.yml (vault_jwt_secret):
+  sample: "vault file vault/production.yml (vault_jwt_secret):
     promote done"
 """
 

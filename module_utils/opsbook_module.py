@@ -1,7 +1,7 @@
 # Copyright: opsbook contributors
 # Apache-2.0
 """What every opsbook module's code needs of its run, in a module process or in the task's
-worker (action_plugins/opsbook_controller_module.py): its params and check mode, warnings to
+worker (plugin_utils/opsbook_controller_module.py): its params and check mode, warnings to
 return, and the one way ``main()`` turns ``execute()``'s result into the module's exit
 (``run_module``: all a controller module's ``main()`` does)."""
 

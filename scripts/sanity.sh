@@ -11,9 +11,11 @@
 #    runs there.
 # 2. .cache/sanity-venv: ansible-core at constraints.txt's version, made once and reused (made
 #    again when that pin or the Python changes). ansible-test installs each test's own pinned
-#    requirements (--requirements) into it and into the venvs it keeps in ~/.ansible/test/.
+#    requirements (--requirements) into it and into the venvs it keeps in its own home,
+#    .cache/ansible-test-home/.ansible/test/.
 # 3. ansible-test bootstraps pip into those venvs with a get-pip script it downloads from
-#    ci-files.testing.ansible.com; where no copy is cached yet, scripts/ansible_test_get_pip.py
+#    ci-files.testing.ansible.com (which this network does not reach); where that home has no copy
+#    yet, scripts/ansible_test_get_pip.py
 #    (ensurepip, then pip from the package index) is cached in its place.
 # The exit status is ansible-test's.
 set -euo pipefail
@@ -41,6 +43,9 @@ source = pathlib.Path(ansible_test.__file__).parent / "_internal" / "python_requ
 print(re.search(r"pip='([0-9.]+)'", source.read_text()).group(1))
 PY
 )
+# ansible-test keeps its venvs and caches under $HOME/.ansible/test: a home of its own here, so the
+# stand-in below is never seen by another ansible-test user of this machine
+export HOME="$root/.cache/ansible-test-home"
 get_pip="$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
 if [ ! -s "$get_pip" ]; then
   mkdir -p "$(dirname "$get_pip")"

@@ -77,7 +77,7 @@ def stats_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
     stats_file = tmp_path / f"stats-{next(_counter)}.json"
     env = {
         "ANSIBLE_CALLBACK_PLUGINS": f"{PROJECT_ROOT / 'callback_plugins'}:{cb_dir}",
-        "ANSIBLE_CALLBACKS_ENABLED": f"opsbook_oplog,{CALLBACK_NAME}",
+        "ANSIBLE_CALLBACKS_ENABLED": f"opsbook.runbooks.opsbook_oplog,{CALLBACK_NAME}",
         STATS_FILE_ENV: str(stats_file),
     }
     return env, stats_file

@@ -87,7 +87,7 @@ def run_health(run_playbook: Any, tmp_path: Path) -> Any:
         stats_file = tmp_path / f"stats-{next(counter)}.json"
         env = {
             "ANSIBLE_CALLBACK_PLUGINS": f"{PROJECT_ROOT / 'callback_plugins'}:{cb_dir}",
-            "ANSIBLE_CALLBACKS_ENABLED": "opsbook_oplog,health_stats_dump",
+            "ANSIBLE_CALLBACKS_ENABLED": "opsbook.runbooks.opsbook_oplog,health_stats_dump",
             "HEALTH_STATS_FILE": str(stats_file),
         }
         proc = run_playbook(

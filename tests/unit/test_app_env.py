@@ -512,7 +512,8 @@ def host_run(args: dict[str, Any], checked: bool = True) -> tuple[int, dict[str,
     """The module file with its arguments substituted, on the host's Python (isolated, no
     site packages): what Ansible pipes to the app hosts."""
     source = (PROJECT_ROOT / "library" / "app_env.py").read_text()
-    assert "ansible.module_utils" not in source and JSONARGS in source
+    assert "module_utils" not in source and "ansible_collections" not in source
+    assert JSONARGS in source
     if checked:
         args = {**args, "_opsbook_checked": True}
     done = subprocess.run(

@@ -231,3 +231,15 @@ def test_ansible_doc_lists_the_collections_modules_filters_and_roles() -> None:
     assert listed["module"] == {f"{FQ}.{m}" for m in MODULES}
     assert listed["filter"] == {f"{FQ}.{f}" for f in filters()}
     assert listed["role"] == {f"{FQ}.{r}" for r in ROLES}
+
+
+def test_the_sanity_ignore_file_is_for_the_pinned_ansible_core() -> None:
+    """ansible-test reads tests/sanity/ignore-<major.minor>.txt of the ansible-core that runs it
+    (constraints.txt's pin, scripts/sanity.sh): a bump of the pin needs the file of its version."""
+    constraints = (PROJECT_ROOT / "constraints.txt").read_text()
+    pinned = re.search(r"(?m)^ansible-core==(\d+\.\d+)\.", constraints)
+    assert pinned
+    ignore = VIEW / "tests" / "sanity" / f"ignore-{pinned.group(1)}.txt"
+    assert ignore.is_file(), f"{ignore.name} is missing for the pinned ansible-core"
+    for line in ignore.read_text().splitlines():
+        assert re.match(r"^plugins/\S+ \S+ # \S", line), f"every entry says why: {line}"

@@ -33,10 +33,6 @@ def doc_name(name: str) -> str:
     return f"opsbook.runbooks.{name}"
 
 
-#: Where ansible-doc finds the roles (ansible.cfg's roles_path is not read by ``-t role``);
-#: nothing once the roles are the collection's.
-ROLE_DOC_ARGS: list[str] = []
-
 FILTER_DIR = PROJECT_ROOT / "filter_plugins"
 ROLES = sorted(p.parent.parent.name for p in PROJECT_ROOT.glob("roles/*/meta/argument_specs.yml"))
 # The option types ansible-doc knows (ansible.module_utils.common.parameters).
@@ -86,7 +82,7 @@ def filter_docs() -> dict[str, Any]:
 def role_docs() -> dict[str, Any]:
     """``ansible-doc -t role --json`` for every role, in one run."""
     rendered = run_ansible(
-        ["-t", "role", "--json", *ROLE_DOC_ARGS, *(doc_name(r) for r in ROLES)],
+        ["-t", "role", "--json", *(doc_name(r) for r in ROLES)],
         env=ansible_env(oplog=Path(os.devnull)),
         timeout=120,
         tool="ansible-doc",
@@ -178,9 +174,7 @@ def checked_examples() -> list[tuple[str, str, str]]:
                 end += 1
             snippet = yaml.safe_load("\n".join(line[indent:] for line in lines[start:end]))
             assert isinstance(snippet, dict) and len(snippet) == 1, f"{name}: {lines[start]}"
-            template = re.sub(
-                r"opsbook\.runbooks\.(\w+)", lambda m: doc_name(m[1]), next(iter(snippet.values()))
-            )
+            template = next(iter(snippet.values()))
             found.append((name, match["value"].strip(), template))
     return found
 
