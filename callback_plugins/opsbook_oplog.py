@@ -26,14 +26,22 @@ description:
     signal that stopped it, or null), C(hosts), C(failures) (list of C(host), C(task),
     C(msg)) and C(outputs)."
   - "B(Under AWX) (the extra var C(awx_job_id) or C(tower_job_id) is set, as AWX sets it for
-    every job) the record also has C(awx_job_id), C(awx_job_template_name) and, for a
+    every job, B(and) the environment's E(JOB_ID), which AWX sets in the job's process, is
+    that id) the record also has C(awx_job_id), C(awx_job_template_name) and, for a
     scheduled job, C(awx_schedule_name), after C(limit); C(operator) is C(awx_user_name) (a
-    scheduled job - C(schedule:<name>)); AWX's own C(awx_*) and C(tower_*) extra vars are left
-    out of C(extra_var_keys); notifications carry an C(awx job) field. AWX runs the job in a
+    scheduled job - C(schedule:<name>)); AWX's own extra vars (C(awx_job_*), C(awx_user_*),
+    C(awx_inventory_*), C(awx_project_*), C(awx_schedule_*), C(awx_workflow_*), ... and
+    their C(tower_*) twins; not users' inputs such as C(awx_setup_*)) are left out of
+    C(extra_var_keys); notifications carry an C(awx job) field. AWX runs the job in a
     copy of the project that it throws away, so the default file is not written there: the
     record is printed in the job output (option O(stdout), on by default under AWX) and sent to
     the webhook, and goes to a file only when one is configured (O(path) or the variable
-    C(opsbook_oplog_path)) - a warning says so once per run when none is."
+    C(opsbook_oplog_path)) - a warning says so once per run when none is, and when the one
+    configured is inside the job's copy of the project (a relative C(opsbook_oplog_path))."
+  - "Extra vars are anyone's: a run that is not an AWX job (no E(JOB_ID), or another job's)
+    whose extra vars claim one (C(-e awx_job_id=1 -e awx_user_name=mallory)) is recorded as
+    any other run - C(operator) from E(OPSBOOK_OPERATOR) or the login - with what they claim
+    under C(awx_claimed) (after C(limit)). C(opsbook run) refuses AWX's extra vars."
   - "B(Where the record goes.) A file - O(path) (E(OPSBOOK_OPLOG), ansible.cfg), else the
     variable C(opsbook_oplog_path) (the inventory, the job template's extra vars; relative to
     the project), else C(<project>/.opsbook/oplog.jsonl) (not under AWX). The run's output -
@@ -421,6 +429,9 @@ class RunInfo:
     #: the AWX job's fields (awx_job_id, awx_job_template_name, awx_schedule_name) when AWX
     #: started the run, in record order; empty otherwise
     awx: dict[str, Any] = field(default_factory=dict)
+    #: those fields and awx_user_name when extra vars claim an AWX job but the process is not
+    #: one (no JOB_ID, or another job's): recorded as claimed, trusted for nothing
+    awx_claimed: dict[str, Any] = field(default_factory=dict)
 
 
 def iso_utc(moment: datetime) -> str:
@@ -571,6 +582,7 @@ def build_record(
         "duration_s": round(max(duration_s, 0.0), 3),
         **{name: known[name] for name in KNOWN_AT_START},
         **redact(run.awx, run.secrets),
+        **({"awx_claimed": redact(run.awx_claimed, run.secrets)} if run.awx_claimed else {}),
         "extra_var_keys": sorted(run.extra_var_keys),
         "status": interrupted[0] if interrupted else run_status(hosts),
         "interrupted": interrupted[1] if interrupted else None,
@@ -659,8 +671,22 @@ def cli_args() -> Mapping[str, Any]:
     return context.CLIARGS or {}
 
 
-# AWX passes these extra vars to every job (awx_*, and the older tower_* names as aliases).
-AWX_PREFIXES = ("awx_", "tower_")
+# AWX passes these extra vars to its jobs (awx_*, and the older tower_* names as aliases):
+# left out of extra_var_keys under AWX. Other awx_* names (awx_setup_*) are users' inputs.
+# `opsbook run` refuses them (src/opsbook/runner.py AWX_RESERVED_VARS, the same list).
+AWX_OWN_VARS = frozenset(
+    f"{prefix}_{name}"
+    for prefix in ("awx", "tower")
+    for name in (
+        "job_id", "job_template_id", "job_template_name", "job_launch_type", "user_id",
+        "user_name", "user_email", "user_first_name", "user_last_name", "inventory_id",
+        "inventory_name", "project_revision", "project_scm_branch", "job_scm_branch",
+        "execution_node", "host", "schedule_id", "schedule_name",
+    )
+)  # fmt: skip
+AWX_OWN_PREFIXES = ("awx_workflow_", "tower_workflow_")
+#: the environment variable AWX sets in every job's process: the job's id
+AWX_JOB_ID_ENV = "JOB_ID"
 #: record field -> the AWX extra vars that give it, first found wins
 AWX_FIELDS = {
     "awx_job_id": ("awx_job_id", "tower_job_id"),
@@ -696,6 +722,31 @@ def awx_meta(extra_vars: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]
     if user is None and fields.get("awx_schedule_name"):
         user = f"schedule:{fields['awx_schedule_name']}"
     return fields, None if user is None else str(user)
+
+
+def is_awx_own_var(name: str) -> bool:
+    """True for the extra vars AWX itself gives a job (AWX_OWN_VARS, awx_workflow_*)."""
+    return name in AWX_OWN_VARS or name.startswith(AWX_OWN_PREFIXES)
+
+
+def awx_job(
+    extra_vars: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """(the record's AWX fields, the launching user, what is only claimed). Extra vars are
+    anyone's (-e awx_user_name=mallory): the AWX fields are trusted only in a process AWX
+    started for that job - its environment's JOB_ID is the job id they give. Otherwise they
+    are returned as claimed (with the claimed awx_user_name), the run is not an AWX job."""
+    fields, user = awx_meta(extra_vars)
+    if not fields:
+        return {}, None, {}
+    job_env = str(environ.get(AWX_JOB_ID_ENV) or "").strip()
+    if job_env and job_env == str(fields["awx_job_id"]).strip():
+        return fields, user, {}
+    claimed = {name: value for name, value in fields.items() if value is not None}
+    claimed_user = _first_given(extra_vars, AWX_USER)
+    if claimed_user is not None:
+        claimed["awx_user_name"] = claimed_user
+    return {}, None, claimed
 
 
 _STRICT_YES_RE = re.compile(r"(?i)StrictHostKeyChecking[= ]\s*(yes|true)\b")
@@ -909,13 +960,13 @@ class CallbackModule(CallbackBase):
         host = _first_host(play, manager)
         variables = manager.get_vars(play=play, host=host, include_hostvars=False)
         run = self._run
-        if not run.awx:
-            run.awx, awx_user = awx_meta(extra_vars)
+        if not run.awx and not run.awx_claimed:
+            run.awx, awx_user, run.awx_claimed = awx_job(extra_vars, os.environ)
             run.operator = awx_user or run.operator  # the user who launched the AWX job
         run.extra_var_keys = [
             str(key)
             for key in extra_vars
-            if not (run.awx and str(key).startswith(AWX_PREFIXES))  # AWX's own, every job
+            if not (run.awx and is_awx_own_var(str(key)))  # AWX's own, every job
         ]
         run.secrets |= secret_values(extra_vars) | secret_values(variables)
         run.env = run.env or _text_var(variables, "opsbook_env", manager)
@@ -1010,6 +1061,7 @@ class CallbackModule(CallbackBase):
             if path is None:
                 self._warn_no_log_file()
             else:
+                self._warn_log_in_project_copy(path)
                 append_line(path, line)
         except Exception as exc:
             failed = exc  # said once the record is printed and announced
@@ -1073,6 +1125,24 @@ class CallbackModule(CallbackBase):
             " throws away): the record goes to "
             + (" and ".join(where) if where else "nowhere (opsbook_oplog_stdout is false)")
             + " only"
+        )
+
+    def _warn_log_in_project_copy(self, path: Path) -> None:
+        """Under AWX, a log file inside the project (a relative opsbook_oplog_path) is in the
+        job's copy of it, which AWX throws away after the job: say so."""
+        if self._run is None or not self._run.awx:
+            return
+        project = project_dir(self._playbook_path or "playbook.yml")
+        try:
+            Path(os.path.realpath(path)).relative_to(os.path.realpath(project))
+        except ValueError:
+            return  # outside the project: it can outlive the job
+        self._display.warning(
+            f"opsbook_oplog: AWX job {self._run.awx.get('awx_job_id')}: the operation log file"
+            f" {path} is inside the job's copy of the project ({project}), which AWX throws"
+            " away after the job: the record written there will not survive it. Set"
+            " opsbook_oplog_path (or OPSBOOK_OPLOG) to an absolute path outside the project"
+            " (a volume mounted into the execution environment) - docs/awx.md"
         )
 
     def _warn_unchecked_host_keys(self, play: Any, manager: Any) -> None:

@@ -103,6 +103,7 @@ FILE_SECONDS = {
     "tests/integration/test_run_handle.py": 12,
     "tests/integration/test_awx.py": 25,
     "tests/integration/test_collection_install.py": 15,
+    "tests/integration/test_vault_file.py": 8,
     "tests/integration/test_runner_vault.py": 3,
     "tests/integration/test_maintenance_nginx.py": 2,
     "tests/integration/test_schedule_cron.py": 1,

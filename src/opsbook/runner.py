@@ -26,9 +26,10 @@ How secrets are kept off disk (see also :mod:`opsbook.secrets`):
   memory with the vault password file, never written anywhere.
 
 Where opsbook corrects ansible-runner's defaults: this interpreter's bin dir
-leads PATH (ansible-playbook of the same install); the project's
-``callback_plugins`` are given back (runner's ANSIBLE_CALLBACK_PLUGINS hides
-them, and with them the operation log); runner's forced
+leads PATH (ansible-playbook of the same install); a project's own
+``callback_plugins`` directory is given back (runner's ANSIBLE_CALLBACK_PLUGINS
+hides it; opsbook's operation log is the collection's callback, enabled by its
+FQCN, which runner does not hide); runner's forced
 ``ANSIBLE_HOST_KEY_CHECKING=False`` is dropped (ansible.cfg decides); facts are
 not cached to disk; on timeout or cancel every process carrying
 ``OPSBOOK_RUN_ID=<ident>`` is killed (ansible-core's workers run in sessions of
@@ -58,6 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from opsbook import _vault_file
 from opsbook import project as _project
 from opsbook.exitcodes import OpsbookInputError, exit_code_for, worst_verdict
 from opsbook.secrets import (
@@ -114,6 +116,20 @@ ENV_PASSTHROUGH_VAR = "OPSBOOK_ENV_PASSTHROUGH"
 VAULT_FILE_VARS = ("OPSBOOK_VAULT_PASSWORD_FILE", "ANSIBLE_VAULT_PASSWORD_FILE")
 
 _IDENT_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+# The extra vars AWX gives every job (and their older tower_* names): the operation log reads
+# the job and the launching user from them, so `opsbook run` refuses them (the callback's
+# AWX_OWN_VARS - tests/unit/test_oplog.py checks that the two lists agree).
+AWX_RESERVED_VARS = frozenset(
+    f"{prefix}_{name}"
+    for prefix in ("awx", "tower")
+    for name in (
+        "job_id", "job_template_id", "job_template_name", "job_launch_type", "user_id",
+        "user_name", "user_email", "user_first_name", "user_last_name", "inventory_id",
+        "inventory_name", "project_revision", "project_scm_branch", "job_scm_branch",
+        "execution_node", "host", "schedule_id", "schedule_name",
+    )
+)  # fmt: skip
+AWX_RESERVED_PREFIXES = ("awx_workflow_", "tower_workflow_")
 _VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EVENT_ID_KEYS = ("event", "uuid", "counter", "parent_uuid", "runner_ident", "created")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -244,7 +260,8 @@ def restrict_environment(
 
 
 def validate_extravars(extravars: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Extra vars as a plain dict; OpsbookInputError unless every key is a variable name."""
+    """Extra vars as a plain dict; OpsbookInputError unless every key is a variable name and
+    none is one of AWX's own (AWX_RESERVED_VARS: the operation log trusts them under AWX)."""
     if extravars is None:
         return {}
     if not isinstance(extravars, Mapping):
@@ -256,6 +273,10 @@ def validate_extravars(extravars: Mapping[str, Any] | None) -> dict[str, Any]:
             raise OpsbookInputError("-e", "empty variable name")
         if not _VAR_NAME_RE.match(key):
             raise OpsbookInputError("-e", f"{key!r} is not a valid variable name")
+        if key in AWX_RESERVED_VARS or key.startswith(AWX_RESERVED_PREFIXES):
+            raise OpsbookInputError(
+                "-e", f"{key!r} is reserved for AWX (it sets it for its jobs): not accepted"
+            )
     return dict(extravars)
 
 
@@ -371,10 +392,19 @@ def vault_decryptor(path: Path | None) -> tuple[Decrypt | None, set[str]]:
     return decrypt, {password} if password else set()
 
 
-def job_time_vault_files(project: Path, env: str) -> list[Path]:
-    """``vault/<env>.yml`` of the project when it exists: the vault file an inventory names with
-    ``opsbook_vault_file`` (read by playbooks/_vault.yml), whose values the scrubber must know."""
-    path = project / "vault" / f"{env}.yml"
+def job_time_vault_files(
+    project: Path, env: str, inventory: Path | None = None, problems: list[str] | None = None
+) -> list[Path]:
+    """The vault file the inventory names with ``opsbook_vault_file`` (read at job time by
+    playbooks/_vault.yml), whose values the scrubber must know: the path the inventory gives
+    (opsbook._vault_file), else ``vault/<env>.yml`` of the project; when it exists."""
+    named, path = _vault_file.named_vault_file(project, inventory) if inventory else (False, None)
+    if named and path is None and problems is not None:
+        problems.append(
+            f"{inventory}: opsbook_vault_file is a template opsbook cannot resolve: the vault"
+            " file's secrets are unknown to opsbook's scrubber"
+        )
+    path = path or project / "vault" / f"{env}.yml"
     return [path] if path.is_file() else []
 
 
@@ -828,7 +858,7 @@ class RunbookRunner:
             | vault_secret
         )
         # the environment's vault file, read at job time (playbooks/_vault.yml; docs/awx.md)
-        for path in [*files, *job_time_vault_files(self.project_dir, env)]:
+        for path in [*files, *job_time_vault_files(self.project_dir, env, inventory, problems)]:
             known |= secrets_in_vars_file(path, decrypt, problems)
         warnings += problems
         return RunPlan(

@@ -132,9 +132,11 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 # -- the operation log --------------------------------------------------------------------
 
 
-def test_oplog_under_plain_ansible_runner(tmp_path: Path) -> None:
+def test_oplog_under_plain_ansible_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Runner's ANSIBLE_CALLBACK_PLUGINS and awx_display stdout callback: the collection's
-    callback still loads and writes the record where OPSBOOK_OPLOG says."""
+    callback still loads and writes the record where OPSBOOK_OPLOG says. Extra vars claiming
+    an AWX job, in a process AWX did not start (no JOB_ID), are only a claim."""
+    monkeypatch.delenv("JOB_ID", raising=False)
     inventory = localhost_inventory(tmp_path)
     oplog = tmp_path / "log" / "oplog.jsonl"
     (tmp_path / "runner").mkdir()
@@ -143,8 +145,8 @@ def test_oplog_under_plain_ansible_runner(tmp_path: Path) -> None:
         project_dir=str(PROJECT_ROOT),
         playbook="playbooks/health_check.yml",
         inventory=str(inventory),
-        envvars={"OPSBOOK_OPLOG": str(oplog)},
-        extravars={"opsbook_reason": "plain runner"},
+        envvars={"OPSBOOK_OPLOG": str(oplog), "OPSBOOK_OPERATOR": "runner-user"},
+        extravars={"opsbook_reason": "plain runner", "awx_job_id": 7, "awx_user_name": "mallory"},
         quiet=True,
     )
     output = runner.stdout.read()
@@ -158,6 +160,8 @@ def test_oplog_under_plain_ansible_runner(tmp_path: Path) -> None:
     assert record["status"] == "successful"
     assert record["outputs"]["health_check"]["verdict"] == "ok"
     assert "awx_job_id" not in record
+    assert record["operator"] == "runner-user"  # not the claimed AWX user
+    assert record["awx_claimed"] == {"awx_job_id": 7, "awx_user_name": "mallory"}
     assert record_lines(output) == []  # the stdout line is AWX's default, not runner's
 
 
@@ -278,14 +282,19 @@ def test_the_vault_file_is_read_at_job_time(tmp_path: Path) -> None:
     notify = tmp_path / "notify.jsonl"
     secrets = tmp_path / "vault" / "awx.yml"
     secrets.parent.mkdir()
-    encrypt_file(
-        f"opsbook_notify_file: {notify}\n"
-        "opsbook_notify_fields: {loaded_from: vault}\n"
+    encrypt_file(  # vault_* names only (_vault.yml refuses others): the inventory maps them
+        f"vault_notify_file: {notify}\n"
+        "vault_notify_fields: {loaded_from: vault}\n"
         f"vault_api_token: {VAULT_CANARY}\n",
         password,
         secrets,
     )
-    inventory = localhost_inventory(tmp_path, opsbook_vault_file=str(secrets))
+    inventory = localhost_inventory(
+        tmp_path,
+        opsbook_vault_file=str(secrets),
+        opsbook_notify_file="{{ vault_notify_file | default('') }}",
+        opsbook_notify_fields="{{ vault_notify_fields | default({}) }}",
+    )
     oplog = tmp_path / "oplog.jsonl"
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -85,8 +85,8 @@ def test_there_is_a_type_per_kind_of_secret() -> None:
     injected = {
         var for path in TYPE_FILES for var in (load(path)["injectors"].get("extra_vars") or {})
     }
-    assert {"database_url", "opsbook_notify_webhook_url", "vercel_token", "render_api_key",
-            "fly_api_token", "supabase_access_token",
+    assert {"database_url", "admin_database_url", "opsbook_notify_webhook_url", "vercel_token",
+            "render_api_key", "fly_api_token", "supabase_access_token",
             "opsbook_ssh_known_hosts_file"} <= injected  # fmt: skip
     names = [load(path)["name"] for path in TYPE_FILES]
     assert len(names) == len(set(names)) == len(TYPE_FILES)
@@ -142,6 +142,23 @@ def test_every_input_reaches_a_variable_the_runbooks_read(
             assert f"{setting}: {name}" in (PROJECT_ROOT / "docs" / "awx.md").read_text()
         else:
             assert name in read_by_runbooks, f"{path.name}: no runbook reads {name}"
+
+
+@pytest.mark.parametrize("path", TYPE_FILES, ids=lambda p: p.stem)
+def test_every_injected_input_is_required(path: Path) -> None:
+    """AWX renders an input left empty as "" (a boolean as false) and injects that: an optional
+    field's variable would override the inventory's value (admin_database_url: "")."""
+    spec = load(path)
+    ids = {field["id"] for field in spec["inputs"]["fields"]}
+    required = set(spec["inputs"].get("required") or [])
+    injectors = spec["injectors"]
+    templates = [
+        *(injectors.get("extra_vars") or {}).values(),
+        *(injectors.get("env") or {}).values(),
+    ]
+    for fid in ids:
+        if any(re.search(rf"\b{fid}\b", template) for template in templates):
+            assert fid in required, f"{path.name}: {fid} is injected but optional"
 
 
 @pytest.mark.parametrize("path", TYPE_FILES, ids=lambda p: p.stem)

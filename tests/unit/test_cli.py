@@ -210,6 +210,14 @@ def test_bad_input_one_line_exit_2_nothing_created(
         ),
         (["run", "deploy", "--env", "stage"], "--env: unknown environment 'stage'"),
         (["run", "deploy", "--env", "dev", "-e", "x"], "-e: expected key=value"),
+        (  # the operation log's operator under AWX: not anyone's to give
+            ["run", "deploy", "--env", "dev", "-e", "awx_job_id=1", "-e", "awx_user_name=mallory"],
+            "-e: 'awx_job_id' is reserved for AWX",
+        ),
+        (
+            ["run", "deploy", "--env", "dev", "-e", '{"tower_user_name": "mallory"}'],
+            "-e: 'tower_user_name' is reserved for AWX",
+        ),
         (["run", "site", "--env", "dev"], "runbook: unknown runbook 'site'"),
         (
             ["run", "../etc/passwd", "--env", "dev"],

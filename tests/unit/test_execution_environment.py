@@ -166,6 +166,8 @@ def test_navigator_settings_point_at_the_ee_and_leave_only_ignored_files(tmp_pat
     assert image == f"opsbook-ee:{pyproject()['project']['version']}"
     assert navigator["execution-environment"]["enabled"] is True
     assert navigator["mode"] == "stdout"
+    # playbook artifacts hold the extra vars in clear text: off unless asked for (--pae true)
+    assert navigator["playbook-artifact"]["enable"] is False
 
     # A real run with the project's settings and --ee false (this virtualenv's Ansible).
     shutil.copy(PROJECT_ROOT / "ansible-navigator.yml", tmp_path)
@@ -179,8 +181,10 @@ def test_navigator_settings_point_at_the_ee_and_leave_only_ignored_files(tmp_pat
         "ANSIBLE_LOCALHOST_WARNING": "false",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
     }
+    canary = "Canary-Navigator-Pw-5d2e"
     run = subprocess.run(
-        [_tool("ansible-navigator"), "run", "hello.yml", "--ee", "false"],
+        [_tool("ansible-navigator"), "run", "hello.yml", "--ee", "false",
+         "-e", f"database_url=postgresql://u:{canary}@db.example.com/app"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
@@ -191,14 +195,18 @@ def test_navigator_settings_point_at_the_ee_and_leave_only_ignored_files(tmp_pat
         if path.is_file() and path.relative_to(tmp_path).parts[0] != ".cache"
     )
     log = navigator["logging"]["file"]
-    artifacts = [path for path in left if path.endswith(".json")]
-    assert set(left) == {"ansible-navigator.yml", "hello.yml", log, *artifacts}, left
-    assert len(artifacts) == 1 and re.fullmatch(r"\.opsbook/navigator/hello-artifact-.+\.json",
-                                                artifacts[0])  # fmt: skip
+    # no playbook artifact by default: the -e password is in no file navigator left
+    assert set(left) == {"ansible-navigator.yml", "hello.yml", log}, left
+    assert not [path for path in left if canary in (tmp_path / path).read_text()]
 
-    # Those paths, in the project, are ones git ignores (where there is a git checkout).
+    # Where an artifact goes when one is asked for (--pae true), and navigator's log: paths
+    # that, in the project, git ignores (where there is a git checkout).
+    artifact = navigator["playbook-artifact"]["save-as"].format(
+        playbook_name="hello", time_stamp="2026-12-07T08:50:00.000000+00:00"
+    )
+    assert artifact.startswith(".opsbook/navigator/"), artifact
     has_git = shutil.which("git") is not None and (PROJECT_ROOT / ".git").exists()
-    for path in (log, artifacts[0]) if has_git else ():
+    for path in (log, artifact) if has_git else ():
         ignored = subprocess.run(
             ["git", "check-ignore", "-q", "--no-index", path], cwd=PROJECT_ROOT, check=False
         )

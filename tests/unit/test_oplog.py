@@ -524,11 +524,122 @@ def test_the_path_and_stdout_variables(tmp_path: Path) -> None:
     from ansible.executor.stats import AggregateStats
 
     callback, display = _callback()
-    callback.v2_playbook_on_start(SimpleNamespace(_file_name=str(tmp_path / "playbooks/x.yml")))
+    playbook = tmp_path / "project" / "playbooks" / "x.yml"
+    callback.v2_playbook_on_start(SimpleNamespace(_file_name=str(playbook)))
+    callback._run.awx = {"awx_job_id": 42, "awx_job_template_name": "t"}
+    outside = tmp_path / "volume" / "oplog.jsonl"  # e.g. a volume mounted into the EE
+    callback._log = oplog.LogSettings(path=str(outside), stdout=False)
+    callback.v2_playbook_on_stats(AggregateStats())
+
+    [record] = [json.loads(x) for x in outside.read_text().splitlines()]
+    assert record["awx_job_id"] == 42
+    assert display.lines == [] and display.warnings == []  # asked: a file, no line
+
+
+def test_under_awx_a_log_file_in_the_project_copy_is_warned_about(tmp_path: Path) -> None:
+    """A relative opsbook_oplog_path is in the job's copy of the project: AWX throws it away."""
+    from ansible.executor.stats import AggregateStats
+
+    project = tmp_path / "job_42" / "project"
+    callback, display = _callback()
+    callback.v2_playbook_on_start(SimpleNamespace(_file_name=str(project / "playbooks/x.yml")))
     callback._run.awx = {"awx_job_id": 42, "awx_job_template_name": "t"}
     callback._log = oplog.LogSettings(path="records/oplog.jsonl", stdout=False)
     callback.v2_playbook_on_stats(AggregateStats())
 
-    [record] = [json.loads(x) for x in (tmp_path / "records/oplog.jsonl").read_text().splitlines()]
-    assert record["awx_job_id"] == 42
-    assert display.lines == [] and display.warnings == []  # asked: a file, no line
+    assert (project / "records/oplog.jsonl").is_file()  # written all the same
+    [warning] = display.warnings
+    assert f"AWX job 42: the operation log file {project}/records/oplog.jsonl is inside" in warning
+    assert "will not survive" in warning
+
+    # the same relative path outside AWX: the project is the user's own, nothing to say
+    callback, display = _callback()
+    callback.v2_playbook_on_start(SimpleNamespace(_file_name=str(project / "playbooks/x.yml")))
+    callback._log = oplog.LogSettings(path="records/oplog.jsonl", stdout=False)
+    callback.v2_playbook_on_stats(AggregateStats())
+    assert display.warnings == []
+
+
+# -- AWX's extra vars are trusted only in an AWX job's process --------------------------------
+
+AWX_JOB_VARS = {
+    "awx_job_id": 42, "awx_job_template_name": "opsbook-production-backup",
+    "awx_user_name": "alice", "awx_user_email": "alice@example.com", "awx_inventory_id": 3,
+    "awx_project_revision": "abc123", "awx_workflow_job_id": 40, "tower_job_id": 42,
+    "tower_user_name": "alice",
+    # users' inputs that happen to start with awx_ (playbooks/awx_setup.yml's)
+    "awx_setup_prefix": "opsbook", "opsbook_reason": "nightly",
+}  # fmt: skip
+
+
+def _play_start(callback: Any, extra_vars: dict[str, Any]) -> None:
+    """v2_playbook_on_play_start with a play whose variable manager holds these extra vars."""
+    manager = SimpleNamespace(
+        extra_vars=extra_vars, _inventory=None, get_vars=lambda **_: dict(extra_vars)
+    )
+    callback.v2_playbook_on_play_start(
+        SimpleNamespace(_uuid="play-1", _variable_manager=manager, vars={}, hosts="all")
+    )
+
+
+def test_awx_job_needs_the_job_id_in_the_environment() -> None:
+    fields, user, claimed = oplog.awx_job(AWX_JOB_VARS, {"JOB_ID": "42"})
+    assert (fields["awx_job_id"], user, claimed) == (42, "alice", {})
+    for environ in ({}, {"JOB_ID": ""}, {"JOB_ID": "41"}):  # not AWX, or another job
+        fields, user, claimed = oplog.awx_job(AWX_JOB_VARS, environ)
+        assert (fields, user) == ({}, None)
+        assert claimed == {"awx_job_id": 42, "awx_job_template_name": "opsbook-production-backup",
+                           "awx_user_name": "alice"}  # fmt: skip
+    assert oplog.awx_job({"opsbook_reason": "x"}, {"JOB_ID": "42"}) == ({}, None, {})
+
+
+def test_a_claimed_awx_job_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ansible-playbook -e awx_job_id=1 -e awx_user_name=mallory, not in an AWX job: the
+    operator stays who ran it, the claim is recorded as one."""
+    from ansible.executor.stats import AggregateStats
+
+    monkeypatch.delenv("JOB_ID", raising=False)
+    monkeypatch.setenv("OPSBOOK_OPERATOR", "bob")
+    callback, display = _callback()
+    callback.v2_playbook_on_start(SimpleNamespace(_file_name=str(tmp_path / "playbooks/x.yml")))
+    _play_start(callback, {"awx_job_id": 1, "awx_user_name": "mallory", "opsbook_reason": "r"})
+    callback.v2_playbook_on_stats(AggregateStats())
+
+    [record] = [json.loads(x) for x in (tmp_path / ".opsbook/oplog.jsonl").read_text().splitlines()]
+    assert record["operator"] == "bob"
+    assert "awx_job_id" not in record
+    assert record["awx_claimed"] == {"awx_job_id": 1, "awx_user_name": "mallory"}
+    keys = list(record)
+    assert keys[keys.index("limit") + 1] == "awx_claimed"
+    assert record["extra_var_keys"] == ["awx_job_id", "awx_user_name", "opsbook_reason"]
+    assert display.lines == [] and display.warnings == []  # not AWX: no stdout line, a file
+
+
+def test_in_an_awx_job_only_awx_own_extra_vars_are_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ansible.executor.stats import AggregateStats
+
+    monkeypatch.setenv("JOB_ID", "42")
+    monkeypatch.setenv("OPSBOOK_OPERATOR", "bob")
+    callback, display = _callback()
+    callback.v2_playbook_on_start(SimpleNamespace(_file_name=str(tmp_path / "playbooks/x.yml")))
+    _play_start(callback, AWX_JOB_VARS)
+    callback.v2_playbook_on_stats(AggregateStats())
+
+    assert not (tmp_path / ".opsbook").exists()
+    [record] = [json.loads(line.removeprefix("OPSBOOK_OPLOG ")) for line in display.lines]
+    assert (record["operator"], record["awx_job_id"]) == ("alice", 42)
+    assert "awx_claimed" not in record
+    assert record["extra_var_keys"] == ["awx_setup_prefix", "opsbook_reason"]
+
+
+def test_opsbook_run_refuses_the_extra_vars_the_callback_trusts() -> None:
+    """src/opsbook/runner.py's list and the callback's are one list."""
+    from opsbook import runner
+
+    assert runner.AWX_RESERVED_VARS == oplog.AWX_OWN_VARS
+    assert runner.AWX_RESERVED_PREFIXES == oplog.AWX_OWN_PREFIXES
+    assert {name for name in AWX_JOB_VARS if oplog.is_awx_own_var(name)} == {
+        name for name in AWX_JOB_VARS if name.startswith(("awx_", "tower_"))
+    } - {"awx_setup_prefix"}

@@ -317,6 +317,11 @@ def test_restrict_environment() -> None:
 def test_validate_inputs() -> None:
     assert rn.validate_extravars(None) == {}
     assert rn.validate_extravars({"a_1": 1, "_b": 2}) == {"a_1": 1, "_b": 2}
+    # AWX's own extra vars are refused (the operation log trusts them), users' awx_* are not
+    assert rn.validate_extravars({"awx_setup_prefix": "x"}) == {"awx_setup_prefix": "x"}
+    for reserved in ("awx_user_name", "tower_job_id", "awx_workflow_job_id"):
+        with pytest.raises(OpsbookInputError, match=f"'{reserved}' is reserved for AWX"):
+            rn.validate_extravars({"opsbook_reason": "r", reserved: "mallory"})
     for bad in ({"": 1}, {"1abc": 1}, {"a-b": 1}, {"a b": 1}, ["a"]):
         with pytest.raises(OpsbookInputError) as info:
             rn.validate_extravars(bad)  # type: ignore[arg-type]
@@ -650,7 +655,7 @@ def test_plan_warns_about_undeclared_extra_vars_and_tells_the_playbook(project: 
     )
     runner = rn.RunbookRunner(project)
     plan = runner.plan(
-        "deploy", "dev", {"app_verison": "1.0", "awx_job_id": 3, "app_version": "1"}, reason="x"
+        "deploy", "dev", {"app_verison": "1.0", "awx_setup_x": 3, "app_version": "1"}, reason="x"
     )
     assert plan.warnings == (
         "-e app_verison: deploy has no input of that name; did you mean app_version?",
