@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 import yaml
 from jinja2 import StrictUndefined
@@ -180,5 +181,12 @@ def test_the_known_hosts_file_reaches_ssh_in_the_inventories() -> None:
     for env in ("staging", "production"):
         hosts = yaml.safe_load((PROJECT_ROOT / "inventories" / env / "hosts.yml").read_text())
         app = hosts["all"]["children"]["app"]["vars"]
-        assert "UserKnownHostsFile=" in app["ansible_ssh_common_args"]
-        assert "opsbook_ssh_known_hosts_file" in app["ansible_ssh_common_args"]
+        template = jinja2.Environment().from_string(app["ansible_ssh_common_args"])
+        both = template.render(
+            opsbook_ssh_extra_args="-o ProxyJump=bastion", opsbook_ssh_known_hosts_file="/runner/kh"
+        ).split()
+        assert both == ["-o", "ProxyJump=bastion", "-o", "UserKnownHostsFile=/runner/kh"], env
+        assert template.render().split() == [], env  # neither: ssh's own defaults
+        assert template.render(opsbook_ssh_known_hosts_file="/k").split() == [
+            "-o", "UserKnownHostsFile=/k"
+        ], env  # fmt: skip
