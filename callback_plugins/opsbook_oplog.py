@@ -671,20 +671,6 @@ def cli_args() -> Mapping[str, Any]:
     return context.CLIARGS or {}
 
 
-# AWX passes these extra vars to its jobs (awx_*, and the older tower_* names as aliases):
-# left out of extra_var_keys under AWX. Other awx_* names (awx_setup_*) are users' inputs.
-# `opsbook run` refuses them (src/opsbook/runner.py AWX_RESERVED_VARS, the same list).
-AWX_OWN_VARS = frozenset(
-    f"{prefix}_{name}"
-    for prefix in ("awx", "tower")
-    for name in (
-        "job_id", "job_template_id", "job_template_name", "job_launch_type", "user_id",
-        "user_name", "user_email", "user_first_name", "user_last_name", "inventory_id",
-        "inventory_name", "project_revision", "project_scm_branch", "job_scm_branch",
-        "execution_node", "host", "schedule_id", "schedule_name",
-    )
-)  # fmt: skip
-AWX_OWN_PREFIXES = ("awx_workflow_", "tower_workflow_")
 #: the environment variable AWX sets in every job's process: the job's id
 AWX_JOB_ID_ENV = "JOB_ID"
 #: record field -> the AWX extra vars that give it, first found wins
@@ -725,8 +711,9 @@ def awx_meta(extra_vars: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]
 
 
 def is_awx_own_var(name: str) -> bool:
-    """True for the extra vars AWX itself gives a job (AWX_OWN_VARS, awx_workflow_*)."""
-    return name in AWX_OWN_VARS or name.startswith(AWX_OWN_PREFIXES)
+    """True for the extra vars AWX itself gives a job: left out of extra_var_keys under AWX
+    (the rule is in opsbook_secret_names.py, shared with `opsbook run`, which refuses them)."""
+    return _NAMES is not None and bool(_NAMES.is_awx_own_var(name))
 
 
 def awx_job(

@@ -12,7 +12,9 @@ import each other:
   ``opsbook`` package may not be installed - AWX): it masks values under these names in the
   record and scrubs their values and ``name=value`` / ``name: value`` text from messages.
 
-This file is the single source of both. Python standard library only, no Ansible, so that
+This file is the single source of both, and of the names AWX reserves for its jobs
+(:func:`is_awx_own_var`: the operation log trusts them under AWX, ``opsbook run`` refuses
+them). Python standard library only, no Ansible, so that
 each side can load it: the callback by path (``../module_utils/`` from its own file, the same
 in this project and in a collection's ``plugins/``), the ``opsbook`` package as
 ``opsbook._secret_names`` (a symlink to this file, so a built wheel carries a copy of it).
@@ -127,3 +129,25 @@ def redact_assignments(text: str, mask: str | Callable[[str], str]) -> str:
         parts += [text[done : match.end()], masked]
         done = match.end() + len(value)
     return "".join([*parts, text[done:]])
+
+
+# --------------------------------------------------------------------------- AWX's own names
+# The extra vars AWX gives every job (and their older tower_* names): the operation log takes
+# the job and the launching user from them, so `opsbook run` refuses them. Other awx_* names
+# (awx_setup_*) are users' inputs.
+AWX_OWN_VARS = frozenset(
+    f"{prefix}_{name}"
+    for prefix in ("awx", "tower")
+    for name in (
+        "job_id", "job_template_id", "job_template_name", "job_launch_type", "user_id",
+        "user_name", "user_email", "user_first_name", "user_last_name", "inventory_id",
+        "inventory_name", "project_revision", "project_scm_branch", "job_scm_branch",
+        "execution_node", "host", "schedule_id", "schedule_name",
+    )
+)  # fmt: skip
+AWX_OWN_PREFIXES = ("awx_workflow_", "tower_workflow_")
+
+
+def is_awx_own_var(name: str) -> bool:
+    """True for an extra var AWX itself gives a job (:data:`AWX_OWN_VARS`, awx_workflow_*)."""
+    return name in AWX_OWN_VARS or name.startswith(AWX_OWN_PREFIXES)

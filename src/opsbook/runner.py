@@ -61,6 +61,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from opsbook import _vault_file
 from opsbook import project as _project
+from opsbook._secret_names import is_awx_own_var
 from opsbook.exitcodes import OpsbookInputError, exit_code_for, worst_verdict
 from opsbook.secrets import (
     Decrypt,
@@ -116,20 +117,6 @@ ENV_PASSTHROUGH_VAR = "OPSBOOK_ENV_PASSTHROUGH"
 VAULT_FILE_VARS = ("OPSBOOK_VAULT_PASSWORD_FILE", "ANSIBLE_VAULT_PASSWORD_FILE")
 
 _IDENT_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
-# The extra vars AWX gives every job (and their older tower_* names): the operation log reads
-# the job and the launching user from them, so `opsbook run` refuses them (the callback's
-# AWX_OWN_VARS - tests/unit/test_oplog.py checks that the two lists agree).
-AWX_RESERVED_VARS = frozenset(
-    f"{prefix}_{name}"
-    for prefix in ("awx", "tower")
-    for name in (
-        "job_id", "job_template_id", "job_template_name", "job_launch_type", "user_id",
-        "user_name", "user_email", "user_first_name", "user_last_name", "inventory_id",
-        "inventory_name", "project_revision", "project_scm_branch", "job_scm_branch",
-        "execution_node", "host", "schedule_id", "schedule_name",
-    )
-)  # fmt: skip
-AWX_RESERVED_PREFIXES = ("awx_workflow_", "tower_workflow_")
 _VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EVENT_ID_KEYS = ("event", "uuid", "counter", "parent_uuid", "runner_ident", "created")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -261,7 +248,7 @@ def restrict_environment(
 
 def validate_extravars(extravars: Mapping[str, Any] | None) -> dict[str, Any]:
     """Extra vars as a plain dict; OpsbookInputError unless every key is a variable name and
-    none is one of AWX's own (AWX_RESERVED_VARS: the operation log trusts them under AWX)."""
+    none is one of AWX's own (is_awx_own_var: the operation log trusts them under AWX)."""
     if extravars is None:
         return {}
     if not isinstance(extravars, Mapping):
@@ -273,7 +260,7 @@ def validate_extravars(extravars: Mapping[str, Any] | None) -> dict[str, Any]:
             raise OpsbookInputError("-e", "empty variable name")
         if not _VAR_NAME_RE.match(key):
             raise OpsbookInputError("-e", f"{key!r} is not a valid variable name")
-        if key in AWX_RESERVED_VARS or key.startswith(AWX_RESERVED_PREFIXES):
+        if is_awx_own_var(key):
             raise OpsbookInputError(
                 "-e", f"{key!r} is reserved for AWX (it sets it for its jobs): not accepted"
             )

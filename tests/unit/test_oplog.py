@@ -635,11 +635,18 @@ def test_in_an_awx_job_only_awx_own_extra_vars_are_left_out(
 
 
 def test_opsbook_run_refuses_the_extra_vars_the_callback_trusts() -> None:
-    """src/opsbook/runner.py's list and the callback's are one list."""
+    """src/opsbook/runner.py and the callback judge AWX's names by one rule: each refuses or
+    leaves out exactly the names the other does."""
     from opsbook import runner
+    from opsbook.exitcodes import OpsbookInputError
 
-    assert runner.AWX_RESERVED_VARS == oplog.AWX_OWN_VARS
-    assert runner.AWX_RESERVED_PREFIXES == oplog.AWX_OWN_PREFIXES
+    for name in AWX_JOB_VARS:
+        try:
+            runner.validate_extravars({name: "x"})
+            refused = False
+        except OpsbookInputError:
+            refused = True
+        assert refused == oplog.is_awx_own_var(name), name
     assert {name for name in AWX_JOB_VARS if oplog.is_awx_own_var(name)} == {
         name for name in AWX_JOB_VARS if name.startswith(("awx_", "tower_"))
     } - {"awx_setup_prefix"}
